@@ -1,0 +1,217 @@
+"""The ``stam`` command: a thin Typer layer over the Python API.
+
+Each command parses its options, calls the API and renders the result with rich. User errors
+(:class:`~stamcli.errors.StamError`) are printed on one line with exit code 1; ``--debug`` shows
+the traceback instead. Usage errors exit with 2 (Click's convention).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import __version__
+from .errors import StamError, UsageError
+
+app = typer.Typer(
+    name="stam",
+    help="Tag videos with action labels using STAM (Space Time Attention Model).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stderr = Console(stderr=True)
+_state = {"debug": False}
+
+WeightsDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--weights-dir", help="Where zoo checkpoints live [default: $STAM_WEIGHTS_DIR or ./weights]."),
+]
+MirrorOption = Annotated[
+    Optional[str],
+    typer.Option("--mirror", help="Fetch URL/<file name> instead of the authors' host [env: STAM_MIRROR]."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stamcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_time=False, show_path=False)],
+        force=True,
+    )
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn :class:`StamError` into one red line and exit code 1, or 2 for a :class:`UsageError`
+    (a traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except StamError as err:
+            if _state["debug"]:
+                raise
+            stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- models / weights
+
+@app.command("models")
+@user_errors
+def models_command(weights_dir: WeightsDirOption = None) -> None:
+    """List the published STAM checkpoints and whether each is downloaded."""
+    from .weights import is_present, weights_dir as resolve_weights_dir
+    from .zoo import available_models, get_model_info
+
+    folder = resolve_weights_dir(weights_dir)
+    table = Table(title=f"STAM model zoo (weights: {folder})")
+    for column in ("name", "frames", "input", "labels", "top-1 (K400)", "GFLOPs", "local"):
+        table.add_column(column, justify="right" if column in ("frames", "top-1 (K400)", "GFLOPs") else "left")
+    for name in available_models():
+        info = get_model_info(name)
+        table.add_row(
+            name, str(info.frames), f"{info.img_size}x{info.img_size}", info.labels, f"{info.top1:.2f}",
+            "-" if info.gflops is None else f"{info.gflops:g}",
+            "[green]yes[/]" if is_present(name, folder) else "no",
+        )
+    Console().print(table)
+
+
+@app.command("download-weights")
+@user_errors
+def download_weights_command(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Zoo models to fetch [default: stam_16].")] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Fetch every zoo model.")] = False,
+    weights_dir: WeightsDirOption = None,
+    mirror: MirrorOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if present.")] = False,
+) -> None:
+    """Fetch the authors' pretrained Kinetics-400 checkpoints (resumable, verified)."""
+    from .weights import download_weights
+    from .zoo import available_models, get_model_info
+
+    wanted = available_models() if all_models else (names or ["stam_16"])
+    for name in wanted:
+        get_model_info(name)  # unknown names fail before any download starts
+    for name in wanted:
+        path = download_weights(name, weights_dir, mirror=mirror, force=force)
+        stderr.print(f"[green]{name}[/]: {path}", highlight=False)
+
+
+# --------------------------------------------------------------------------- predict
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    paths: Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")],
+    frames: Annotated[
+        Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per video; alone, picks stam_<N>.")
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Zoo name or checkpoint file [default: stam_16].")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")] = 8,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    ] = "auto",
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Results file [default: a table on stdout].")
+    ] = None,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="csv, json or jsonl [default: from --output's extension].")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
+    ext: Annotated[
+        Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads [default: min(4, CPUs)].")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip videos already tagged in --output; retry failed ones.")
+    ] = False,
+    shard_spec: Annotated[
+        Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")
+    ] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")] = None,
+    arch: Annotated[
+        Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
+    ] = None,
+    weights_dir: WeightsDirOption = None,
+    mirror: MirrorOption = None,
+    offline: Annotated[
+        Optional[bool], typer.Option("--offline/--online", help="Never download weights [env: STAM_OFFLINE].")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Tag videos with their top-k action labels.
+
+    Example: stam predict ./videos --frames 16 --output tags.csv
+    """
+    from .engine import PredictOptions
+    from .inputs import DEFAULT_EXTENSIONS, parse_extensions
+    from .progress import TaggingProgress
+    from .tagging import TaggingJob, run_tagging
+
+    job = TaggingJob(
+        paths=paths, model=model, output=str(output) if output else None, format=fmt, recursive=recursive,
+        extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS, resume=resume, shard=shard_spec,
+        labels=str(labels) if labels else None, arch=str(arch) if arch else None,
+        weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror, offline=offline,
+        trust_checkpoint=trust_checkpoint,
+        options=PredictOptions(
+            frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
+        ),
+    )
+    with TaggingProgress(stderr, enabled=not quiet) as progress:
+        summary = run_tagging(job, on_start=progress.start, on_record=progress.advance, console=Console())
+    if not quiet:
+        progress.print_summary(summary)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def main() -> None:
+    """Console-script entry point (``stam``)."""
+    app(prog_name="stam")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

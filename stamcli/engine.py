@@ -1,0 +1,224 @@
+"""Batched inference: decode workers -> batches -> model -> records, in input order.
+
+Decoding runs in a thread pool (OpenCV releases the GIL while it decodes and resizes), a bounded
+number of videos ahead of the model, so memory stays flat however many videos there are while the
+model computes on the previous batch. Every video gives exactly one record, an error record for a
+video that cannot be read, and records come out in the order of the input paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+from .errors import StamError, UsageError
+from .model import STAM
+from .video import Clip, read_clip
+from .writers import error_record, make_record
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> the first CUDA device when there is one, else the CPU; ``cuda`` without one is an error."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"invalid device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StamError(f"device {spec!r} asked for, but no CUDA GPU is available (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StamError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on a CUDA GPU that supports it (else fp16), fp32 on the CPU."""
+    precision = (precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise UsageError(f"invalid precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise StamError("fp16 needs a CUDA device; on the CPU use fp32 or bf16")
+    return precision
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def default_workers() -> int:
+    """Decode threads: enough to keep the model fed without starving its own threads."""
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
+@dataclass
+class PredictOptions:
+    """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for."""
+
+    frames: Optional[int] = None
+    top_k: int = 5
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "auto"
+    workers: Optional[int] = None
+
+    def check(self) -> tuple[torch.device, str]:
+        """Validate the options; the device and the precision they resolve to."""
+        for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
+                            ("--frames", self.frames), ("--workers", self.workers)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1")
+        device = resolve_device(self.device)
+        return device, resolve_precision(self.precision, device)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, StamError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class Predictor:
+    """Tags videos with a loaded STAM model.
+
+    >>> predictor = Predictor(stamcli.load_model("stam_16"), PredictOptions(top_k=3))
+    >>> for record in predictor.predict(["a.mp4", "b.mp4"]): print(record["predictions"][0])
+    """
+
+    def __init__(self, model: STAM, options: Optional[PredictOptions] = None):
+        self.options = options or PredictOptions()
+        self.device, self.precision = self.options.check()
+        self.model = model.to(self.device).eval()
+        self.frames = self.options.frames or model.config.frames
+        self.top_k = min(self.options.top_k, model.config.num_classes)
+        self.workers = self.options.workers or default_workers()
+
+    # ------------------------------------------------------------------ model side
+
+    def _to_device(self, clips: list[Clip]) -> torch.Tensor:
+        batch = torch.stack([clip.frames for clip in clips])
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.float().div_(255.0)
+
+    @torch.inference_mode()
+    def probabilities(self, clips: list[Clip]) -> torch.Tensor:
+        """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU."""
+        videos = self._to_device(clips)
+        with autocast_for(self.device, self.precision):
+            logits = self.model(videos)
+        return logits.float().softmax(dim=-1).cpu()
+
+    def _records(self, clips: list[Clip]) -> list[dict]:
+        scores, indexes = self.probabilities(clips).topk(self.top_k, dim=-1)
+        labels = self.model.labels
+        records = []
+        for clip, row_scores, row_indexes in zip(clips, scores.tolist(), indexes.tolist()):
+            predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(row_scores, row_indexes)]
+            records.append(make_record(
+                clip.path, predictions=predictions, frames=clip.frame_count, model=self.model.name,
+                duration_s=clip.duration_s, fps=clip.fps,
+            ))
+        return records
+
+    # ------------------------------------------------------------------ decode side
+
+    def _decode(self, path: str) -> Clip:
+        return read_clip(path, self.frames, self.model.config.img_size, threads=1 if self.workers > 1 else 0)
+
+    def predict(self, paths: Iterable[str]) -> Iterator[dict]:
+        """One record per path, in order. Decoding runs ahead of the model in worker threads."""
+        window = self.options.batch_size * 2 + self.workers
+        pending: deque[tuple[str, Future]] = deque()
+        path_iter = iter(paths)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="stam-decode") as pool:
+            try:
+                while True:
+                    while len(pending) < window and (path := next(path_iter, None)) is not None:
+                        pending.append((path, pool.submit(self._decode, path)))
+                    if not pending:
+                        return
+                    chunk = [pending.popleft() for _ in range(min(self.options.batch_size, len(pending)))]
+                    yield from self._run_chunk(chunk)
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    def _run_chunk(self, chunk: list[tuple[str, Future]]) -> list[dict]:
+        results: list[Optional[dict]] = [None] * len(chunk)
+        clips, slots = [], []
+        for slot, (path, future) in enumerate(chunk):
+            try:
+                clip = future.result()
+            except Exception as err:  # one bad video never stops the run
+                results[slot] = error_record(path, _reason(err), model=self.model.name)
+                continue
+            clips.append(clip)
+            slots.append(slot)
+        if clips:
+            try:
+                batch_records = self._records(clips)
+            except torch.cuda.OutOfMemoryError:
+                raise StamError(
+                    f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
+                ) from None
+            for slot, record in zip(slots, batch_records):
+                results[slot] = record
+        return results
+
+
+def predict(
+    paths: Iterable[str],
+    model: STAM,
+    options: Optional[PredictOptions] = None,
+) -> list[dict]:
+    """Tag ``paths`` with ``model``; a list of records (see the README for the schema)."""
+    return list(Predictor(model, options).predict(paths))
+
+
+class Throughput:
+    """Counts for the end-of-run summary."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.ok = 0
+        self.failed = 0
+
+    def add(self, record: dict) -> None:
+        if record["status"] == "ok":
+            self.ok += 1
+        else:
+            self.failed += 1
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def videos_per_s(self) -> float:
+        return (self.ok + self.failed) / self.elapsed if self.elapsed > 0 else 0.0

@@ -1,0 +1,227 @@
+"""The STAM network: a timm Vision Transformer on every frame, a temporal transformer on top.
+
+Shapes follow ``../shared/docs/stam-reference.md``: input ``(videos, frames, 3, H, W)`` floats in
+[0, 1] with no mean/std normalisation; each frame goes through the spatial ViT, whose final-norm
+class token is the frame embedding; a learned temporal class token and position embedding are
+added and a post-norm ``nn.TransformerEncoder`` (ReLU feed-forward, LayerNorm eps 1e-5) mixes the
+frames; a final LayerNorm and a Linear head give the logits.
+
+The module's own parameter names are ``spatial.*``, ``temporal.*`` and ``head.*``; the authors'
+names (``blocks.*``, ``aggregate.*``, ``head.*``) are mapped in :mod:`stamcli.checkpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from typing import Any, Optional, Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .errors import StamError
+from .zoo import default_labels
+
+log = logging.getLogger(__name__)
+
+LAYER_NORM_EPS = 1e-5  # the authors' value in both transformers (timm's ViT default is 1e-6)
+
+
+@dataclass
+class STAMConfig:
+    """Everything needed to rebuild a STAM network (weights aside).
+
+    Spatial fields left as ``None`` take the timm default of ``backbone``; :class:`STAM` fills
+    them in from the built backbone, so a model's ``config`` is always complete.
+    """
+
+    backbone: str = "vit_base_patch16_224"
+    frames: int = 16
+    num_classes: int = 400
+    img_size: int = 224
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    temporal_layers: int = 6
+    temporal_heads: int = 8
+    temporal_ff: int = 2048
+    temporal_dropout: float = 0.1  # active only in training mode, as in the authors' code
+    drop_path_rate: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "STAMConfig":
+        """Build from a dict, rejecting unknown keys with a message that lists the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise StamError(
+                f"unknown architecture field(s): {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _spatial_overrides(config: STAMConfig) -> dict[str, Any]:
+    names = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
+    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+
+
+def build_spatial(config: STAMConfig) -> VisionTransformer:
+    """The per-frame ViT: ``timm.create_model(config.backbone)`` without a head, LayerNorm eps 1e-5."""
+    if not timm.is_model(config.backbone):
+        raise StamError(
+            f"unknown timm backbone {config.backbone!r}; choose a Vision Transformer such as "
+            "vit_base_patch16_224, vit_small_patch16_224 or vit_tiny_patch16_224 "
+            "(timm.list_models('vit_*') lists them all)"
+        )
+    try:
+        backbone = timm.create_model(
+            config.backbone,
+            pretrained=False,
+            num_classes=0,
+            img_size=config.img_size,
+            norm_layer=partial(nn.LayerNorm, eps=LAYER_NORM_EPS),
+            drop_path_rate=config.drop_path_rate,
+            **_spatial_overrides(config),
+        )
+    except TypeError as err:  # the model's constructor does not take ViT options
+        raise StamError(f"backbone {config.backbone!r} is not a timm VisionTransformer ({err})") from None
+    if not isinstance(backbone, VisionTransformer):
+        raise StamError(
+            f"backbone {config.backbone!r} is a {type(backbone).__name__}, not a timm VisionTransformer"
+        )
+    return backbone
+
+
+def _describe_backbone(config: STAMConfig, backbone: VisionTransformer) -> None:
+    """Fill the config's open spatial fields from the built backbone."""
+    block = backbone.blocks[0]
+    config.embed_dim = backbone.embed_dim
+    config.depth = len(backbone.blocks)
+    config.num_heads = block.attn.num_heads
+    config.patch_size = backbone.patch_embed.patch_size[0]
+    config.mlp_ratio = block.mlp.fc1.out_features / backbone.embed_dim
+
+
+class TemporalTransformer(nn.Module):
+    """The authors' ``aggregate`` module: class token + position embedding + post-norm encoder."""
+
+    def __init__(self, embed_dim: int, frames: int, layers: int, heads: int, feedforward: int, dropout: float):
+        super().__init__()
+        if embed_dim % heads:
+            raise StamError(f"temporal heads ({heads}) must divide the embedding size ({embed_dim})")
+        self.frames = frames
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, frames + 1, embed_dim))
+        layer = nn.TransformerEncoderLayer(
+            embed_dim,
+            heads,
+            dim_feedforward=feedforward,
+            dropout=dropout,
+            activation="relu",
+            layer_norm_eps=LAYER_NORM_EPS,
+            batch_first=True,
+        )
+        self.transformer_enc = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS), enable_nested_tensor=False
+        )
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self._warned_counts: set[int] = set()
+
+    def position_embedding(self, frames: int) -> torch.Tensor:
+        """The ``(1, frames + 1, D)`` position embedding, linearly interpolated for another count."""
+        if frames == self.frames:
+            return self.pos_embed
+        if frames not in self._warned_counts:
+            self._warned_counts.add(frames)
+            log.warning(
+                "model was trained for %d frames and runs on %d: interpolating its temporal position "
+                "embedding (accuracy may drop)", self.frames, frames,
+            )
+        cls_pos, frame_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        frame_pos = F.interpolate(frame_pos.transpose(1, 2), size=frames, mode="linear", align_corners=False)
+        return torch.cat([cls_pos, frame_pos.transpose(1, 2)], dim=1)
+
+    def forward(self, frame_embeddings: torch.Tensor) -> torch.Tensor:
+        """``(videos, frames, D)`` frame embeddings -> ``(videos, D)`` video embeddings."""
+        videos, frames, _ = frame_embeddings.shape
+        cls = self.cls_token.expand(videos, -1, -1)
+        x = torch.cat([cls, frame_embeddings], dim=1) + self.position_embedding(frames)
+        return self.transformer_enc(x)[:, 0]
+
+
+class STAM(nn.Module):
+    """Space Time Attention Model.
+
+    Attributes set by the loaders in :mod:`stamcli.checkpoints`: ``labels`` (one name per output)
+    and ``name`` (zoo name or file the weights came from).
+    """
+
+    def __init__(self, config: STAMConfig, labels: Optional[Sequence[str]] = None, name: str = "stam"):
+        super().__init__()
+        self.spatial = build_spatial(config)
+        _describe_backbone(config, self.spatial)
+        self.config = config
+        self.temporal = TemporalTransformer(
+            config.embed_dim, config.frames, config.temporal_layers, config.temporal_heads,
+            config.temporal_ff, config.temporal_dropout,
+        )
+        self.head = nn.Linear(config.embed_dim, config.num_classes)
+        self.name = name
+        self.labels = list(labels) if labels is not None else default_labels(config.num_classes)
+        if len(self.labels) != config.num_classes:
+            raise StamError(f"{len(self.labels)} labels given for a model with {config.num_classes} outputs")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def _check_input(self, videos: torch.Tensor) -> None:
+        size = self.config.img_size
+        if videos.ndim != 5 or videos.shape[2] != 3 or tuple(videos.shape[-2:]) != (size, size):
+            raise ValueError(f"expected videos of shape (videos, frames, 3, {size}, {size}), got {tuple(videos.shape)}")
+
+    def embed_frames(self, videos: torch.Tensor) -> torch.Tensor:
+        """``(videos, frames, 3, H, W)`` in [0, 1] -> per-frame embeddings ``(videos, frames, D)``."""
+        self._check_input(videos)
+        count, frames = videos.shape[:2]
+        tokens = self.spatial.forward_features(videos.flatten(0, 1))
+        return self.spatial.forward_head(tokens, pre_logits=True).view(count, frames, -1)
+
+    def forward_embedding(self, videos: torch.Tensor) -> torch.Tensor:
+        """The video embedding (temporal class token after the final norm), ``(videos, D)``."""
+        return self.temporal(self.embed_frames(videos))
+
+    def forward_with_embedding(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, embedding)`` in one pass."""
+        embedding = self.forward_embedding(videos)
+        return self.head(embedding), embedding
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        """Logits ``(videos, num_classes)``."""
+        return self.head(self.forward_embedding(videos))
+
+
+def create_model(
+    backbone: str = "vit_base_patch16_224",
+    *,
+    frames: int = 16,
+    num_classes: int = 400,
+    labels: Optional[Sequence[str]] = None,
+    **overrides: Any,
+) -> STAM:
+    """A randomly initialised STAM on any timm ViT (``vit_tiny_patch16_224`` for a CPU-sized one).
+
+    ``overrides`` are :class:`STAMConfig` fields (``img_size``, ``depth``, ``temporal_layers``, ...).
+    """
+    config = STAMConfig.from_dict(dict(backbone=backbone, frames=frames, num_classes=num_classes, **overrides))
+    return STAM(config, labels=labels, name=backbone)

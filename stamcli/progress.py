@@ -1,0 +1,65 @@
+"""Progress display and end-of-run summary for long jobs (rich, on stderr)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class RateColumn(ProgressColumn):
+    """Videos per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("- videos/s" if speed is None else f"{speed:.2f} videos/s", style="cyan")
+
+
+class TaggingProgress:
+    """A progress bar with videos/s and ETA; ``start(total)`` then ``advance(record)`` per video."""
+
+    def __init__(self, console: Console, enabled: bool = True):
+        self.console = console
+        self.enabled = enabled
+        self.failed = 0
+        self._progress = Progress(
+            TextColumn("[bold]tagging"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TextColumn("failed: {task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
+        )
+        self._task = None
+
+    def __enter__(self) -> "TaggingProgress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        self._task = self._progress.add_task("tagging", total=total, failed=0)
+
+    def advance(self, record: dict) -> None:
+        if record.get("status") != "ok":
+            self.failed += 1
+        self._progress.update(self._task, advance=1, failed=self.failed)
+
+    def print_summary(self, summary) -> None:
+        where = f"; results in {summary.output}" if summary.output else ""
+        skipped = f", {summary.skipped} already done" if summary.skipped else ""
+        colour = "red" if summary.failed else "green"
+        self.console.print(
+            f"[{colour}]tagged {summary.ok}, failed {summary.failed}[/]{skipped} in {summary.elapsed_s:.1f} s "
+            f"({summary.videos_per_s:.2f} videos/s){where}",
+            highlight=False,
+        )
+        if summary.interrupted:
+            self.console.print("[yellow]interrupted[/]: what was tagged is saved; run again with --resume to continue")

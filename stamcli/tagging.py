@@ -1,0 +1,181 @@
+"""A whole ``stam predict`` run: inputs -> (shard, resume) -> Predictor -> writer, with progress.
+
+Kept apart from the CLI so that Python users get the same behaviour as the command:
+``run_tagging(TaggingJob(paths=["videos/"], output="tags.csv"))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .engine import Predictor, PredictOptions, Throughput
+from .errors import StamError, UsageError
+from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
+from .writers import format_for, open_writer, read_records
+from .zoo import model_for_frames
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stam_16"
+
+
+@dataclass
+class TaggingJob:
+    """Everything ``stam predict`` was asked to do."""
+
+    paths: Sequence[str]
+    model: Optional[str] = None  # zoo name or checkpoint file; None: chosen by --frames (stam_16)
+    output: Optional[str] = None  # None: a table on stdout
+    format: Optional[str] = None  # None: from the output's extension
+    recursive: bool = True
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS
+    resume: bool = False
+    shard: Optional[str] = None  # "I/N"
+    labels: Optional[str] = None
+    arch: Optional[str] = None
+    weights_dir: Optional[str] = None
+    mirror: Optional[str] = None
+    offline: Optional[bool] = None
+    trust_checkpoint: bool = False
+    options: PredictOptions = field(default_factory=PredictOptions)
+
+
+@dataclass
+class TaggingSummary:
+    ok: int
+    failed: int
+    skipped: int  # already done (--resume)
+    elapsed_s: float
+    videos_per_s: float
+    output: Optional[str]
+    interrupted: bool = False
+
+
+def model_name_for(job: TaggingJob) -> str:
+    """``--model`` when given, else the zoo model trained for ``--frames`` (stam_16 by default)."""
+    if job.model:
+        return job.model
+    if job.options.frames:
+        return model_for_frames(job.options.frames).name
+    return DEFAULT_MODEL
+
+
+@dataclass
+class _Distributed:
+    """This process's place in a ``torchrun`` launch (RANK / WORLD_SIZE), if any."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "_Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+
+
+def _part_path(output: str, rank: int, world: int) -> str:
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}"))
+
+
+def _plan(job: TaggingJob, dist: _Distributed) -> tuple[list[str], Optional[str]]:
+    """The videos this process tags and the file it writes (a part file under torchrun)."""
+    videos = collect_videos(job.paths, recursive=job.recursive, extensions=tuple(job.extensions))
+    if job.shard and dist.active:
+        raise UsageError("--shard cannot be combined with torchrun: each rank already takes its own shard")
+    if job.shard:
+        videos = shard(videos, parse_shard(job.shard))
+    if dist.active:
+        if not job.output:
+            raise UsageError("under torchrun, --output is required (rank 0 merges the ranks' results into it)")
+        videos = shard(videos, (dist.rank, dist.world))
+        return videos, _part_path(job.output, dist.rank, dist.world)
+    return videos, job.output
+
+
+def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
+    if not (job.resume and job.output and Path(job.output).exists()):
+        return set()
+    return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok"}
+
+
+def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: _Distributed) -> None:
+    """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
+    parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
+    with open_writer(job.output, fmt, top_k=top_k, resume=job.resume) as writer:
+        for part in parts:
+            for record in read_records(part, fmt):
+                writer.write(record)
+    for part in parts:
+        part.unlink(missing_ok=True)
+
+
+def run_tagging(
+    job: TaggingJob,
+    *,
+    on_start: Optional[Callable[[int], None]] = None,
+    on_record: Optional[Callable[[dict], None]] = None,
+    console=None,
+) -> TaggingSummary:
+    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display."""
+    from . import load_model
+
+    dist = _Distributed.from_env()
+    if dist.active and job.options.device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            job.options.device = f"cuda:{dist.local_rank}"
+    job.options.check()  # bad options fail before a model is loaded or downloaded
+    fmt = format_for(job.output, job.format)
+    videos, target = _plan(job, dist)
+    model = load_model(
+        model_name_for(job), weights_dir=job.weights_dir, labels=job.labels, arch=job.arch,
+        trust_checkpoint=job.trust_checkpoint, offline=job.offline, mirror=job.mirror,
+        progress=dist.rank == 0,
+    )
+    predictor = Predictor(model, job.options)
+    stats = Throughput()
+    interrupted = False
+    # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
+    resume_target = job.resume and not dist.active
+    with open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console) as writer:
+        done = _done_paths(job, fmt) if dist.active else writer.done_paths
+        todo = [video for video in videos if video not in done]
+        if on_start:
+            on_start(len(todo))
+        try:
+            for record in predictor.predict(todo):
+                writer.write(record)
+                stats.add(record)
+                if on_record:
+                    on_record(record)
+        except KeyboardInterrupt:
+            interrupted = True
+    if dist.active and not interrupted:
+        dist.barrier()
+        if dist.rank == 0:
+            _merge_parts(job, fmt, predictor.top_k, dist)
+        dist.barrier()
+    return TaggingSummary(
+        ok=stats.ok, failed=stats.failed, skipped=len(videos) - len(todo), elapsed_s=stats.elapsed,
+        videos_per_s=stats.videos_per_s, output=job.output, interrupted=interrupted,
+    )

@@ -1,0 +1,267 @@
+"""Generators of small synthetic test videos (and of broken files) for the test suite.
+
+Frames are numpy ``uint8`` arrays of shape ``(H, W, 3)`` in **BGR** order (OpenCV's order);
+writers that go through PyAV convert them.  The central pattern of :func:`index_frame` encodes
+the frame's own number, so a test can check exactly which source frames a reader returned:
+:func:`decode_index` reads it back from a decoded frame, :func:`decode_clip_index` from a frame
+that went through stamcli's resize + centre crop.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+GRID = 4  #: the index pattern is a GRID x GRID board of black/white cells
+DATA_BITS = 12  #: frame numbers 0..4095; the remaining 4 cells hold a checksum
+PATTERN_FRAC = 0.7  #: the board is a centred square of this fraction of the shorter side
+CROP_FRAC = 224 / 256  #: stamcli keeps this fraction of the (resized) shorter side
+
+# ---------------------------------------------------------------------------- index frames
+
+
+def _checksum(i: int) -> int:
+    return (i ^ (i >> 4) ^ (i >> 8) ^ 0x5) & 0xF
+
+
+def _bits(i: int) -> list[int]:
+    if not 0 <= i < 2**DATA_BITS:
+        raise ValueError(f"index {i} does not fit in {DATA_BITS} bits")
+    word = i | (_checksum(i) << DATA_BITS)
+    return [(word >> b) & 1 for b in range(GRID * GRID)]
+
+
+def _board(height: int, width: int, frac: float) -> tuple[int, int, float]:
+    """Top, left and cell size (float) of the centred pattern board."""
+    side = frac * min(height, width)
+    return (height - side) / 2, (width - side) / 2, side / GRID
+
+
+def index_frame(i: int, height: int, width: int) -> np.ndarray:
+    """A BGR frame whose central board of large black/white cells encodes ``i``.
+
+    The background is a coloured gradient that shifts with ``i`` (so that frames differ outside
+    the board too and codecs have real motion to encode).  The board sits in the centred square
+    of side ``PATTERN_FRAC * min(height, width)``, which survives any centre crop of the kind
+    stamcli makes, whatever the aspect ratio.
+    """
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = (xx * 255 // max(width - 1, 1) + 3 * i) % 256
+    img[..., 1] = (yy * 255 // max(height - 1, 1) + 5 * i) % 256
+    img[..., 2] = 128
+    top, left, cell = _board(height, width, PATTERN_FRAC)
+    for k, bit in enumerate(_bits(i)):
+        r, c = divmod(k, GRID)
+        y0, y1 = round(top + r * cell), round(top + (r + 1) * cell)
+        x0, x1 = round(left + c * cell), round(left + (c + 1) * cell)
+        img[y0:y1, x0:x1] = 255 if bit else 0
+    return img
+
+
+def _as_hwc(img) -> np.ndarray:
+    a = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
+    if a.ndim == 3 and a.shape[0] == 3 and a.shape[2] != 3:  # CHW (torch layout)
+        a = a.transpose(1, 2, 0)
+    return a
+
+
+def decode_index(img, frac: float = PATTERN_FRAC) -> int:
+    """Read back the number written by :func:`index_frame` (BGR or RGB, HWC or CHW).
+
+    ``frac`` is the fraction of the shorter side the board covers in ``img``.  Raises
+    ``ValueError`` when the checksum does not match (not an index frame, or wrong geometry).
+    """
+    a = _as_hwc(img).astype(np.float32).mean(axis=2)
+    top, left, cell = _board(a.shape[0], a.shape[1], frac)
+    word = 0
+    for k in range(GRID * GRID):
+        r, c = divmod(k, GRID)
+        cy, cx = top + (r + 0.5) * cell, left + (c + 0.5) * cell
+        h = max(cell * 0.25, 0.5)
+        patch = a[int(cy - h) : int(np.ceil(cy + h)), int(cx - h) : int(np.ceil(cx + h))]
+        if patch.size == 0:
+            raise ValueError("image too small to hold an index board")
+        word |= int(patch.mean() >= 128) << k
+    i = word & (2**DATA_BITS - 1)
+    if word >> DATA_BITS != _checksum(i):
+        raise ValueError(f"no valid index pattern (bits {word:016b})")
+    return i
+
+
+def decode_clip_index(frame) -> int:
+    """:func:`decode_index` for a frame that went through stamcli's resize + centre crop."""
+    return decode_index(frame, PATTERN_FRAC / CROP_FRAC)
+
+
+def quadrant_frame(height: int, width: int) -> np.ndarray:
+    """A BGR frame in four solid quadrants: top-left red, top-right green,
+    bottom-left blue, bottom-right white.  Used to see which way up a frame comes out."""
+    img = np.zeros((height, width, 3), np.uint8)
+    h2, w2 = height // 2, width // 2
+    img[:h2, :w2] = (0, 0, 255)
+    img[:h2, w2:] = (0, 255, 0)
+    img[h2:, :w2] = (255, 0, 0)
+    img[h2:, w2:] = (255, 255, 255)
+    return img
+
+
+QUADRANT_NAMES = {(255, 0, 0): "red", (0, 255, 0): "green", (0, 0, 255): "blue", (255, 255, 255): "white"}
+
+
+def quadrant_colors(frame_rgb) -> tuple[str, str, str, str]:
+    """Colour names of the (top-left, top-right, bottom-left, bottom-right) quadrants of an
+    **RGB** frame (HWC or CHW), each snapped to the nearest of red/green/blue/white."""
+    a = _as_hwc(frame_rgb).astype(np.float32)
+    h, w = a.shape[:2]
+    out = []
+    for ys, xs in [((0, h // 2), (0, w // 2)), ((0, h // 2), (w // 2, w)),
+                   ((h // 2, h), (0, w // 2)), ((h // 2, h), (w // 2, w))]:
+        dy, dx = (ys[1] - ys[0]) // 4, (xs[1] - xs[0]) // 4  # keep away from the edges
+        mean = a[ys[0] + dy : ys[1] - dy, xs[0] + dx : xs[1] - dx].reshape(-1, 3).mean(0)
+        best = min(QUADRANT_NAMES, key=lambda c: float(((mean - np.array(c)) ** 2).sum()))
+        out.append(QUADRANT_NAMES[best])
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def write_video(path, frames: Iterable[np.ndarray], fps: float = 25, fourcc: str = "mp4v") -> Path:
+    """Write BGR frames with OpenCV's VideoWriter (``mp4v``, ``MJPG``, ``XVID``, ``FFV1``...)."""
+    import cv2
+
+    path = Path(path)
+    it = iter(frames)
+    first = next(it)
+    h, w = first.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write fourcc {fourcc!r} to {path.name}")
+    try:
+        writer.write(np.ascontiguousarray(first))
+        for f in it:
+            writer.write(np.ascontiguousarray(f))
+    finally:
+        writer.release()
+    return path
+
+
+def write_video_av(path, frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264", *,
+                   rotation: int | None = None, pts: Sequence[int] | None = None,
+                   time_base: Fraction | None = None, options: dict | None = None,
+                   container_options: dict | None = None, pix_fmt: str | None = None) -> Path:
+    """Write BGR frames with PyAV (H.264 with B-frames, rotation metadata, VFR timestamps...).
+
+    ``rotation`` is the display rotation in degrees counter-clockwise (PyAV's convention);
+    ``pts`` gives explicit timestamps in ``time_base`` units (variable frame rate).
+    ``pix_fmt`` defaults to 4:2:0 (even sizes only: odd ones are cropped); use e.g.
+    ``codec="ffv1", pix_fmt="bgr0"`` for odd sizes, lossless.
+    """
+    import av
+
+    path = Path(path)
+    frames = iter(frames)
+    first = next(frames)
+    h, w = first.shape[:2]
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w", options=container_options or {}) as out:
+        stream = out.add_stream(codec, rate=rate, options=options or {})
+        stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
+        even = stream.pix_fmt.endswith("420p")
+        stream.width, stream.height = (w - w % 2, h - h % 2) if even else (w, h)
+        if time_base is not None:
+            stream.time_base = time_base
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for k, img in enumerate([first, *frames]):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[: stream.height, : stream.width]),
+                                               format="bgr24")
+            if pts is not None:
+                frame.pts = int(pts[k])
+                frame.time_base = time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_index_video(path, n: int, height: int = 48, width: int = 64, fps: float = 25,
+                      fourcc: str = "mp4v", *, codec: str | None = None, **av_kwargs) -> Path:
+    """A video of ``n`` :func:`index_frame` frames; with ``codec`` it is written by PyAV
+    (e.g. ``codec="libx264"``; ``av_kwargs`` go to :func:`write_video_av`), else by OpenCV."""
+    frames = (index_frame(i, height, width) for i in range(n))
+    if codec:
+        return write_video_av(path, frames, fps, codec, **av_kwargs)
+    return write_video(path, frames, fps, fourcc)
+
+
+# ---------------------------------------------------------------------------- broken files
+
+
+def write_empty(path) -> Path:
+    """A 0-byte file."""
+    path = Path(path)
+    path.write_bytes(b"")
+    return path
+
+
+def write_text(path) -> Path:
+    """A text file (with a video extension, if ``path`` has one)."""
+    path = Path(path)
+    path.write_text("this is not a video\n" * 50)
+    return path
+
+
+def write_truncated(src, dst, fraction: float = 0.5) -> Path:
+    """The first ``fraction`` of the bytes of ``src``, as if a download or copy was cut off."""
+    data = Path(src).read_bytes()
+    dst = Path(dst)
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def write_corrupted(src, dst, start: float = 0.4, length: float = 0.2, seed: int = 0) -> Path:
+    """``src`` with random bytes written over ``length`` of it starting at ``start`` (fractions)."""
+    data = bytearray(Path(src).read_bytes())
+    a, b = int(len(data) * start), int(len(data) * (start + length))
+    data[a:b] = np.random.default_rng(seed).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def write_audio_only(path, seconds: float = 0.5, codec: str = "aac", rate: int = 16000) -> Path:
+    """A file holding only an audio stream (a sine tone), e.g. AAC in ``.mp4``/``.m4a``."""
+    import av
+
+    path = Path(path)
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    with av.open(str(path), "w", format="mp4" if path.suffix in (".mp4", ".m4a", ".mov") else None) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        fmt = stream.codec_context.format.name
+        chunk = 1024
+        for s in range(0, len(samples), chunk):
+            part = samples[s : s + chunk]
+            if fmt == "s16" or fmt == "s16p":
+                part = (part * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(part[None, :], format=fmt, layout="mono")
+            frame.sample_rate = rate
+            frame.pts = s
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def make_unreadable(path) -> Path:
+    """Drop all permissions on ``path`` (tests should skip this case when running as root)."""
+    os.chmod(path, 0)
+    return Path(path)

@@ -1,0 +1,145 @@
+"""The STAM module: shapes, the authors' architecture details, frame-count interpolation."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY, make_tiny_model
+from stamcli import STAMConfig, StamError, create_model
+from stamcli.model import LAYER_NORM_EPS
+
+
+def test_logits_and_embeddings_have_the_documented_shapes(tiny_model):
+    videos = torch.rand(3, 4, 3, 32, 32)
+    with torch.inference_mode():
+        logits = tiny_model(videos)
+        frame_emb = tiny_model.embed_frames(videos)
+        logits2, video_emb = tiny_model.forward_with_embedding(videos)
+        from_embedding = tiny_model.head(video_emb)
+    assert logits.shape == (3, 5)
+    assert frame_emb.shape == (3, 4, 64)
+    assert video_emb.shape == (3, 64)
+    torch.testing.assert_close(logits, logits2)
+    torch.testing.assert_close(logits, from_embedding)
+
+
+def test_each_video_is_computed_independently_of_its_batch(tiny_model):
+    videos = torch.rand(3, 4, 3, 32, 32)
+    with torch.inference_mode():
+        batched = tiny_model(videos)
+        single = torch.cat([tiny_model(videos[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_frame_embedding_is_the_spatial_vit_class_token_after_final_norm(tiny_model):
+    videos = torch.rand(1, 4, 3, 32, 32)
+    vit = tiny_model.spatial
+    with torch.inference_mode():
+        tokens = vit.norm(vit.blocks(vit._pos_embed(vit.patch_embed(videos[0]))))
+        expected = tokens[:, 0]
+        got = tiny_model.embed_frames(videos)[0]
+    torch.testing.assert_close(got, expected)
+
+
+def test_authors_architecture_details(tiny_model):
+    norms = [m for m in tiny_model.modules() if isinstance(m, nn.LayerNorm)]
+    # spatial: norm1+norm2 per block + final norm; temporal: norm1+norm2 per layer + final norm
+    assert len(norms) == (2 * 1 + 1) + (2 * 1 + 1)
+    assert all(m.eps == LAYER_NORM_EPS == 1e-5 for m in norms)
+    layer = tiny_model.temporal.transformer_enc.layers[0]
+    assert layer.norm_first is False  # post-norm
+    assert layer.activation_relu_or_gelu == 1  # ReLU
+    assert layer.linear1.out_features == TINY["temporal_ff"]
+    assert layer.self_attn.num_heads == 8
+    assert tiny_model.temporal.pos_embed.shape == (1, 5, 64)
+    assert isinstance(tiny_model.spatial.head, nn.Identity)
+    assert tiny_model.spatial.global_pool == "token"
+
+
+def test_frame_order_matters(tiny_model):
+    with torch.no_grad():
+        tiny_model.temporal.pos_embed.normal_()  # trained-size position embeddings, not init-size
+    videos = torch.rand(1, 4, 3, 32, 32)
+    with torch.inference_mode():
+        forward = tiny_model(videos)
+        backward = tiny_model(videos.flip(1))
+    assert (forward - backward).abs().max() > 1e-4
+
+
+def test_dropout_is_off_in_eval_and_on_in_train(tiny_model):
+    videos = torch.rand(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(videos), tiny_model(videos))
+        tiny_model.train()
+        torch.manual_seed(1)
+        a = tiny_model(videos)
+        torch.manual_seed(2)
+        b = tiny_model(videos)
+    assert not torch.equal(a, b)
+
+
+def test_other_frame_counts_interpolate_the_temporal_position_embedding(tiny_model, caplog):
+    temporal = tiny_model.temporal
+    with torch.no_grad():
+        # frame positions i = 0..3 carry the value of their centre (i + 0.5) / 4 in every channel
+        ramp = (torch.arange(4, dtype=torch.float32) + 0.5) / 4
+        temporal.pos_embed[0, 1:] = ramp[:, None]
+        temporal.pos_embed[0, 0] = -7.0
+    with caplog.at_level(logging.WARNING, logger="stamcli"):
+        pos8 = temporal.position_embedding(8)
+        pos2 = temporal.position_embedding(2)
+        temporal.position_embedding(8)
+    # linear interpolation of a linear ramp between sample centres stays on the ramp (clamped at the ends)
+    expected8 = ((torch.arange(8) + 0.5) / 8).clamp(0.125, 0.875)
+    torch.testing.assert_close(pos8[0, 1:, 0], expected8)
+    torch.testing.assert_close(pos2[0, 1:, 3], torch.tensor([0.25, 0.75]))
+    assert pos8[0, 0, 0].item() == -7.0 and pos8.shape == (1, 9, 64)
+    assert temporal.position_embedding(4) is temporal.pos_embed
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "model was trained for 4 frames and runs on 8: interpolating its temporal position embedding (accuracy may drop)",
+        "model was trained for 4 frames and runs on 2: interpolating its temporal position embedding (accuracy may drop)",
+    ]
+    with torch.inference_mode():
+        assert tiny_model(torch.rand(2, 8, 3, 32, 32)).shape == (2, 5)
+        assert tiny_model(torch.rand(1, 1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_wrong_input_shape_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match=r"expected videos of shape \(videos, frames, 3, 32, 32\), got \(4, 3, 32, 32\)"):
+        tiny_model(torch.rand(4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"got \(1, 4, 3, 64, 64\)"):
+        tiny_model(torch.rand(1, 4, 3, 64, 64))
+
+
+def test_any_timm_vit_backbone_with_its_own_dims():
+    model = create_model("vit_small_patch16_224", frames=2, num_classes=3, img_size=32, depth=1)
+    assert (model.config.embed_dim, model.config.num_heads, model.config.depth) == (384, 6, 1)
+    assert model.config.patch_size == 16 and model.config.mlp_ratio == 4.0
+    assert model(torch.rand(1, 2, 3, 32, 32)).shape == (1, 3)
+    assert model.labels == ["class_0", "class_1", "class_2"]
+
+
+def test_400_way_models_get_kinetics_names_by_default():
+    model = create_model("vit_tiny_patch16_224", frames=2, num_classes=400, img_size=32, depth=1)
+    assert model.labels[0] == "abseiling" and model.labels[-1] == "zumba" and len(model.labels) == 400
+
+
+def test_unknown_and_non_vit_backbones_are_clear_errors():
+    with pytest.raises(StamError, match=r"unknown timm backbone 'vit_nope'.*vit_base_patch16_224"):
+        create_model("vit_nope", img_size=32)
+    with pytest.raises(StamError, match=r"backbone 'resnet18' is not a timm VisionTransformer \(.*img_size"):
+        create_model("resnet18")
+
+
+def test_config_rejects_unknown_fields_and_label_count_mismatch():
+    with pytest.raises(StamError, match=r"unknown architecture field\(s\): colour; valid fields: .*backbone"):
+        STAMConfig.from_dict({"colour": 1})
+    with pytest.raises(StamError, match=r"2 labels given for a model with 5 outputs"):
+        make_tiny_model(labels=["a", "b"])
+    with pytest.raises(StamError, match=r"temporal heads \(7\) must divide the embedding size \(64\)"):
+        make_tiny_model(temporal_heads=7)

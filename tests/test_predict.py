@@ -1,0 +1,259 @@
+"""`stam predict` end to end with a tiny model and generated videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import TINY_LABELS
+from synthetic import index_frame, write_empty, write_text, write_truncated, write_video
+from stamcli import load_checkpoint
+from stamcli.cli import app
+from stamcli.engine import PredictOptions, Predictor, resolve_device, resolve_precision
+from stamcli.video import read_clip
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _frames(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return [np.roll(base, 3 * i, axis=1) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """A folder of good videos (several containers, sizes, orientations) in nested folders."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "sub").mkdir()
+    write_video(root / "a.mp4", _frames(12, 48, 64, 1), fourcc="mp4v")
+    write_video(root / "b, with comma.avi", _frames(9, 61, 97, 2), fourcc="MJPG")
+    write_video(root / "sub" / "c portrait.mp4", _frames(7, 80, 48, 3), fourcc="mp4v")
+    write_video(root / "sub" / "d_one_frame.mp4", _frames(1, 48, 64, 4), fourcc="mp4v")
+    write_video(root / "sub" / "é \"quoted\".mp4", _frames(3, 48, 64, 5), fourcc="mp4v")
+    (root / ".hidden.mp4").write_bytes(b"never read")
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+GOOD = ["a.mp4", "b, with comma.avi", "sub/c portrait.mp4", "sub/d_one_frame.mp4", 'sub/é "quoted".mp4']
+
+
+def _predict(*args, cwd: Path | None = None):
+    old = os.getcwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def _expected_scores(checkpoint: Path, paths: list[Path]) -> list[list[float]]:
+    model = load_checkpoint(checkpoint)
+    clips = [read_clip(p, model.config.frames, model.config.img_size) for p in paths]
+    with torch.inference_mode():
+        return model(torch.stack([c.frames for c in clips]).float() / 255).softmax(-1).tolist()
+
+
+def test_csv_output_schema_order_quoting_and_scores(videos, tiny_checkpoint, tmp_path):
+    out = tmp_path / "tags.csv"
+    result = _predict(videos, "--model", tiny_checkpoint, "--top-k", 3, "--output", out, "--batch-size", 2, "-q")
+    assert result.exit_code == 0, result.output
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "status", "error", "label_1", "score_1", "label_2", "score_2", "label_3", "score_3",
+                       "frames", "model", "duration_s", "fps"]
+    assert [r[0] for r in rows[1:]] == [str(videos / p) for p in GOOD]
+    assert all(r[1] == "ok" and r[2] == "" for r in rows[1:])
+    assert {r[3] for r in rows[1:]} <= set(TINY_LABELS)
+    assert [int(r[9]) for r in rows[1:]] == [12, 9, 7, 1, 3]
+    assert all(r[10] == "tiny.safetensors" for r in rows[1:])
+    assert [float(r[11]) for r in rows[1:]] == pytest.approx([12 / 25, 9 / 25, 7 / 25, 1 / 25, 3 / 25])
+    expected = _expected_scores(tiny_checkpoint, [videos / p for p in GOOD])
+    for row, probs in zip(rows[1:], expected):
+        top = sorted(range(5), key=lambda i: -probs[i])[:3]
+        assert [row[3], row[5], row[7]] == [TINY_LABELS[i] for i in top]
+        assert [float(row[4]), float(row[6]), float(row[8])] == pytest.approx([probs[i] for i in top], abs=1e-6)
+
+
+def test_json_and_jsonl_records_follow_the_schema(videos, tiny_checkpoint, tmp_path):
+    for name in ("tags.json", "tags.jsonl"):
+        out = tmp_path / name
+        result = _predict(videos / "a.mp4", videos / "sub", "--model", tiny_checkpoint, "-k", 2, "-o", out, "-q")
+        assert result.exit_code == 0, result.output
+        text = out.read_text(encoding="utf-8")
+        records = json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines()]
+        assert [r["path"] for r in records] == [str(videos / p) for p in GOOD if p.startswith(("a", "sub"))]
+        for record in records:
+            assert list(record) == ["path", "status", "error", "predictions", "frames", "model", "duration_s", "fps"]
+            assert record["status"] == "ok" and record["error"] is None and record["fps"] == 25.0
+            assert [list(p) for p in record["predictions"]] == [["label", "index", "score"]] * 2
+            for p in record["predictions"]:
+                assert TINY_LABELS[p["index"]] == p["label"] and 0 < p["score"] < 1
+            assert record["predictions"][0]["score"] >= record["predictions"][1]["score"]
+
+
+def test_bad_inputs_give_error_records_and_exit_1(videos, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(videos, folder)
+    write_empty(folder / "empty.mp4")
+    write_text(folder / "text.avi")
+    write_truncated(folder / "a.mp4", folder / "truncated.mp4", 0.3)
+    (folder / "folder.mp4").mkdir()
+    out = tmp_path / "tags.jsonl"
+    result = _predict(folder, "missing.mp4", "--model", tiny_checkpoint, "-o", out, "-q", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    bad = {"empty.mp4", "text.avi", "truncated.mp4", "folder.mp4", "missing.mp4"}
+    assert {name for name, r in records.items() if r["status"] == "error"} == bad
+    assert {name for name, r in records.items() if r["status"] == "ok"} == {Path(p).name for p in GOOD}
+    for name in bad:
+        error = records[name]["error"]
+        assert error and "\n" not in error and records[name]["predictions"] == []
+    undecodable = "not a video file, no video stream, or a format/codec that cannot be decoded"
+    assert records["missing.mp4"]["error"] == "cannot read video missing.mp4: no such file"
+    assert records["empty.mp4"]["error"] == f"cannot read video {folder / 'empty.mp4'}: the file is empty (0 bytes)"
+    assert records["folder.mp4"]["error"] == f"cannot read video {folder / 'folder.mp4'}: it is a directory, not a file"
+    assert records["text.avi"]["error"] == f"cannot read video {folder / 'text.avi'}: {undecodable}"
+    assert records["truncated.mp4"]["error"] == f"cannot read video {folder / 'truncated.mp4'}: {undecodable}"
+
+
+def test_stdout_table_when_no_output(videos, tiny_checkpoint):
+    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(tiny_checkpoint), "-q"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    model = load_checkpoint(tiny_checkpoint)
+    clip = read_clip(videos / "a.mp4", 4, 32)
+    with torch.inference_mode():
+        top = model(clip.frames[None].float() / 255).argmax().item()
+    assert "a.mp4" in result.output and TINY_LABELS[top] in result.output
+
+
+def test_resume_after_interrupt_has_no_duplicates_and_retries_failures(videos, tiny_checkpoint, tmp_path, monkeypatch):
+    folder = tmp_path / "v"
+    shutil.copytree(videos, folder)
+    write_empty(folder / "zz_broken.mp4")
+    out = tmp_path / "tags.json"
+    original = Predictor.predict
+
+    def interrupted(self, paths):
+        for i, record in enumerate(original(self, paths)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield record
+
+    monkeypatch.setattr(Predictor, "predict", interrupted)
+    result = _predict(folder, "--model", tiny_checkpoint, "-o", out, "--batch-size", 1)
+    assert result.exit_code == 130
+    assert "--resume" in result.output
+    first = json.loads(out.read_text(encoding="utf-8"))  # valid JSON although interrupted
+    assert [r["path"] for r in first] == [str(folder / p) for p in GOOD[:2]]
+    monkeypatch.setattr(Predictor, "predict", original)
+    # a failed video is retried on resume: fix it, then resume
+    result = _predict(folder, "--model", tiny_checkpoint, "-o", out, "--resume", "-q")
+    assert result.exit_code == 1  # zz_broken.mp4 fails
+    records = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["path"] for r in records] == [str(folder / p) for p in GOOD] + [str(folder / "zz_broken.mp4")]
+    assert records[:2] == first
+    write_video(folder / "zz_broken.mp4", _frames(5, 48, 64, 9))
+    result = _predict(folder, "--model", tiny_checkpoint, "-o", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "tagged 1, failed 0, 5 already done" in " ".join(result.output.split())
+    records = json.loads(out.read_text(encoding="utf-8"))
+    paths = [r["path"] for r in records]
+    assert sorted(paths) == sorted(str(folder / p) for p in GOOD + ["zz_broken.mp4"]) and len(set(paths)) == 6
+    assert all(r["status"] == "ok" for r in records)
+
+
+def test_shards_split_the_videos_without_overlap(videos, tiny_checkpoint, tmp_path):
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"part{i}.jsonl"
+        assert _predict(videos, "--model", tiny_checkpoint, "--shard", f"{i}/2", "-o", out, "-q").exit_code == 0
+        parts.append([json.loads(line)["path"] for line in out.read_text(encoding="utf-8").splitlines()])
+    all_paths = [str(videos / p) for p in GOOD]
+    assert parts == [all_paths[0::2], all_paths[1::2]]
+
+
+def test_usage_errors_exit_2(videos, tiny_checkpoint, tmp_path):
+    cases = [
+        (["--format", "xml", "-o", tmp_path / "x.csv"], "unknown format 'xml'"),
+        (["-o", tmp_path / "x.txt"], "cannot tell the format of"),
+        (["--shard", "3/2"], "invalid --shard '3/2'"),
+        (["--device", "tpu"], "invalid device 'tpu'; use auto, cpu, cuda or cuda:N"),
+        (["--device", "meta"], "unsupported device 'meta'"),
+        (["--precision", "fp8"], "invalid precision 'fp8'"),
+    ]
+    for args, message in cases:
+        result = _predict(videos, "--model", tiny_checkpoint, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+    assert _predict(videos, "--top-k", 0).exit_code == 2
+
+
+def test_frames_alone_picks_the_zoo_model_and_offline_says_how_to_fetch_it(videos, tmp_path):
+    result = _predict(videos, "--frames", 32, "--offline", "--weights-dir", tmp_path / "w")
+    assert result.exit_code == 1
+    assert "stam_32 is not in" in result.output and "stam download-weights stam_32" in result.output
+    result = _predict(videos, "--frames", 12, "--offline")
+    assert result.exit_code == 1 and "no published model is trained for 12 frames" in result.output
+
+
+def test_model_runs_at_another_frame_count_with_a_warning(videos, tiny_checkpoint, tmp_path):
+    out = tmp_path / "t.jsonl"
+    result = _predict(videos / "a.mp4", "--model", tiny_checkpoint, "--frames", 6, "-o", out, "-q")
+    assert result.exit_code == 0
+    assert "trained for 4 frames and runs on 6" in result.output
+    assert json.loads(out.read_text())["status"] == "ok"
+
+
+def test_device_and_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == cpu
+        with pytest.raises(Exception, match="no CUDA GPU is available"):
+            resolve_device("cuda")
+    with pytest.raises(Exception, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", cpu)
+
+
+def test_bf16_on_cpu_agrees_with_fp32(videos, tiny_checkpoint):
+    model = load_checkpoint(tiny_checkpoint)
+    paths = [str(videos / p) for p in GOOD]
+    fp32 = list(Predictor(model, PredictOptions(precision="fp32", device="cpu", top_k=5)).predict(paths))
+    bf16 = list(Predictor(model, PredictOptions(precision="bf16", device="cpu", top_k=5)).predict(paths))
+    for a, b in zip(fp32, bf16):
+        scores_a = {p["label"]: p["score"] for p in a["predictions"]}
+        scores_b = {p["label"]: p["score"] for p in b["predictions"]}
+        assert max(abs(scores_a[k] - scores_b[k]) for k in scores_a) < 0.02
+
+
+def test_torchrun_ranks_tag_their_shards_and_rank0_merges(videos, tiny_checkpoint, tmp_path):
+    out = tmp_path / "merged.csv"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "stamcli", "predict", str(videos), "--model", str(tiny_checkpoint), "-o", str(out), "-q",
+               "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    all_paths = [str(videos / p) for p in GOOD]
+    assert [r["path"] for r in rows] == all_paths[0::2] + all_paths[1::2]
+    assert all(r["status"] == "ok" for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.csv"]
