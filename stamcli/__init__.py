@@ -15,10 +15,13 @@ __version__ = "0.1.0"
 
 import importlib
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from .errors import CheckpointError, DownloadError, StamError, UsageError, VideoError
 from .zoo import available_models, get_model_info
+
+if TYPE_CHECKING:
+    from .model import STAM
 
 # Names that need torch/timm are imported on first use, so `stam --help` and
 # `stam download-weights` start in a fraction of a second.

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from .errors import CheckpointError, StamError
 from .model import STAM, STAMConfig
-from .zoo import default_labels, read_labels_file
+from .zoo import read_labels_file
 
 FORMAT_NAME = "stamcli-checkpoint"
 FORMAT_VERSION = 1
@@ -38,7 +38,8 @@ AUTHORS_HEAD_DIM = 64  # timm's ViT convention: heads = embed_dim / 64
 AUTHORS_TEMPORAL_HEADS = 8  # nn.TransformerEncoderLayer(d_model, nhead=8) in the authors' code
 AUTHORS_BACKBONE = "vit_base_patch16_224"
 
-ArchSpec = Union[None, str, Path, Mapping[str, Any]]
+ArchSpec = Union[None, str, Path, Mapping[str, Any]]  # a dict or a JSON file
+LabelsSpec = Union[None, str, Path, Sequence[str]]  # a list or a one-name-per-line file
 
 
 # --------------------------------------------------------------------------- key names
@@ -230,20 +231,18 @@ def load_state_into(
     model.load_state_dict(state, strict=True)
 
 
-def _resolve_labels(labels: Union[None, str, Path, Sequence[str]], num_classes: int) -> list[str]:
+def _read_labels(labels: LabelsSpec) -> Optional[list[str]]:
+    """Label names from a list or a file; ``None`` leaves the model's defaults (STAM checks the count)."""
     if labels is None:
-        return default_labels(num_classes)
-    names = read_labels_file(labels) if isinstance(labels, (str, Path)) else list(labels)
-    if len(names) != num_classes:
-        raise StamError(f"{len(names)} labels given for a model with {num_classes} outputs")
-    return names
+        return None
+    return read_labels_file(labels) if isinstance(labels, (str, Path)) else list(labels)
 
 
 def load_authors_checkpoint(
     path: Union[str, Path],
     *,
     arch: ArchSpec = None,
-    labels: Union[None, str, Path, Sequence[str]] = None,
+    labels: LabelsSpec = None,
     trust_checkpoint: bool = False,
     name: Optional[str] = None,
 ) -> STAM:
@@ -268,7 +267,7 @@ def load_authors_checkpoint(
             raise
         inferred = {}  # the given architecture must then be complete; loading names any missing key
     config = _arch_config(given, inferred)
-    model = STAM(config, labels=_resolve_labels(labels, config.num_classes), name=name or path.name)
+    model = STAM(config, labels=_read_labels(labels), name=name or path.name)
     load_state_into(model, {authors_to_stamcli_key(k): v for k, v in state.items()}, path, stamcli_to_authors_key)
     return model.eval()
 
@@ -344,15 +343,14 @@ def read_checkpoint_metadata(path: Union[str, Path]) -> dict[str, Any]:
 def load_stamcli_checkpoint(
     path: Union[str, Path],
     *,
-    labels: Union[None, str, Path, Sequence[str]] = None,
+    labels: LabelsSpec = None,
     name: Optional[str] = None,
 ) -> STAM:
     """A STAM model from a project checkpoint; labels come from the file unless ``labels`` is given."""
     path = Path(path)
     meta = read_checkpoint_metadata(path)
     config = STAMConfig.from_dict(meta["config"])
-    model = STAM(config, labels=_resolve_labels(labels, config.num_classes) if labels else meta["labels"],
-                 name=name or path.name)
+    model = STAM(config, labels=_read_labels(labels) or meta["labels"], name=name or path.name)
     try:
         with safe_open(str(path), framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -367,7 +365,7 @@ def load_checkpoint(
     path: Union[str, Path],
     *,
     arch: ArchSpec = None,
-    labels: Union[None, str, Path, Sequence[str]] = None,
+    labels: LabelsSpec = None,
     trust_checkpoint: bool = False,
     name: Optional[str] = None,
 ) -> STAM:

@@ -16,6 +16,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -34,11 +35,11 @@ _state = {"debug": False}
 
 WeightsDirOption = Annotated[
     Optional[Path],
-    typer.Option("--weights-dir", help="Where zoo checkpoints live [default: $STAM_WEIGHTS_DIR or ./weights]."),
+    typer.Option("--weights-dir", help="Where zoo checkpoints live (default: $STAM_WEIGHTS_DIR or ./weights)."),
 ]
 MirrorOption = Annotated[
     Optional[str],
-    typer.Option("--mirror", help="Fetch URL/<file name> instead of the authors' host [env: STAM_MIRROR]."),
+    typer.Option("--mirror", help="Fetch URL/<file name> instead of the authors' host (env: STAM_MIRROR)."),
 ]
 
 
@@ -76,7 +77,7 @@ def user_errors(command: Callable) -> Callable:
         except StamError as err:
             if _state["debug"]:
                 raise
-            stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]interrupted[/]")
@@ -111,7 +112,7 @@ def models_command(weights_dir: WeightsDirOption = None) -> None:
 @app.command("download-weights")
 @user_errors
 def download_weights_command(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Zoo models to fetch [default: stam_16].")] = None,
+    names: Annotated[Optional[List[str]], typer.Argument(help="Zoo models to fetch (default: stam_16).")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Fetch every zoo model.")] = False,
     weights_dir: WeightsDirOption = None,
     mirror: MirrorOption = None,
@@ -126,7 +127,7 @@ def download_weights_command(
         get_model_info(name)  # unknown names fail before any download starts
     for name in wanted:
         path = download_weights(name, weights_dir, mirror=mirror, force=force)
-        stderr.print(f"[green]{name}[/]: {path}", highlight=False)
+        stderr.print(f"[green]{name}[/]: {escape(str(path))}", highlight=False)
 
 
 # --------------------------------------------------------------------------- predict
@@ -139,7 +140,7 @@ def predict_command(
         Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per video; alone, picks stam_<N>.")
     ] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Zoo name or checkpoint file [default: stam_16].")
+        Optional[str], typer.Option("--model", "-m", help="Zoo name or checkpoint file (default: stam_16).")
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")] = 8,
@@ -148,17 +149,17 @@ def predict_command(
         str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Results file [default: a table on stdout].")
+        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
     ] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json or jsonl [default: from --output's extension].")
+        Optional[str], typer.Option("--format", help="csv, json or jsonl (default: from --output's extension).")
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
     ext: Annotated[
         Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
     ] = None,
     workers: Annotated[
-        Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads [default: min(4, CPUs)].")
+        Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs)).")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip videos already tagged in --output; retry failed ones.")
@@ -173,7 +174,7 @@ def predict_command(
     weights_dir: WeightsDirOption = None,
     mirror: MirrorOption = None,
     offline: Annotated[
-        Optional[bool], typer.Option("--offline/--online", help="Never download weights [env: STAM_OFFLINE].")
+        Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
     ] = None,
     trust_checkpoint: Annotated[
         bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")

@@ -16,11 +16,13 @@ from rich.text import Text
 
 
 class RateColumn(ProgressColumn):
-    """Videos per second."""
+    """Videos per second since the start (steadier than rich's short-window estimate for batched work)."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("- videos/s" if speed is None else f"{speed:.2f} videos/s", style="cyan")
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed or not task.completed:
+            return Text("- videos/s", style="cyan")
+        return Text(f"{task.completed / elapsed:.2f} videos/s", style="cyan")
 
 
 class TaggingProgress:

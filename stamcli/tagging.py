@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .engine import Predictor, PredictOptions, Throughput
-from .errors import StamError, UsageError
+from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .writers import format_for, open_writer, read_records
 from .zoo import model_for_frames

@@ -54,7 +54,7 @@ __all__ = ["Clip", "VideoInfo", "SEEK_MIN_GAP", "sample_indices", "resize_size_f
 #: 28 (mp4v, GOP 12), 34 (H.264, GOP 25) or 130-180 (H.264, x264's default GOP 250) frames,
 #: because OpenCV seeks to a key frame before ``target - 16`` and decodes forward from it.
 #: At 150 a seek costs about as much as the frames it skips for the longest common GOP and
-#: saves 4-9x for short GOPs; Kinetics-length clips (250-300 frames) never seek for F >= 2.
+#: saves 4-9x for short GOPs; Kinetics-length clips (250-300 frames) never seek for F >= 3.
 SEEK_MIN_GAP = 150
 
 _MAX_PLAUSIBLE_FRAMES = 10**8  # ~39 days at 30 fps; a larger header count is garbage
@@ -154,6 +154,8 @@ def _check_file(path) -> None:
     name = _one_line(path)
     if os.path.isdir(path):
         raise VideoError(f"cannot read video {name}: it is a directory, not a file")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise VideoError(f"cannot read video {name}: not a regular file")
     try:
         with open(path, "rb") as fh:
             empty = fh.read(1) == b""
@@ -169,7 +171,7 @@ def _check_file(path) -> None:
 
 @contextmanager
 def _capture(path, threads: int = 0) -> Iterator[cv2.VideoCapture]:
-    """An opened FFmpeg-backend capture with OpenCV's auto-rotation switched off."""
+    """An opened FFmpeg-backend capture, released on exit; VideoError if it cannot open."""
     params = [cv2.CAP_PROP_N_THREADS, int(threads)] if threads > 0 else []
     cap = cv2.VideoCapture(os.fspath(path), cv2.CAP_FFMPEG, params)
     if not cap.isOpened() and params:  # a build that rejects the open parameter
@@ -201,6 +203,7 @@ def _rotation_of(cap: cv2.VideoCapture) -> int:
 
 
 def _header(cap: cv2.VideoCapture, path) -> VideoInfo:
+    """Header facts of an open capture (switches OpenCV's auto-rotation off, see _rotation_of)."""
     rotation = _rotation_of(cap)
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if math.isfinite(fps) and 0 < fps < 10_000 else 0.0
@@ -246,50 +249,60 @@ def _count_frames(cap: cv2.VideoCapture) -> int:
 
 
 class _Reader:
-    """Walks a capture forward to wanted frames by grabbing or (verified) seeking."""
+    """Walks a capture forward to wanted frames by grabbing or (verified) seeking.
+
+    OpenCV seeks by time (frame number / fps), so a seek only reaches frame ``k`` when the
+    rate is constant.  Before seeking we therefore grab a few frames (8 at the start, 2 before
+    each later seek) and check they tick at 1/fps; after seeking, the frame must report
+    ``k``'s position and timestamp.  Failures raise :class:`_PlanFailed`.
+    """
 
     def __init__(self, cap: cv2.VideoCapture, info: VideoInfo, seek_min_gap: float):
         self.cap, self.fps, self.pos = cap, info.fps, 0  # pos: index of the next frame grab() gives
         self.seek_min_gap = seek_min_gap if self.fps > 0 else math.inf
-        self.t0: float | None = None  # timestamp (ms) of frame 0
+        self.t0 = 0.0  # timestamp (ms) of frame 0
+        self.seeks = 0
 
-    def _grab(self) -> None:
+    def _grab(self) -> float:
+        """Grab the next frame; return its timestamp in ms."""
         if not self.cap.grab():
             raise _PlanFailed(f"no frame {self.pos}")
-        if self.pos == 0:
-            self.t0 = self.cap.get(cv2.CAP_PROP_POS_MSEC)
-        self.pos += 1
-
-    def _time_ok(self, k: int) -> bool:
-        """Does the frame just grabbed carry frame ``k``'s timestamp at a constant rate?"""
         ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
-        expected = (self.t0 or 0.0) + k * 1000.0 / self.fps
+        if self.pos == 0:
+            self.t0 = ms
+        self.pos += 1
+        return ms
+
+    def _near(self, ms: float, expected: float) -> bool:
         return abs(ms - expected) <= 500.0 / self.fps + 1.5  # half a frame + ms rounding
 
-    def _check_regular_prefix(self, k: int) -> None:
-        """Before the first seek: the first frames (before ``k``) must tick at 1/fps, else
-        never seek (OpenCV seeks by time, so frame numbers are only right at a constant rate)."""
-        while self.pos < min(_PREFIX_CHECK, k):
-            self._grab()
-            if not self._time_ok(self.pos - 1):
-                self.seek_min_gap = math.inf  # variable frame rate: seeking by frame is unsafe
-                return
+    def _rate_is_constant(self, k: int) -> bool:
+        """Grab a few frames short of ``k``; do they come exactly 1/fps apart?"""
+        stop = min(self.pos + (_PREFIX_CHECK if self.pos == 0 else 2), k)
+        prev = self.cap.get(cv2.CAP_PROP_POS_MSEC) if self.pos > 0 else None
+        while self.pos < stop:
+            ms = self._grab()
+            if prev is not None and not self._near(ms - prev, 1000.0 / self.fps):
+                return False
+            prev = ms
+        return True
 
-    def _seek(self, k: int) -> None:
-        """Position so that the next grab() returns frame ``k``; verified after that grab."""
+    def _seek_and_grab(self, k: int) -> None:
+        """Seek so that frame ``k`` is grabbed, and check it is (position and timestamp)."""
         if not self.cap.set(cv2.CAP_PROP_POS_FRAMES, k) or self.cap.get(cv2.CAP_PROP_POS_FRAMES) != k:
             raise _PlanFailed(f"seek to {k} failed")
-        self.pos = k
+        self.pos, self.seeks = k, self.seeks + 1
+        if not self._near(self._grab(), self.t0 + k * 1000.0 / self.fps):
+            raise _PlanFailed(f"seek to {k} landed elsewhere")
 
     def goto(self, k: int) -> None:
         """Grab frame ``k`` (>= pos), so that retrieve() returns it."""
+        if k - self.pos >= self.seek_min_gap and not self._rate_is_constant(k):
+            if self.seeks:  # earlier seeks may have landed on wrong frames
+                raise _PlanFailed("variable frame rate")
+            self.seek_min_gap = math.inf  # none yet: just never seek in this video
         if k - self.pos >= self.seek_min_gap:
-            self._check_regular_prefix(k)
-        if k - self.pos >= self.seek_min_gap:
-            self._seek(k)
-            self._grab()
-            if not self._time_ok(k):
-                raise _PlanFailed(f"seek to {k} landed elsewhere")
+            self._seek_and_grab(k)
             return
         while self.pos <= k:
             self._grab()
@@ -317,7 +330,6 @@ def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, 
         for i, j in enumerate(indices):
             if j == k:
                 out[i] = tensor
-        del bgr
     if check_end:
         reader.check_end(n)
     return indices, out
@@ -362,6 +374,6 @@ def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | 
                     raise VideoError(f"cannot read video {name}: decoding is not repeatable ({exc})") from None
     except cv2.error as exc:
         raise VideoError(f"cannot read video {name}: OpenCV error: {_first_line(exc)}") from None
-    return Clip(path=os.fsdecode(path), frames=frames.contiguous(), indices=indices, frame_count=n, fps=info.fps,
-                duration_s=n / info.fps if info.fps > 0 else 0.0, width=info.width,
+    return Clip(path=os.fsdecode(path), frames=frames.contiguous(), indices=indices, frame_count=n,
+                fps=info.fps, duration_s=n / info.fps if info.fps > 0 else 0.0, width=info.width,
                 height=info.height, rotation=info.rotation)

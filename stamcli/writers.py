@@ -434,23 +434,3 @@ def open_writer(output: Union[str, Path, None], fmt: Optional[str], *, top_k: in
     if output is None:
         return _WRITERS[fmt](None, top_k, stream=sys.stdout)
     return _WRITERS[fmt](output, top_k, resume=resume)
-
-
-def merge_outputs(parts: list[Path], output: Path, fmt: str, top_k: int) -> None:
-    """Concatenate part files (one per rank) into ``output`` in order, then delete them."""
-    fmt = format_for(str(output), fmt)
-    output = Path(output)
-    records = []
-    for part in parts:
-        if Path(part).exists():
-            records.extend(read_records(part, fmt))
-        else:
-            log.warning("part file %s is missing; its videos are not in %s", part, output)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.merge")
-    with _WRITERS[fmt](tmp, top_k, sync=False) as writer:
-        for rec in records:
-            writer.write(rec)
-    os.replace(tmp, output)
-    for part in parts:
-        if Path(part).exists() and Path(part).resolve() != output.resolve():
-            Path(part).unlink()

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import TINY_LABELS
-from synthetic import index_frame, write_empty, write_text, write_truncated, write_video
+from synthetic import write_empty, write_text, write_truncated, write_video
 from stamcli import load_checkpoint
 from stamcli.cli import app
 from stamcli.engine import PredictOptions, Predictor, resolve_device, resolve_precision
@@ -243,17 +243,39 @@ def test_bf16_on_cpu_agrees_with_fp32(videos, tiny_checkpoint):
         assert max(abs(scores_a[k] - scores_b[k]) for k in scores_a) < 0.02
 
 
-def test_torchrun_ranks_tag_their_shards_and_rank0_merges(videos, tiny_checkpoint, tmp_path):
+def test_torchrun_ranks_tag_their_shards_and_rank0_merges_with_resume(videos, tiny_checkpoint, tmp_path):
     out = tmp_path / "merged.csv"
+    all_paths = [str(videos / p) for p in GOOD]
+    # an earlier run tagged the first video; under torchrun --resume the ranks share the other four
+    assert _predict(all_paths[0], "--model", tiny_checkpoint, "-o", out, "-q").exit_code == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "stamcli", "predict", str(videos), "--model", str(tiny_checkpoint), "-o", str(out), "-q",
-               "--workers", "1"]
+               "--workers", "1", "--resume"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    all_paths = [str(videos / p) for p in GOOD]
-    assert [r["path"] for r in rows] == all_paths[0::2] + all_paths[1::2]
+    # a video's rank does not depend on what is done: shard first (rank r takes r::2), then skip done ones
+    assert [r["path"] for r in rows] == all_paths[:1] + all_paths[2::2] + all_paths[1::2]
     assert all(r["status"] == "ok" for r in rows)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.csv"]  # part files removed
+
+
+def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos, tiny_checkpoint, monkeypatch):
+    import stamcli.engine as engine
+
+    seen = []
+
+    def spy(path, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return read_clip(path, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "read_clip", spy)
+    torch.set_num_threads(2)
+    predictor = Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(workers=2, device="cpu"))
+    records = list(predictor.predict([str(videos / p) for p in GOOD]))
+    assert [r["status"] for r in records] == ["ok"] * 5
+    assert torch.get_num_threads() == 2
+    if engine._PER_THREAD_OMP:
+        assert seen == [1] * 5

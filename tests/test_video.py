@@ -345,37 +345,158 @@ def test_lying_frame_count(vids, spy, lie, seek_min_gap):
     assert clip_ids(clip) == clip.indices
 
 
-@pytest.mark.parametrize("ext", ["mp4", "mkv"])
-def test_variable_frame_rate(vids, spy, ext):
-    """60 frames at 10 fps then 120 at 30 fps: OpenCV seeks by time, which is wrong here
-    (and the mkv header count, estimated as duration x fps, is too large)."""
-    pts = [3 * i for i in range(60)] + [180 + i for i in range(120)]
-    path = write_index_video(vids / f"vfr.{ext}", 180, 48, 64, 30, codec="libx264",
-                             pts=pts, time_base=Fraction(1, 30))
-    for gap in (math.inf, 0, SEEK_MIN_GAP):
-        clip = read_clip(path, 8, seek_min_gap=gap)
+VFR_PTS = {  # in 1/30 s
+    "slow_then_fast": [3 * i for i in range(60)] + [180 + i for i in range(120)],  # 10 fps, 30 fps
+    "fast_then_slow": list(range(30)) + [30 + 3 * i for i in range(150)],  # 30 fps, 10 fps
+}
+
+
+@pytest.fixture(scope="module", params=[(p, e) for p in VFR_PTS for e in ("mp4", "mkv")],
+                ids=lambda p: f"{p[0]}.{p[1]}")
+def vfr_video(vids, request):
+    """180 frames at a variable frame rate.  OpenCV seeks by time (frame / fps), which lands on
+    the wrong frames here; in mkv the header count (duration x fps) is also wrong."""
+    kind, ext = request.param
+    return write_index_video(vids / f"vfr_{kind}.{ext}", 180, 48, 64, 30, codec="libx264",
+                             pts=VFR_PTS[kind], time_base=Fraction(1, 30))
+
+
+def test_variable_frame_rate(vfr_video):
+    for gap in (math.inf, 0, 20, SEEK_MIN_GAP):
+        clip = read_clip(vfr_video, 8, seek_min_gap=gap)
         assert clip.frame_count == 180
         assert clip_ids(clip) == clip.indices == sample_indices(180, 8)
 
 
-def test_seek_landing_elsewhere_falls_back(long_mp4v, monkeypatch):
-    """Seeks that report the wanted position but land 3 frames early (OpenCV issue #4890)
-    are caught by the timestamp check; the video is then read by grabbing only."""
+def _planned(path, n, f=8, gap=0.0):
+    """One planned pass of read_clip (no end-of-video check): indices, frames."""
+    with video._capture(path) as cap:
+        info = video._header(cap, path)
+        return video._read_planned(cap, info, n or info.frame_count, f, 224, 256, gap, check_end=False)
 
-    class EarlySeek(SpyCapture):
-        offset = 0
 
+def test_seeks_by_time_never_mislabel_frames(vfr_video):
+    """Without the end check, the rate and timestamp checks alone must catch VFR seeks."""
+    try:
+        indices, frames = _planned(vfr_video, None)
+    except video._PlanFailed:
+        return
+    assert [decode_clip_index(f) for f in frames] == indices
+
+
+def test_seek_refused_is_detected(long_mp4v, monkeypatch):
+    class NoSeek(SpyCapture):
         def set(self, prop, value):
-            if prop == cv2.CAP_PROP_POS_FRAMES:
-                self.calls["seek"] += 1
-                self.offset = min(3, int(value))
-                return self.real.set(prop, value - self.offset)
-            return self.real.set(prop, value)
+            return False if prop == cv2.CAP_PROP_POS_FRAMES else self.real.set(prop, value)
 
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda *a, **k: NoSeek(_REAL_CAPTURE(*a, **k)))
+    with pytest.raises(video._PlanFailed, match="seek to 25 failed"):
+        _planned(long_mp4v, 400)
+    clip = read_clip(long_mp4v, 8, seek_min_gap=0)  # falls back to grabbing
+    assert clip_ids(clip) == clip.indices == sample_indices(400, 8)
+
+
+class EarlySeek(SpyCapture):
+    """Seeks report the wanted position but land 3 frames early (cf. OpenCV issue #4890)."""
+
+    offset = 0
+
+    def set(self, prop, value):
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            self.calls["seek"] += 1
+            self.offset = min(3, int(value))
+            return self.real.set(prop, value - self.offset)
+        return self.real.set(prop, value)
+
+    def get(self, prop):
+        value = self.real.get(prop)
+        return value + self.offset if prop == cv2.CAP_PROP_POS_FRAMES else value
+
+
+def test_seek_to_wrong_position_is_detected(long_mp4v, monkeypatch):
+    class WrongPos(SpyCapture):
         def get(self, prop):
             value = self.real.get(prop)
-            return value + self.offset if prop == cv2.CAP_PROP_POS_FRAMES else value
+            return value + 1 if prop == cv2.CAP_PROP_POS_FRAMES else value
 
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda *a, **k: WrongPos(_REAL_CAPTURE(*a, **k)))
+    with pytest.raises(video._PlanFailed, match="seek to 25 failed"):
+        _planned(long_mp4v, 400)
+
+
+class FakeCapture:
+    """A capture of ``len(times)`` frames with the given timestamps (ms) that seeks exactly."""
+
+    def __init__(self, times, fps=25.0):
+        self.times, self.fps, self.next, self.cur = list(times), fps, 0, None
+
+    def grab(self):
+        if self.next >= len(self.times):
+            return False
+        self.cur, self.next = self.next, self.next + 1
+        return True
+
+    def get(self, prop):
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return self.times[self.cur] if self.cur is not None else 0.0
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            return float(self.next)
+        raise AssertionError(prop)
+
+    def set(self, prop, value):
+        assert prop == cv2.CAP_PROP_POS_FRAMES
+        self.next = int(value)
+        return True
+
+
+def _fake_reader(times, gap=10):
+    info = video.VideoInfo("fake", len(times), 25.0, 64, 48, 0, "")
+    return video._Reader(FakeCapture(times), info, gap)
+
+
+def test_reader_rate_checks_with_fake_capture():
+    regular = [40.0 * i for i in range(100)]
+    r = _fake_reader(regular)
+    r.goto(50)  # 8 frames checked, then one seek
+    r.goto(90)
+    assert (r.seeks, r.pos) == (2, 91)
+    r.check_end(100)
+
+    # irregular at the start: never seek, grab through (still the right frames)
+    r = _fake_reader([100.0 * i for i in range(100)])
+    r.goto(50)
+    assert (r.seeks, r.pos) == (0, 51)
+
+    # regular at the start, slower from frame 32: the check before the second seek fails
+    later = [40.0 * i for i in range(32)] + [1240.0 + 100.0 * i for i in range(1, 69)]
+    r = _fake_reader(later)
+    r.goto(30)
+    assert r.seeks == 1
+    with pytest.raises(video._PlanFailed, match="variable frame rate"):
+        r.goto(60)
+
+    # a seek that lands on a frame with the wrong timestamp
+    r = _fake_reader(regular[:50] + [t + 200.0 for t in regular[50:]])
+    with pytest.raises(video._PlanFailed, match="landed elsewhere"):
+        r.goto(60)
+
+    # the video ends early or goes on past n
+    r = _fake_reader(regular[:60])
+    with pytest.raises(video._PlanFailed, match="no frame"):
+        r.goto(70)
+    r = _fake_reader(regular)
+    r.goto(20)
+    with pytest.raises(video._PlanFailed, match="more than 90 frames"):
+        r.check_end(90)
+
+
+def test_seek_landing_elsewhere_is_detected(long_mp4v, monkeypatch):
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda *a, **k: EarlySeek(_REAL_CAPTURE(*a, **k)))
+    with pytest.raises(video._PlanFailed, match="landed elsewhere"):
+        _planned(long_mp4v, 400)
+
+
+def test_seek_landing_elsewhere_falls_back(long_mp4v, monkeypatch):
     SpyCapture.instances = []
     monkeypatch.setattr(video.cv2, "VideoCapture", lambda *a, **k: EarlySeek(_REAL_CAPTURE(*a, **k)))
     clip = read_clip(long_mp4v, 8, seek_min_gap=0)
@@ -469,6 +590,17 @@ def test_truncated_mp4(tmp_path, good_mp4):
     _err(write_truncated(good_mp4, tmp_path / "cut.mp4", 0.5), "not a video file")
 
 
+def test_header_but_no_frames(tmp_path):
+    """A faststart mp4 cut just after its header: it opens, claims 30 frames, decodes none."""
+    full = write_index_video(tmp_path / "fs.mp4", 30, 48, 64, codec="libx264",
+                             container_options={"movflags": "faststart"})
+    data = full.read_bytes()
+    path = tmp_path / "header_only.mp4"
+    path.write_bytes(data[: data.index(b"mdat") + 8])
+    assert probe(path).frame_count == 30
+    _err(path, "no decodable video frames")
+
+
 @pytest.mark.parametrize("name,codec", [("tone.m4a", "aac"), ("tone.mp4", "aac"), ("tone.wav", "pcm_s16le")])
 def test_audio_only(tmp_path, name, codec):
     _err(write_audio_only(tmp_path / name, codec=codec), "no video stream")
@@ -530,4 +662,4 @@ def test_long_video_memory_is_bounded(vids, spy):
     assert spy.total("retrieve") == 8 and spy.total("read") == 0
     assert spy.total("grab") == n + 1  # every frame once, plus the end-of-video check
     # 2000 decoded 64x48 BGR frames would be 18 MB of numpy arrays; we hold a handful
-    assert peak < 2_000_000, peak
+    assert peak < 2_000_000, peak  # measured 12 kB (one decoded frame)

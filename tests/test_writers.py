@@ -15,7 +15,6 @@ from stamcli.writers import (
     error_record,
     format_for,
     make_record,
-    merge_outputs,
     open_writer,
     read_records,
 )
@@ -262,24 +261,6 @@ def test_format_given_without_output_writes_to_stdout(capsys):
     with open_writer(None, "jsonl", top_k=1) as writer:
         writer.write(ok("a.mp4", "x"))
     assert [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()] == ["a.mp4"]
-
-
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_merge_outputs(tmp_path, fmt):
-    records = sample_records()
-    parts = [tmp_path / f"part{i}.{fmt}" for i in range(3)]
-    for part, chunk in zip(parts, (records[:2], [], records[2:])):
-        with open_writer(part, None, top_k=TOP_K) as writer:
-            for rec in chunk:
-                writer.write(rec)
-    out = tmp_path / f"merged.{fmt}"
-    merge_outputs(parts, out, fmt, TOP_K)
-    assert read_records(out) == [comparable(r, fmt) for r in records]
-    assert not any(p.exists() for p in parts)
-    if fmt == "json":
-        assert len(json.loads(out.read_text(encoding="utf-8"))) == 4
-    if fmt == "csv":
-        assert out.read_text(encoding="utf-8").count("path,status") == 1
 
 
 def test_table_writer():
