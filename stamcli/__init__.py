@@ -64,7 +64,7 @@ def load_model(
     offline, and verified against its download record) or a checkpoint file (the authors' ``.pth``
     or the project's ``.safetensors``).
     """
-    from .checkpoints import load_checkpoint
+    from .checkpoints import load_checkpoint, read_arch
     from .weights import ensure_weights
 
     text = str(name_or_path)
@@ -72,7 +72,7 @@ def load_model(
         info = get_model_info(text)
         path = ensure_weights(text, weights_dir, mirror=mirror, offline=offline, progress=progress)
         zoo_arch = dict(info.architecture, frames=info.frames, img_size=info.img_size)
-        zoo_arch.update(dict(arch) if isinstance(arch, Mapping) else {})
+        zoo_arch.update(read_arch(arch))
         model = load_checkpoint(path, arch=zoo_arch, labels=labels, trust_checkpoint=trust_checkpoint, name=text)
     elif Path(text).exists() or Path(text).suffix in (".pth", ".pt", ".safetensors", ".bin"):
         model = load_checkpoint(text, arch=arch, labels=labels, trust_checkpoint=trust_checkpoint)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_LABELS
+from conftest import SHARED, TINY_LABELS
 from synthetic import write_empty, write_text, write_truncated, write_video
 from stamcli import load_checkpoint
 from stamcli.cli import app
@@ -279,3 +279,70 @@ def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos,
     assert torch.get_num_threads() == 2
     if engine._PER_THREAD_OMP:
         assert seen == [1] * 5
+
+
+def test_real_ctrl_c_leaves_valid_json_and_resume_completes_it(videos, tmp_path):
+    import signal
+    import time
+
+    from stamcli import create_model, save_checkpoint
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        shutil.copy(videos / "a.mp4", folder / f"v{i:02d}.mp4")
+    # big enough that 30 videos take seconds, so the signal lands mid-run
+    slow = save_checkpoint(
+        create_model("vit_small_patch16_224", frames=8, num_classes=5, img_size=224, depth=4, labels=TINY_LABELS),
+        tmp_path / "slow.safetensors",
+    )
+    out = tmp_path / "tags.json"
+    command = [sys.executable, "-m", "stamcli", "predict", str(folder), "--model", str(slow), "-o", str(out),
+               "-b", "1", "-w", "1", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_text(encoding="utf-8").count('"path"') < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    records = json.loads(out.read_text(encoding="utf-8"))  # a complete, valid JSON array
+    assert 2 <= len(records) < 30
+    assert [r["path"] for r in records] == [str(folder / f"v{i:02d}.mp4") for i in range(len(records))]
+    result = _predict(folder, "--model", slow, "-o", out, "--resume", "-b", "4")
+    assert result.exit_code == 0, result.output
+    paths = [r["path"] for r in json.loads(out.read_text(encoding="utf-8"))]
+    assert paths == [str(folder / f"v{i:02d}.mp4") for i in range(30)]
+
+
+def test_predict_downloads_a_missing_zoo_model(videos, file_server, tmp_path):
+    from conftest import make_tiny_model, save_authors_checkpoint
+
+    served, url = file_server
+    save_authors_checkpoint(make_tiny_model(num_classes=400, frames=8), served / "stam_8.pth")
+    arch = tmp_path / "tiny_arch.json"  # the zoo's ViT-B layout, shrunk to the tiny test model
+    arch.write_text(json.dumps({"backbone": "vit_tiny_patch16_224", "img_size": 32, "embed_dim": 64, "depth": 1,
+                                "num_heads": 2, "temporal_layers": 1, "temporal_ff": 128}))
+    out = tmp_path / "t.jsonl"
+    weights = tmp_path / "weights"
+    result = _predict(videos / "a.mp4", "--frames", 8, "--arch", arch, "--mirror", url, "--weights-dir", weights,
+                      "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert (weights / "stam_8.pth").read_bytes() == (served / "stam_8.pth").read_bytes()
+    assert (weights / "stam_8.pth.download.json").exists()
+    record = json.loads(out.read_text())
+    assert record["model"] == "stam_8" and record["status"] == "ok"
+    assert record["predictions"][0]["label"] in (SHARED / "data" / "kinetics400_labels.txt").read_text().splitlines()
+
+
+def test_bad_checkpoint_is_one_line_and_debug_shows_the_traceback(videos, tmp_path):
+    bad = tmp_path / "model.pth"
+    bad.write_text("not weights")
+    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(bad)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: {bad} is not a checkpoint (expected a PyTorch .pth file or a stamcli .safetensors file)"]
+    result = runner.invoke(app, ["--debug", "predict", str(videos / "a.mp4"), "--model", str(bad)])
+    assert result.exit_code != 0 and type(result.exception).__name__ == "CheckpointError"
