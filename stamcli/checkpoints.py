@@ -77,12 +77,13 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
     if not head:
         raise CheckpointError(f"{path} is empty, not a checkpoint")
+    # safetensors first: its 8-byte header length can start with 0x80, a pickle's first byte
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        return "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
     if head[:1] == b"\x80":
         return "torch-legacy"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
-        return "safetensors"
     raise CheckpointError(
         f"{path} is not a checkpoint (expected a PyTorch .pth file or a stamcli .safetensors file)"
     )

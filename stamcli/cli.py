@@ -209,6 +209,121 @@ def predict_command(
     raise typer.Exit(1 if summary.failed else 0)
 
 
+# --------------------------------------------------------------------------- finetune / evaluate
+
+@app.command("finetune")
+@user_errors
+def finetune_command(
+    data: Annotated[Optional[str], typer.Argument(help="CSV of path,label or a folder of class folders.")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation data (default: a split of DATA).")] = None,
+    val_split: Annotated[Optional[float], typer.Option("--val-split", help="Held-out fraction (0.1).")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Zoo name, checkpoint file or timm ViT name (stam_16).")
+    ] = None,
+    backbone_weights: Annotated[
+        Optional[str], typer.Option("--backbone-weights", help="Local timm weights for a new model's ViT.")
+    ] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", "-f", help="Frames per clip (model's own).")] = None,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size (model's own).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (10).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Clips per batch (8).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (1e-4).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (0.05).")] = None,
+    warmup: Annotated[Optional[float], typer.Option("--warmup", help="Warm-up epochs (1).")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="(0.1).")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Batches per optimiser step (1).")] = None,
+    clip_grad: Annotated[Optional[float], typer.Option("--clip-grad", help="Max gradient norm (1.0; 0: off).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto, fp32, bf16 or fp16.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Data loading processes (2).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", help="Early stop after N flat epochs (0: off).")] = None,
+    freeze_backbone: Annotated[
+        Optional[bool], typer.Option("--freeze-backbone/--train-backbone", help="Train only the temporal part.")
+    ] = None,
+    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips (off).")] = None,
+    skip_bad: Annotated[Optional[bool], typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run folder (runs/finetune/<name>).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (DATA's name).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags win.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run folder.")] = None,
+    weights_dir: WeightsDirOption = None,
+    mirror: MirrorOption = None,
+    offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
+) -> None:
+    """Fine-tune STAM on your labelled clips.
+
+    Example: stam finetune clips.csv --model stam_16 --epochs 5 --frames 16
+    """
+    from .train.config import resolve_config
+    from .train.finetune import finetune
+
+    flags = {key: value for key, value in locals().items() if key not in ("config", "resume", "finetune", "resolve_config")}
+    flags["weights_dir"] = str(weights_dir) if weights_dir else None
+    if resume:
+        given = [key for key, value in flags.items() if value is not None]
+        if given:
+            raise UsageError(f"--resume continues a run with its saved options; drop: {', '.join(given)}")
+        result = finetune(resume=resume, on_epoch=_print_epoch)
+    else:
+        result = finetune(resolve_config(flags, config), on_epoch=_print_epoch)
+    if result.interrupted:
+        stderr.print(f"[yellow]interrupted[/]: saved {result.run_dir}/last.safetensors; continue with: "
+                     f"stam finetune --resume {escape(str(result.run_dir))}", highlight=False)
+        raise typer.Exit(130)
+    best = "-" if result.best_top1 is None else f"{100 * result.best_top1:.1f}%"
+    stderr.print(f"[green]done[/]: {result.epochs_done} epochs{' (stopped early)' if result.stopped_early else ''}, "
+                 f"best val top-1 {best} (epoch {result.best_epoch}); model: {escape(str(result.run_dir))}/best.safetensors",
+                 highlight=False)
+
+
+def _print_epoch(row: dict) -> None:
+    stderr.print(
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+        f"val top-1 {100 * row['val_top1']:.1f}%, top-5 {100 * row['val_top5']:.1f}%, lr {row['lr']:.2e}, "
+        f"{row['seconds']:.1f} s", highlight=False,
+    )
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    data: Annotated[str, typer.Argument(help="CSV of path,label or a folder of class folders.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file or zoo name.")],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Report JSON (+ confusion CSV/PNG, misclassified CSV).")
+    ] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per clip (model's own).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")] = 8,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads.")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = False,
+    weights_dir: WeightsDirOption = None,
+    offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
+) -> None:
+    """Measure a model on labelled clips: top-1, top-5, per-class accuracy, confusion matrix.
+
+    Example: stam evaluate val.csv --model runs/finetune/clips/best.safetensors -o report.json
+    """
+    from . import load_model
+    from .engine import PredictOptions
+    from .train.evaluate import evaluate
+
+    options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers)
+    options.check()
+    loaded = load_model(model, weights_dir=weights_dir, offline=offline)
+    report = evaluate(data, loaded, options, output=output, skip_bad=skip_bad)
+    table = Table(title=f"{escape(loaded.name)} on {escape(str(data))}")
+    for column in ("videos", "top-1", "top-5", "mean class accuracy", "unreadable"):
+        table.add_column(column, justify="right")
+    table.add_row(str(report["videos"]), f"{100 * report['top1']:.2f}%", f"{100 * report['top5']:.2f}%",
+                  f"{100 * report['mean_class_accuracy']:.2f}%", str(len(report["failed"])))
+    Console().print(table)
+    if output:
+        stderr.print(f"report: {escape(str(output))}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point (``stam``)."""
     app(prog_name="stam")

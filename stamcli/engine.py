@@ -147,17 +147,15 @@ class Predictor:
             logits = self.model(videos)
         return logits.float().softmax(dim=-1).cpu()
 
-    def _records(self, clips: list[Clip]) -> list[dict]:
-        scores, indexes = self.probabilities(clips).topk(self.top_k, dim=-1)
+    def record(self, item: "ScoredVideo") -> dict:
+        """The output record of a scored video: its top-k labels, or the error."""
+        if item.probabilities is None:
+            return error_record(item.path, item.error, model=self.model.name)
+        scores, indexes = item.probabilities.topk(self.top_k)
         labels = self.model.labels
-        records = []
-        for clip, row_scores, row_indexes in zip(clips, scores.tolist(), indexes.tolist()):
-            predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(row_scores, row_indexes)]
-            records.append(make_record(
-                clip.path, predictions=predictions, frames=clip.frame_count, model=self.model.name,
-                duration_s=clip.duration_s, fps=clip.fps,
-            ))
-        return records
+        predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
+        return make_record(item.path, predictions=predictions, frames=item.frame_count, model=self.model.name,
+                           duration_s=item.duration_s, fps=item.fps)
 
     # ------------------------------------------------------------------ decode side
 
@@ -165,7 +163,12 @@ class Predictor:
         return read_clip(path, self.frames, self.model.config.img_size, threads=1 if self.workers > 1 else 0)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
-        """One record per path, in order. Decoding runs ahead of the model in worker threads."""
+        """One output record per path, in order (see the README for the schema)."""
+        for item in self.scores(paths):
+            yield self.record(item)
+
+    def scores(self, paths: Iterable[str]) -> Iterator["ScoredVideo"]:
+        """Every class probability of each video, in order. Decoding runs ahead in worker threads."""
         window = self.options.batch_size * 2 + self.workers
         pending: deque[tuple[str, Future]] = deque()
         path_iter = iter(paths)
@@ -180,33 +183,46 @@ class Predictor:
                     if not pending:
                         return
                     chunk = [pending.popleft() for _ in range(min(self.options.batch_size, len(pending)))]
-                    yield from self._run_chunk(chunk)
+                    yield from self._score_chunk(chunk)
             finally:
                 for _, future in pending:
                     future.cancel()
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
-    def _run_chunk(self, chunk: list[tuple[str, Future]]) -> list[dict]:
-        results: list[Optional[dict]] = [None] * len(chunk)
-        clips, slots = [], []
-        for slot, (path, future) in enumerate(chunk):
+    def _score_chunk(self, chunk: list[tuple[str, Future]]) -> list["ScoredVideo"]:
+        results: list[ScoredVideo] = []
+        clips: list[Clip] = []
+        for path, future in chunk:
             try:
                 clip = future.result()
             except Exception as err:  # one bad video never stops the run
-                results[slot] = error_record(path, _reason(err), model=self.model.name)
+                results.append(ScoredVideo(path, None, _reason(err)))
                 continue
             clips.append(clip)
-            slots.append(slot)
+            results.append(ScoredVideo(path, None, None, clip.frame_count, clip.fps, clip.duration_s))
         if clips:
             try:
-                batch_records = self._records(clips)
+                probabilities = iter(self.probabilities(clips))
             except torch.cuda.OutOfMemoryError:
                 raise StamError(
                     f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
                 ) from None
-            for slot, record in zip(slots, batch_records):
-                results[slot] = record
+            for item in results:
+                if item.error is None:
+                    item.probabilities = next(probabilities)
         return results
+
+
+@dataclass
+class ScoredVideo:
+    """A video's class probabilities ``(classes,)``, or why it could not be read."""
+
+    path: str
+    probabilities: Optional[torch.Tensor]
+    error: Optional[str]
+    frame_count: Optional[int] = None
+    fps: Optional[float] = None
+    duration_s: Optional[float] = None
 
 
 def predict(

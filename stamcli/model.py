@@ -111,6 +111,14 @@ def _describe_backbone(config: STAMConfig, backbone: VisionTransformer) -> None:
     config.mlp_ratio = block.mlp.fc1.out_features / backbone.embed_dim
 
 
+def resample_temporal_positions(pos_embed: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(1, F + 1, D)`` -> ``(1, frames + 1, D)``: the class position kept, frame positions linearly
+    interpolated between sample centres."""
+    cls_pos, frame_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    frame_pos = F.interpolate(frame_pos.transpose(1, 2), size=frames, mode="linear", align_corners=False)
+    return torch.cat([cls_pos, frame_pos.transpose(1, 2)], dim=1)
+
+
 class TemporalTransformer(nn.Module):
     """The authors' ``aggregate`` module: class token + position embedding + post-norm encoder."""
 
@@ -147,9 +155,7 @@ class TemporalTransformer(nn.Module):
                 "model was trained for %d frames and runs on %d: interpolating its temporal position "
                 "embedding (accuracy may drop)", self.frames, frames,
             )
-        cls_pos, frame_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        frame_pos = F.interpolate(frame_pos.transpose(1, 2), size=frames, mode="linear", align_corners=False)
-        return torch.cat([cls_pos, frame_pos.transpose(1, 2)], dim=1)
+        return resample_temporal_positions(self.pos_embed, frames)
 
     def forward(self, frame_embeddings: torch.Tensor) -> torch.Tensor:
         """``(videos, frames, D)`` frame embeddings -> ``(videos, D)`` video embeddings."""
@@ -209,6 +215,32 @@ class STAM(nn.Module):
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         """Logits ``(videos, num_classes)``."""
         return self.head(self.forward_embedding(videos))
+
+    # ------------------------------------------------------------------ adapting a model to new data
+
+    def reset_head(self, labels: Sequence[str]) -> None:
+        """A new, randomly initialised head for ``labels`` (fine-tuning on other classes)."""
+        labels = list(labels)
+        self.head = nn.Linear(self.config.embed_dim, len(labels)).to(self.head.weight.device)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.config.num_classes = len(labels)
+        self.labels = labels
+
+    @torch.no_grad()
+    def set_frames(self, frames: int) -> None:
+        """Retrain-ready for ``frames`` frames: the temporal position embedding is resampled for good."""
+        if frames == self.config.frames:
+            return
+        self.temporal.pos_embed = nn.Parameter(resample_temporal_positions(self.temporal.pos_embed, frames))
+        self.temporal.frames = self.config.frames = frames
+
+    def set_img_size(self, img_size: int) -> None:
+        """Input size ``img_size``: the spatial position embedding is resampled (timm)."""
+        if img_size == self.config.img_size:
+            return
+        self.spatial.set_input_size(img_size=(img_size, img_size))
+        self.config.img_size = img_size
 
 
 def create_model(

@@ -7,11 +7,11 @@ Kept apart from the CLI so that Python users get the same behaviour as the comma
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
@@ -64,39 +64,12 @@ def model_name_for(job: TaggingJob) -> str:
     return DEFAULT_MODEL
 
 
-@dataclass
-class _Distributed:
-    """This process's place in a ``torchrun`` launch (RANK / WORLD_SIZE), if any."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> "_Distributed":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        dist.barrier()
-
-
 def _part_path(output: str, rank: int, world: int) -> str:
     path = Path(output)
     return str(path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}"))
 
 
-def _plan(job: TaggingJob, dist: _Distributed) -> tuple[list[str], Optional[str]]:
+def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]:
     """The videos this process tags and the file it writes (a part file under torchrun)."""
     videos = collect_videos(job.paths, recursive=job.recursive, extensions=tuple(job.extensions))
     if job.shard and dist.active:
@@ -117,7 +90,7 @@ def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
     return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok"}
 
 
-def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: _Distributed) -> None:
+def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed) -> None:
     """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
     parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
     with open_writer(job.output, fmt, top_k=top_k, resume=job.resume) as writer:
@@ -138,12 +111,8 @@ def run_tagging(
     """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display."""
     from . import load_model
 
-    dist = _Distributed.from_env()
-    if dist.active and job.options.device in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            job.options.device = f"cuda:{dist.local_rank}"
+    dist = Distributed.from_env()
+    job.options.device = dist.device_for(job.options.device)
     job.options.check()  # bad options fail before a model is loaded or downloaded
     fmt = format_for(job.output, job.format)
     videos, target = _plan(job, dist)

@@ -15,6 +15,10 @@ as it runs (every grab succeeds, seeks land where and when they should, the vide
 at the header count).  If anything disagrees, or the header has no plausible count, the real
 number of decodable frames is counted with a grab-only pass and the video is read again with
 grabs only, so every returned index is a real, decodable frame.
+
+Training augmentation plugs in through two optional callables of :func:`read_clip`: ``sampler``
+(which frames, in place of :func:`sample_indices`) and ``crop`` (which region of the upright
+frame, in place of "resize shorter side + centre crop").
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 # Quieten OpenCV and FFmpeg on stderr unless the user chose otherwise; every problem they
 # would report reaches the user as a VideoError.  FFmpeg's level is read when OpenCV first
@@ -59,6 +63,8 @@ SEEK_MIN_GAP = 150
 
 _MAX_PLAUSIBLE_FRAMES = 10**8  # ~39 days at 30 fps; a larger header count is garbage
 _PREFIX_CHECK = 8  # frames whose timestamps must be regular before we trust seeking
+Sampler = Callable[[int, int], "list[int]"]  #: (n, num_frames) -> num_frames indices in [0, n)
+Crop = Callable[[int, int], "tuple[int, int, int, int]"]  #: (h, w) -> (top, left, crop_h, crop_w)
 
 
 @dataclass
@@ -118,16 +124,25 @@ def _resized_hw(h: int, w: int, short: int) -> tuple[int, int]:
     return int(short * h / w), short
 
 
-def preprocess_frame(bgr: np.ndarray, img_size: int = 224, resize_size: int | None = None) -> torch.Tensor:
+def preprocess_frame(bgr: np.ndarray, img_size: int = 224, resize_size: int | None = None,
+                     region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """One decoded BGR ``(H, W, 3)`` uint8 frame -> RGB ``(3, img_size, img_size)`` uint8.
 
     Antialiased bilinear resize of the shorter side to ``resize_size`` (torch's uint8 kernel,
-    which reproduces PIL's bilinear filter), then a centre crop with rounded offsets.
+    which reproduces PIL's bilinear filter), then a centre crop with rounded offsets.  With
+    ``region=(top, left, h, w)`` that region is cut instead and resized (same filter) to
+    ``img_size x img_size``.
     """
+    x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
+    if region is not None:
+        top, left, ch, cw = region
+        x = x[:, :, top : top + ch, left : left + cw]
+        if (ch, cw) != (img_size, img_size):
+            x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+        return x[0].flip(0)  # BGR -> RGB (a copy)
     resize_size = resize_size or resize_size_for(img_size)
     h, w = bgr.shape[:2]
     nh, nw = _resized_hw(h, w, resize_size)
-    x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = int(round((nh - img_size) / 2.0)), int(round((nw - img_size) / 2.0))
@@ -315,10 +330,29 @@ class _Reader:
             raise _PlanFailed(f"more than {n} frames")
 
 
+def _sampled(sampler: Sampler | None, n: int, num_frames: int) -> list[int]:
+    if sampler is None:
+        return sample_indices(n, num_frames)
+    indices = [int(k) for k in sampler(n, num_frames)]
+    if len(indices) != num_frames or not all(0 <= k < n for k in indices):
+        raise ValueError(f"sampler gave {indices} for n={n}, num_frames={num_frames}: "
+                         f"need {num_frames} indices in [0, {n})")
+    return indices
+
+
+def _region(crop: Crop, h: int, w: int) -> tuple[int, int, int, int]:
+    top, left, ch, cw = (int(v) for v in crop(h, w))
+    if not (0 <= top and 0 <= left and ch >= 1 and cw >= 1 and top + ch <= h and left + cw <= w):
+        raise ValueError(f"crop region {(top, left, ch, cw)} is not inside a {h}x{w} frame")
+    return top, left, ch, cw
+
+
 def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, resize_size: int,
-                  seek_min_gap: float, check_end: bool) -> tuple[list[int], torch.Tensor]:
-    """Decode the sampled frames of an ``n``-frame video; _PlanFailed if ``n`` proves wrong."""
-    indices = sample_indices(n, num_frames)
+                  seek_min_gap: float, check_end: bool, sampler: Sampler | None = None,
+                  crop: Crop | None = None, regions: dict | None = None) -> tuple[list[int], torch.Tensor]:
+    """Decode the sampled frames of an ``n``-frame video; _PlanFailed if ``n`` proves wrong.
+    ``regions`` caches ``crop``'s answers by frame size across the reads of one clip."""
+    indices, regions = _sampled(sampler, n, num_frames), {} if regions is None else regions
     out = torch.empty((num_frames, 3, img_size, img_size), dtype=torch.uint8)
     reader = _Reader(cap, info, seek_min_gap)
     for k in sorted(set(indices)):
@@ -326,7 +360,10 @@ def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, 
         ok, bgr = cap.retrieve()
         if not ok or bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
             raise _PlanFailed(f"frame {k} cannot be converted")
-        tensor = preprocess_frame(_rotate(bgr, info.rotation), img_size, resize_size)
+        bgr = _rotate(bgr, info.rotation)
+        if crop is not None and bgr.shape[:2] not in regions:
+            regions[bgr.shape[:2]] = _region(crop, *bgr.shape[:2])
+        tensor = preprocess_frame(bgr, img_size, resize_size, regions.get(bgr.shape[:2]))
         for i, j in enumerate(indices):
             if j == k:
                 out[i] = tensor
@@ -336,12 +373,18 @@ def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, 
 
 
 def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | None = None,
-              threads: int = 0, seek_min_gap: float = SEEK_MIN_GAP) -> Clip:
+              threads: int = 0, seek_min_gap: float = SEEK_MIN_GAP, sampler: Sampler | None = None,
+              crop: Crop | None = None) -> Clip:
     """Decode ``num_frames`` uniformly sampled, preprocessed frames of the video at ``path``.
 
     ``threads``: FFmpeg decoding threads (0: OpenCV's default).  ``seek_min_gap``: seek when
     the next wanted frame is at least this far ahead (``math.inf``: never seek, 0: always).
-    Raises :class:`VideoError` (one line) when the file cannot be opened or has no frames.
+    ``sampler(n, num_frames)`` picks the frames instead of :func:`sample_indices` (called again
+    with the real ``n`` when the header count proves wrong).  ``crop(height, width)`` gives the
+    ``(top, left, h, w)`` region of the upright frame to resize to ``img_size`` instead of the
+    resize + centre crop; it is asked once per clip.  Either returning out-of-range values is a
+    ``ValueError``.  Raises :class:`VideoError` (one line) when the file cannot be opened or has
+    no frames.
     """
     if num_frames < 1 or img_size < 1:
         raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames}, {img_size}")
@@ -351,13 +394,14 @@ def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | 
     _check_file(path)
     name = _one_line(path)
     args = (num_frames, img_size, resize_size)
+    hooks = {"sampler": sampler, "crop": crop, "regions": {}}
     try:
         with _capture(path, threads) as cap:
             info = _header(cap, path)
             n = info.frame_count
             if n is not None:
                 try:
-                    indices, frames = _read_planned(cap, info, n, *args, seek_min_gap, check_end=True)
+                    indices, frames = _read_planned(cap, info, n, *args, seek_min_gap, check_end=True, **hooks)
                 except _PlanFailed:
                     n = None
         if n is None:  # the header was missing or wrong: count real frames, then read again
@@ -369,7 +413,7 @@ def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | 
             with _capture(path, threads) as cap:
                 _rotation_of(cap)
                 try:
-                    indices, frames = _read_planned(cap, info, n, *args, math.inf, check_end=False)
+                    indices, frames = _read_planned(cap, info, n, *args, math.inf, check_end=False, **hooks)
                 except _PlanFailed as exc:
                     raise VideoError(f"cannot read video {name}: decoding is not repeatable ({exc})") from None
     except cv2.error as exc:

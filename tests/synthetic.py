@@ -265,3 +265,84 @@ def make_unreadable(path) -> Path:
     """Drop all permissions on ``path`` (tests should skip this case when running as root)."""
     os.chmod(path, 0)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------- temporal-order dataset
+
+MOTION_CLASSES = ("left", "right", "up", "down", "grow", "shrink")
+#: each class and the class whose videos are its own frames in reverse order
+MOTION_PAIRS = {"right": "left", "down": "up", "shrink": "grow"}
+
+
+def motion_frames(kind: str, frames: int = 16, size: int = 48, seed: int = 0) -> list[np.ndarray]:
+    """BGR frames of a bright filled square on a dark, slightly noisy background.
+
+    ``left``/``up`` move it across the frame, ``grow`` grows it from a point; ``right``, ``down``
+    and ``shrink`` are exactly the frames of ``left``, ``up`` and ``grow`` with the same ``seed``
+    in reverse order, so each pair has the same frames up to order. The colour, the start
+    position, the path and the background noise come from ``seed``. The object stays inside the
+    central 80% of the frame, which any of stamcli's centre crops keeps.
+    """
+    if kind in MOTION_PAIRS:
+        return motion_frames(MOTION_PAIRS[kind], frames, size, seed)[::-1]
+    if kind not in MOTION_CLASSES:
+        raise ValueError(f"unknown motion {kind!r}; expected one of {', '.join(MOTION_CLASSES)}")
+    rng = np.random.default_rng(seed)
+    colour = rng.integers(150, 256, 3)
+    colour[rng.integers(3)] = 255  # always one saturated channel: bright on any background
+    lo, hi = 0.1 * size, 0.9 * size  # the object's extent stays within [lo, hi]
+    half = 0.1 * size  # half side of the moving square
+    t = np.linspace(0.0, 1.0, frames)
+    if kind == "grow":
+        cy, cx = rng.uniform(0.4 * size, 0.6 * size, 2)
+        halves = 0.04 * size + t * (min(cy, cx, size - cy, size - cx) - lo - 0.04 * size)
+        centres = [(cy, cx)] * frames
+    else:
+        across = rng.uniform(lo + half, hi - half)  # the fixed coordinate
+        start = rng.uniform(hi - half - 0.05 * size, hi - half)  # moving from high to low coordinates
+        travel = rng.uniform(0.45, 0.55) * size
+        along = start - t * travel
+        centres = [(a, across) if kind == "up" else (across, a) for a in along]
+        halves = np.full(frames, half)
+    out = []
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    for (cy, cx), h in zip(centres, halves):
+        img = rng.integers(10, 30, (size, size, 3)).astype(np.uint8)
+        inside = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= h)
+        img[inside] = colour
+        out.append(img)
+    return out
+
+
+def write_motion_video(path, kind: str, frames: int = 16, size: int = 48, seed: int = 0,
+                       fourcc: str = "mp4v") -> Path:
+    """A video of :func:`motion_frames` (``left``, ``right``, ``up``, ``down``, ``grow`` or ``shrink``)."""
+    return write_video(path, motion_frames(kind, frames, size, seed), 25, fourcc)
+
+
+def write_motion_dataset(root, per_class: int = 20, frames: int = 16, size: int = 48, seed: int = 0) -> Path:
+    """A temporal-order dataset: ``root/<class>/<class>_<i>.avi`` for the six
+    :data:`MOTION_CLASSES` and ``root/labels.csv`` (``path,label`` header, paths relative to
+    ``root``). Video ``i`` of ``right`` is video ``i`` of ``left`` reversed in time (likewise
+    ``down``/``up`` and ``shrink``/``grow``), so only the order of the frames tells a pair's
+    classes apart. Returns ``root``.
+
+    The clips are MJPG (every frame compressed on its own): with an inter-frame codec such as
+    mp4v the key frame is sharper than the rest, which marks where a clip starts and lets a model
+    tell the direction even from shuffled frames."""
+    import csv
+
+    root = Path(root)
+    rows = []
+    for kind in MOTION_CLASSES:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        pair = MOTION_CLASSES.index(MOTION_PAIRS.get(kind, kind)) // 2
+        for i in range(per_class):
+            name = f"{kind}/{kind}_{i}.avi"
+            write_motion_video(root / name, kind, frames, size, seed=[seed, pair, i], fourcc="MJPG")
+            rows.append((name, kind))
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("path", "label"))
+        writer.writerows(rows)
+    return root

@@ -200,3 +200,16 @@ def test_own_format_errors(tmp_path, tiny_checkpoint):
 def test_own_format_labels_can_be_overridden(tiny_checkpoint, tmp_path):
     names = ["a", "b", "c", "d", "e"]
     assert load_checkpoint(tiny_checkpoint, labels=names).labels == names
+
+
+def test_own_format_whose_header_length_starts_with_a_pickle_byte(tmp_path):
+    """A safetensors header length whose low byte is 0x80 must not be mistaken for a pickle."""
+    import struct
+
+    model = make_tiny_model()
+    for pad in range(300):
+        path = save_checkpoint(model, tmp_path / "m.safetensors", provenance={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 0x80
+    assert load_checkpoint(path).labels == TINY_LABELS

@@ -143,3 +143,20 @@ def test_config_rejects_unknown_fields_and_label_count_mismatch():
         make_tiny_model(labels=["a", "b"])
     with pytest.raises(StamError, match=r"temporal heads \(7\) must divide the embedding size \(64\)"):
         make_tiny_model(temporal_heads=7)
+
+
+def test_adapting_a_model_to_new_labels_frames_and_input_size(tiny_model, caplog):
+    old_positions = tiny_model.temporal.pos_embed.detach().clone()
+    with caplog.at_level(logging.WARNING, logger="stamcli"):
+        tiny_model.set_frames(8)
+    assert caplog.records == []  # a deliberate change, not a runtime mismatch
+    assert tiny_model.config.frames == tiny_model.temporal.frames == 8
+    torch.testing.assert_close(tiny_model.temporal.pos_embed[:, :1], old_positions[:, :1])
+    assert tiny_model.temporal.pos_embed.shape == (1, 9, 64) and tiny_model.temporal.pos_embed.requires_grad
+    tiny_model.set_img_size(48)
+    assert tiny_model.config.img_size == 48 and tiny_model.spatial.pos_embed.shape == (1, 1 + 9, 64)
+    tiny_model.reset_head(["open", "close"])
+    assert tiny_model.labels == ["open", "close"] and tiny_model.config.num_classes == 2
+    assert torch.equal(tiny_model.head.bias, torch.zeros(2))
+    with torch.inference_mode():
+        assert tiny_model(torch.rand(2, 8, 3, 48, 48)).shape == (2, 2)

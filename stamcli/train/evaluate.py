@@ -1,0 +1,55 @@
+"""``stam evaluate``: accuracy of a model on labelled clips, with the details that explain it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..engine import PredictOptions, Predictor
+from ..errors import StamError
+from ..model import STAM
+from .data import read_examples, validate
+from .metrics import evaluate_predictions, write_report
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    data: str | Path,
+    model: STAM,
+    options: Optional[PredictOptions] = None,
+    *,
+    output: Optional[str | Path] = None,
+    skip_bad: bool = False,
+) -> dict:
+    """Top-1/top-5, per-class accuracy, confusion matrix and misclassified videos of ``model`` on
+    ``data`` (a CSV or a folder of class folders, as for fine-tuning). With ``output``, the report
+    JSON and its confusion CSV/PNG and misclassified CSV are written there."""
+    examples = validate(read_examples(data), skip_bad=skip_bad, frames=model.config.frames)
+    index = {label: i for i, label in enumerate(model.labels)}
+    unknown = sorted({e.label for e in examples if e.label not in index})
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        raise StamError(f"labels in {data} that the model does not know: {shown} (the model's labels: "
+                        f"{', '.join(model.labels[:10])}{', ...' if len(model.labels) > 10 else ''})")
+    predictor = Predictor(model, options or PredictOptions())
+    probs, targets, paths, failed = [], [], [], []
+    for example, item in zip(examples, predictor.scores([e.path for e in examples])):
+        if item.probabilities is None:
+            failed.append({"path": item.path, "error": item.error})
+            continue
+        probs.append(item.probabilities.numpy())
+        targets.append(index[example.label])
+        paths.append(example.path)
+    if not probs:
+        raise StamError(f"no video in {data} could be read")
+    report = evaluate_predictions(np.stack(probs), targets, list(model.labels), paths)
+    report["model"] = model.name
+    report["data"] = str(data)
+    report["failed"] = failed
+    if output:
+        write_report(report, Path(output))
+    return report

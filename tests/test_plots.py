@@ -1,0 +1,174 @@
+"""PNG charts drawn with OpenCV: read back and checked pixel by pixel."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from stamcli.errors import StamError
+from stamcli.plots import PALETTE, _ticks, confusion_matrix_image, line_chart, render_confusion_matrix
+
+BLUE, ORANGE = PALETTE[0], PALETTE[1]
+PLOT_TOP = 80  # below the title and a one-row legend of an 800 x 500 chart
+
+
+def _read(path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    assert image is not None, f"{path} is not a readable image"
+    return image
+
+
+def _pixels(image: np.ndarray, color, top: int = PLOT_TOP) -> np.ndarray:
+    """(row, column) of the pixels of exactly ``color`` below ``top``."""
+    rows, cols = np.nonzero(np.all(image[top:] == np.array(color, np.uint8), axis=2))
+    return np.stack([rows + top, cols], axis=1)
+
+
+def test_line_chart_draws_each_series_in_its_colour_where_its_values_are(tmp_path):
+    path = line_chart(tmp_path / "deep" / "er" / "curves.png",
+                      {"rising": [0.0, 1.0, 2.0, 3.0], "falling": [3.0, 2.0, 1.0, 0.0]},
+                      title="loss", ylabel="value")
+    assert path == tmp_path / "deep" / "er" / "curves.png"
+    image = _read(path)
+    assert image.shape == (500, 800, 3)
+    assert (image < 250).any(axis=2).mean() > 0.02, "the chart is (almost) blank"
+    assert (image == 255).all(axis=2).mean() > 0.5, "the background is not white"
+    rising, falling = _pixels(image, BLUE), _pixels(image, ORANGE)
+    assert len(rising) > 100 and len(falling) > 100
+    mid = 800 // 2
+    # image rows grow downwards: the rising series is high (small row) on the right, low on the left
+    assert rising[rising[:, 1] > mid + 150, 0].mean() < rising[rising[:, 1] < mid - 150, 0].mean() - 100
+    assert falling[falling[:, 1] > mid + 150, 0].mean() > falling[falling[:, 1] < mid - 150, 0].mean() + 100
+    assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_line_chart_leaves_gaps_for_none_and_nan(tmp_path):
+    values = [1.0, 2.0, 3.0, None, float("nan"), None, 3.0, 2.0, 1.0]
+    image = _read(line_chart(tmp_path / "gap.png", {"gappy": values}, title="gap"))
+    blue = _pixels(image, BLUE)
+    assert len(blue) > 50
+    # x = 1..9: x = 4..6 lie around the middle of the plot, where nothing may be drawn
+    assert not ((blue[:, 1] > 330) & (blue[:, 1] < 470)).any()
+    assert (blue[:, 1] < 300).any() and (blue[:, 1] > 500).any()
+
+
+def test_one_point_constant_empty_and_all_nan_series_do_not_crash(tmp_path):
+    one = _read(line_chart(tmp_path / "one.png", {"one": [0.5]}, title="one point"))
+    assert len(_pixels(one, BLUE)) >= 5, "the single point's marker is missing"
+    flat = _read(line_chart(tmp_path / "flat.png", {"zero": [0, 0, 0], "three": [3, 3, 3]}, title="flat"))
+    assert len(_pixels(flat, BLUE)) > 100 and len(_pixels(flat, ORANGE)) > 100
+    # the two constant lines are drawn at different heights
+    assert abs(_pixels(flat, BLUE)[:, 0].mean() - _pixels(flat, ORANGE)[:, 0].mean()) > 100
+    for name, series in {"empty": {}, "nothing": {"a": []}, "nan": {"a": [math.nan, None]},
+                         "inf": {"a": [math.inf, 1.0, 2.0]}}.items():
+        image = _read(line_chart(tmp_path / f"{name}.png", series, title=name, xlabel="", ylabel=""))
+        assert image.shape == (500, 800, 3)
+
+
+def test_many_series_cycle_the_palette_and_x_values_are_used(tmp_path):
+    series = {f"run {i}": [i, i + 1, i + 2] for i in range(25)}
+    image = _read(line_chart(tmp_path / "many.png", series, title="cafés … and more", x=[10, 20, 30],
+                             size=(640, 420)))
+    assert image.shape == (420, 640, 3)
+    for color in PALETTE:
+        assert len(_pixels(image, color, top=0)) > 20
+
+
+def test_ticks_are_round_numbers():
+    assert _ticks(0, 1, 5) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert _ticks(0.13, 0.91, 4) == [0.2, 0.4, 0.6, 0.8]
+    assert _ticks(0.5, 12.5, 6, integer=True) == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    assert _ticks(0.5, 1.5, 6, integer=True) == [1.0]  # never half an epoch
+    assert _ticks(-230, 1740, 5) == [0.0, 500.0, 1000.0, 1500.0]
+
+
+def _dark_cells(image: np.ndarray, min_area: int = 200) -> list[tuple[float, float]]:
+    """Centroids (x, y) of the dark blue blobs of a heatmap (the colour bar is too thin to count)."""
+    dark = (image[:, :, 2] < 60) & (image[:, :, 0] > 80)  # little red, much blue: the dark end of "Blues"
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(dark.astype(np.uint8), connectivity=4)
+    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area
+            and stats[i, cv2.CC_STAT_WIDTH] > 20]
+    return sorted((float(centroids[i][0]), float(centroids[i][1])) for i in keep)
+
+
+def test_a_diagonal_matrix_is_dark_on_the_diagonal_only(tmp_path):
+    labels = ["archery", "baking", "cycling", "diving"]
+    path = confusion_matrix_image(tmp_path / "cm.png", np.diag([5, 3, 8, 1]), labels)
+    image = _read(path)
+    cells = _dark_cells(image)
+    assert len(cells) == 4
+    xs, ys = [c[0] for c in cells], [c[1] for c in cells]
+    assert xs == sorted(xs) and ys == sorted(ys)  # top-left to bottom-right
+    steps = np.diff(xs)
+    assert np.allclose(steps, steps[0], atol=2) and np.allclose(np.diff(ys), steps, atol=2)
+    # off-diagonal cells (between the dark ones) are near white
+    (x0, y0), (x1, _) = cells[0], cells[1]
+    assert image[int(y0), int(x1)].min() > 235 and image[int(cells[1][1]), int(x0)].min() > 235
+
+
+def test_rows_are_true_classes_and_columns_predicted_ones(tmp_path):
+    # every video is predicted as class 1: column 1 is dark in both rows, column 0 stays white
+    image = _read(confusion_matrix_image(tmp_path / "cm.png", [[0, 3], [0, 7]], ["a", "b"]))
+    cells = _dark_cells(image)
+    assert len(cells) == 2
+    assert abs(cells[0][0] - cells[1][0]) < 2 and abs(cells[0][1] - cells[1][1]) > 20
+
+
+def test_normalised_colours_follow_row_shares_and_counts_do_without(tmp_path):
+    matrix = [[90, 10], [1, 1]]  # cell (1, 1) is half of its row but 1/90 of the largest count
+
+    def lower_right(image):  # the colour of cell (1, 1), away from its text, found from cell (0, 0)
+        dark = ((image[:, :, 2] < 60) & (image[:, :, 0] > 80)).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=4)
+        x, y, w, h, _ = max(stats[1:], key=lambda s: s[cv2.CC_STAT_AREA])
+        return image[y + h + 4, x + w + 4].astype(int)
+
+    shares = lower_right(render_confusion_matrix(matrix, ["a", "b"], normalize=True))
+    counts = lower_right(render_confusion_matrix(matrix, ["a", "b"], normalize=False))
+    assert counts.min() > 235  # nearly white
+    assert shares.sum() < counts.sum() - 150 and shares[0] > shares[2]  # a clear, bluish mid-tone
+
+
+@pytest.mark.parametrize("n", [1, 2, 31, 400])
+def test_any_number_of_classes_fits_in_a_capped_image(tmp_path, n):
+    rng = np.random.default_rng(n)
+    matrix = np.diag(rng.integers(5, 50, n)) + rng.integers(0, 2, (n, n))
+    matrix[n // 2] = 0  # a class without videos
+    labels = [f"class {i} with a rather long name, é" for i in range(n)]
+    image = _read(confusion_matrix_image(tmp_path / f"cm{n}.png", matrix, labels))
+    height, width = image.shape[:2]
+    assert 150 <= height <= 4000 and 150 <= width <= 4000
+    assert (image < 128).any(), "no dark pixel at all"
+
+
+def test_no_classes_and_mismatched_labels(tmp_path):
+    image = _read(confusion_matrix_image(tmp_path / "empty.png", np.zeros((0, 0), int), []))
+    assert image.shape[0] > 100
+    with pytest.raises(StamError, match="3 classes but 2 labels"):
+        confusion_matrix_image(tmp_path / "bad.png", np.eye(3, dtype=int), ["a", "b"])
+    with pytest.raises(StamError, match="square"):
+        confusion_matrix_image(tmp_path / "bad.png", np.ones((2, 3), int), ["a", "b"])
+
+
+def test_unwritable_paths_raise_stam_error(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(StamError, match="cannot write") as err:
+        line_chart(blocker / "chart.png", {"a": [1, 2]}, title="t")
+    assert "\n" not in str(err.value)
+    with pytest.raises(StamError, match="cannot write"):
+        confusion_matrix_image(blocker / "cm.png", [[1]], ["a"])
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(StamError, match="cannot write"):
+        line_chart(tmp_path / "folder.png", {"a": [1, 2]}, title="t")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.png"]
+
+
+def test_an_existing_chart_is_replaced(tmp_path):
+    path = tmp_path / "chart.png"
+    path.write_bytes(b"old")
+    line_chart(path, {"a": [1, 2, 3]}, title="t", size=(400, 300))
+    assert _read(path).shape == (300, 400, 3)
