@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench_predict import cpu_name, make_video
+from bench_predict import cpu_name, emit, make_video
 
 from stamcli import create_model, save_checkpoint
 from stamcli.train.config import FinetuneConfig
@@ -93,9 +92,7 @@ def main() -> None:
     if args.quick:
         args.clips, args.epochs = min(args.clips, 4), min(args.epochs, 2)
     result = run(args)
-    print(markdown(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,13 @@ def markdown(result: dict) -> str:
     ])
 
 
+def emit(result: dict, table: str, json_path: Path | None) -> None:
+    """Print the Markdown table; with ``--json``, also write the result there."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, tiny videos (a smoke test)")
@@ -108,9 +115,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args()
     result = run(args)
-    print(markdown(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

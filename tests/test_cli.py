@@ -107,3 +107,13 @@ def test_load_model_unknown_name_lists_known_models():
         load_model("stam_7")
     with pytest.raises(StamError, match=r"checkpoint not found: nothing.pth"):
         load_model("nothing.pth")
+
+
+def test_public_api_names_resolve_lazily():
+    import stamcli
+
+    for name in stamcli.__all__:
+        assert getattr(stamcli, name) is not None, name
+    from stamcli.train.finetune import finetune
+
+    assert stamcli.finetune is finetune

@@ -177,3 +177,52 @@ def test_distributed_training_with_torchrun_on_cpu(motion, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert load_checkpoint(out / "best.safetensors").labels == CLASSES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one folder, written by rank 0 only
+
+
+def test_new_model_on_a_timm_backbone_with_local_backbone_weights(tmp_path):
+    import timm
+
+    from stamcli import CheckpointError
+    from stamcli.train.modelling import build_model
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")  # a timm checkpoint (with its ImageNet head)
+    config = FinetuneConfig(data="unused.csv", model="vit_tiny_patch16_224", frames=4, img_size=32,
+                            backbone_weights=str(tmp_path / "vit.pth"))
+    with pytest.raises(CheckpointError, match=r"does not fit backbone vit_tiny_patch16_224: missing \['blocks.2"):
+        build_model(config, ["a", "b"])  # the backbone has 12 blocks, the file 2
+    full = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+    torch.save(full.state_dict(), tmp_path / "vit.pth")
+    model = build_model(config, ["a", "b"])
+    assert model.labels == ["a", "b"] and model.config.frames == 4 and model.config.img_size == 32
+    for key, value in full.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(model.spatial.state_dict()[key], value), key
+    with pytest.raises(Exception, match=r"backbone weights not found"):
+        build_model(FinetuneConfig(data="x", model="vit_tiny_patch16_224", backbone_weights="nope.pth"), ["a"])
+
+
+def test_real_ctrl_c_saves_last_and_resume_finishes_the_run(motion, tmp_path):
+    import signal
+    import time
+
+    train, val, base = motion
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "stamcli", "finetune", str(train), "--val", str(val), "--model", str(base),
+               "--epochs", "3", "--workers", "0", "-o", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # during epoch 2: finish the step, save `last`, exit
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and f"stam finetune --resume {out}" in " ".join(stderr.split())
+    state = torch.load(out / "last_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["batches_done"] < 18  # stopped inside the second epoch
+    assert load_checkpoint(out / "last.safetensors").labels == CLASSES
+    result = runner.invoke(app, ["finetune", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "metrics.csv", newline="") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3]
