@@ -226,3 +226,23 @@ def test_real_ctrl_c_saves_last_and_resume_finishes_the_run(motion, tmp_path):
     assert result.exit_code == 0, result.output
     with open(out / "metrics.csv", newline="") as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3]
+
+
+def test_evaluate_lists_unreadable_videos_and_rejects_unknown_labels(motion, tmp_path):
+    from stamcli import StamError
+    from stamcli.train.evaluate import evaluate
+
+    model = load_checkpoint(motion[2])
+    model.reset_head(CLASSES)
+    good = sorted((Path(motion[1]).parent / "left").glob("*.avi"))[:2]
+    broken = tmp_path / "broken.avi"
+    broken.write_text("not a video")
+    data = tmp_path / "eval.csv"
+    data.write_text("".join(f"{p},left\n" for p in good) + f"{broken},up\n")
+    report = evaluate(data, model, output=tmp_path / "r.json")
+    assert report["videos"] == 2 and [f["path"] for f in report["failed"]] == [str(broken)]
+    assert "cannot read video" in report["failed"][0]["error"]
+    assert json.loads((tmp_path / "r.json").read_text())["failed"] == report["failed"]
+    data.write_text(f"{good[0]},jumping\n")
+    with pytest.raises(StamError, match=r"labels in .*eval.csv that the model does not know: jumping"):
+        evaluate(data, model)

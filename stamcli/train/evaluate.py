@@ -28,7 +28,9 @@ def evaluate(
     """Top-1/top-5, per-class accuracy, confusion matrix and misclassified videos of ``model`` on
     ``data`` (a CSV or a folder of class folders, as for fine-tuning). With ``output``, the report
     JSON and its confusion CSV/PNG and misclassified CSV are written there."""
-    examples = validate(read_examples(data), skip_bad=skip_bad, frames=model.config.frames)
+    # File-level checks only: the prediction pass below decodes each video once and reports the
+    # unreadable ones under "failed" rather than decoding everything twice.
+    examples = validate(read_examples(data), skip_bad=skip_bad, decode=False)
     index = {label: i for i, label in enumerate(model.labels)}
     unknown = sorted({e.label for e in examples if e.label not in index})
     if unknown:
