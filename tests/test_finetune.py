@@ -246,3 +246,13 @@ def test_evaluate_lists_unreadable_videos_and_rejects_unknown_labels(motion, tmp
     data.write_text(f"{good[0]},jumping\n")
     with pytest.raises(StamError, match=r"labels in .*eval.csv that the model does not know: jumping"):
         evaluate(data, model)
+
+
+def test_new_run_dir_skips_taken_names_including_files(tmp_path):
+    from stamcli.train.config import new_run_dir
+
+    (tmp_path / "run").write_text("a file, not a run")
+    (tmp_path / "run-2").mkdir()
+    (tmp_path / "run-2" / "metrics.csv").write_text("epoch\n")
+    (tmp_path / "run-3").mkdir()  # empty: reused
+    assert new_run_dir(FinetuneConfig(data="d.csv", output=str(tmp_path / "run"))) == tmp_path / "run-3"

@@ -134,7 +134,7 @@ def new_run_dir(config: FinetuneConfig) -> Path:
         name = config.name or re.sub(r"[^\w.-]+", "_", Path(config.data).stem or "run")
         base = Path("runs") / "finetune" / name
     candidate, number = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
         number += 1
         candidate = base.with_name(f"{base.name}-{number}")
     candidate.mkdir(parents=True, exist_ok=True)

@@ -29,13 +29,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..distributed import Distributed
-from ..engine import autocast_for, resolve_device, resolve_precision
+from ..engine import PredictOptions, autocast_for, resolve_device, resolve_precision
 from ..errors import StamError, UsageError
 from ..model import STAM
 from .config import FinetuneConfig, load_run_config, new_run_dir, save_config
 from .data import ClipDataset, class_names, read_examples, stratified_split, validate
 from .embeddings import cached_embeddings
-from .metrics import MetricsLog, evaluate_predictions, write_report
+from .evaluate import evaluate_examples
+from .metrics import MetricsLog
 from .modelling import build_model
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class _Run:
         self.model = model.to(self.device)
         self.labels = list(model.labels)
         index = {label: i for i, label in enumerate(self.labels)}
-        self.val_examples, self.val_targets = val, [index[e.label] for e in val]
+        self.val_examples = val
         frames, size = model.config.frames, model.config.img_size
         if config.freeze_backbone:
             self.model.spatial.requires_grad_(False)
@@ -185,6 +186,11 @@ class _Run:
         self.metrics = MetricsLog(run_dir / "metrics.csv") if dist.is_main else None
         self.epoch, self.batches_done, self.best, self.bad_epochs = 0, 0, None, 0
         self.epoch_loss = [0.0, 0]  # training loss sum and sample count so far in this epoch
+        self.stop = _StopRequest()
+
+    def request_stop(self) -> None:
+        """End the run after the current optimiser step, as Ctrl-C does (``last`` is saved)."""
+        self.stop.requested = True
 
     def _wrap(self) -> torch.nn.Module:
         if not self.dist.active:
@@ -236,7 +242,7 @@ class _Run:
 
     # ------------------------------------------------------------------ loop
 
-    def train_epoch(self, stop: _StopRequest, on_step: Optional[Callable]) -> tuple[float, bool]:
+    def train_epoch(self, on_step: Optional[Callable]) -> tuple[float, bool]:
         """One epoch from ``self.batches_done`` on; (mean training loss, stopped on request)."""
         cfg = self.config
         self.network.train()
@@ -264,18 +270,18 @@ class _Run:
             self.batches_done = start + i
             if on_step:
                 on_step(self)
-            if self._stop_agreed(stop):
+            if self._stop_agreed():
                 return self.epoch_loss[0] / max(self.epoch_loss[1], 1), True
         loss_sum, count = _all_reduce(self.epoch_loss, self.dist, self.device)
         self.batches_done, self.epoch_loss = 0, [0.0, 0]
         return loss_sum / max(count, 1), False
 
-    def _stop_agreed(self, stop: _StopRequest) -> bool:
+    def _stop_agreed(self) -> bool:
         """Whether any rank was asked to stop: all ranks must stop after the same step, or the
         others would wait forever in the next gradient all-reduce."""
         if not self.dist.active:
-            return stop.requested
-        return _all_reduce([float(stop.requested)], self.dist, self.device)[0] > 0
+            return self.stop.requested
+        return _all_reduce([float(self.stop.requested)], self.dist, self.device)[0] > 0
 
     @torch.inference_mode()
     def validate(self) -> tuple[float, float, float]:
@@ -328,19 +334,10 @@ def _final_report(run: _Run) -> None:
     """Rank 0: evaluate ``best`` on the whole validation set and write the report beside it."""
     if not run.val_examples or not run.dist.is_main:
         return
-    from ..engine import PredictOptions, Predictor
-
-    best = load_checkpoint(run.run_dir / "best.safetensors")
-    predictor = Predictor(best, PredictOptions(device=str(run.device), precision=run.precision,
-                                               batch_size=run.config.batch_size, workers=max(1, run.config.workers)))
-    paths = [e.path for e in run.val_examples]
-    probs = [item.probabilities for item in predictor.scores(paths)]
-    if any(p is None for p in probs):
-        log.warning("some validation videos could not be read for the final report; it leaves them out")
-    kept = [i for i, p in enumerate(probs) if p is not None]
-    report = evaluate_predictions(torch.stack([probs[i] for i in kept]).numpy(), [run.val_targets[i] for i in kept],
-                                  run.labels, [paths[i] for i in kept])
-    write_report(report, run.run_dir / "val_report.json")
+    options = PredictOptions(device=str(run.device), precision=run.precision, batch_size=run.config.batch_size,
+                             workers=max(1, run.config.workers))
+    evaluate_examples(run.val_examples, load_checkpoint(run.run_dir / "best.safetensors"), options,
+                      output=run.run_dir / "val_report.json", source=run.config.val or run.config.data)
 
 
 def finetune(
@@ -382,13 +379,11 @@ def finetune(
     run = _Run(config, run_dir, model, train, val, dist)
     if resume:
         run.restore()
-    stop = _StopRequest()
-    run.request_stop = lambda: setattr(stop, "requested", True)
     stopped_early = False
-    with stop:
+    with run.stop:
         while run.epoch < config.epochs and not stopped_early:
             started = time.perf_counter()
-            train_loss, interrupted = run.train_epoch(stop, on_step)
+            train_loss, interrupted = run.train_epoch(on_step)
             if interrupted:
                 run.save()
                 return FinetuneResult(run_dir, run.epoch, _best_epoch(run), _best_top1(run), False, True)
