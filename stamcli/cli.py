@@ -132,54 +132,73 @@ def download_weights_command(
 
 # --------------------------------------------------------------------------- predict
 
+# Options shared by predict and embed (same names, meanings and help).
+PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
+FramesOption = Annotated[
+    Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per video; alone, picks stam_<N>.")
+]
+ModelOption = Annotated[
+    Optional[str], typer.Option("--model", "-m", help="Zoo name or checkpoint file (default: stam_16).")
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOption = Annotated[
+    str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+]
+RecursiveOption = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
+ExtOption = Annotated[
+    Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
+]
+WorkersOption = Annotated[
+    Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs)).")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Skip videos already done in --output; retry failed ones.")
+]
+ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
+ArchOption = Annotated[
+    Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
+]
+OfflineOption = Annotated[
+    Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
+]
+TrustCheckpointOption = Annotated[
+    bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
 @app.command("predict")
 @user_errors
 def predict_command(
-    paths: Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")],
-    frames: Annotated[
-        Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per video; alone, picks stam_<N>.")
-    ] = None,
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Zoo name or checkpoint file (default: stam_16).")
-    ] = None,
+    paths: PathsArgument,
+    frames: FramesOption = None,
+    model: ModelOption = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = 5,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")] = 8,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
-    ] = "auto",
+    batch_size: BatchSizeOption = 8,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
     ] = None,
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="csv, json or jsonl (default: from --output's extension).")
     ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
-    ext: Annotated[
-        Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
-    ] = None,
-    workers: Annotated[
-        Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs)).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Skip videos already tagged in --output; retry failed ones.")
-    ] = False,
-    shard_spec: Annotated[
-        Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")
-    ] = None,
+    recursive: RecursiveOption = True,
+    ext: ExtOption = None,
+    workers: WorkersOption = None,
+    resume: ResumeOption = False,
+    shard_spec: ShardOption = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")] = None,
-    arch: Annotated[
-        Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
-    ] = None,
+    arch: ArchOption = None,
     weights_dir: WeightsDirOption = None,
     mirror: MirrorOption = None,
-    offline: Annotated[
-        Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
+    offline: OfflineOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
+    quiet: QuietOption = False,
+    preview: Annotated[
+        Optional[Path], typer.Option("--preview", help="Folder for a PNG contact sheet per video, with its labels.")
     ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -195,13 +214,65 @@ def predict_command(
         extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS, resume=resume, shard=shard_spec,
         labels=str(labels) if labels else None, arch=str(arch) if arch else None,
         weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror, offline=offline,
-        trust_checkpoint=trust_checkpoint,
+        trust_checkpoint=trust_checkpoint, preview=str(preview) if preview is not None else None,
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
         ),
     )
     with TaggingProgress(stderr, enabled=not quiet) as progress:
         summary = run_tagging(job, on_start=progress.start, on_record=progress.advance, console=Console())
+    if not quiet:
+        progress.print_summary(summary)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+# --------------------------------------------------------------------------- embed
+
+@app.command("embed")
+@user_errors
+def embed_command(
+    paths: PathsArgument,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Embeddings file: .npy or .safetensors (+ an index .csv beside it).")
+    ],
+    per_frame: Annotated[bool, typer.Option("--per-frame", help="Also write every frame's embedding.")] = False,
+    frames: FramesOption = None,
+    model: ModelOption = None,
+    batch_size: BatchSizeOption = 8,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    recursive: RecursiveOption = True,
+    ext: ExtOption = None,
+    workers: WorkersOption = None,
+    resume: ResumeOption = False,
+    shard_spec: ShardOption = None,
+    arch: ArchOption = None,
+    weights_dir: WeightsDirOption = None,
+    mirror: MirrorOption = None,
+    offline: OfflineOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Write each video's embedding (the temporal class token), row i for video i of an index CSV.
+
+    Example: stam embed ./videos --output emb.npy --per-frame
+    """
+    from .embedding import EmbedJob, run_embedding
+    from .engine import PredictOptions
+    from .inputs import DEFAULT_EXTENSIONS, parse_extensions
+    from .progress import TaggingProgress
+
+    job = EmbedJob(
+        paths=paths, output=str(output), per_frame=per_frame, model=model, recursive=recursive,
+        extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS, resume=resume, shard=shard_spec,
+        arch=str(arch) if arch else None, weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror,
+        offline=offline, trust_checkpoint=trust_checkpoint,
+        options=PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers),
+    )
+    with TaggingProgress(stderr, enabled=not quiet, verb=("embedding", "embedded")) as progress:
+        summary = run_embedding(job, on_start=progress.start, on_record=progress.advance)
     if not quiet:
         progress.print_summary(summary)
     if summary.interrupted:

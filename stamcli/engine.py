@@ -123,8 +123,9 @@ class Predictor:
     >>> for record in predictor.predict(["a.mp4", "b.mp4"]): print(record["predictions"][0])
     """
 
-    def __init__(self, model: STAM, options: Optional[PredictOptions] = None):
+    def __init__(self, model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False):
         self.options = options or PredictOptions()
+        self.keep_clips = keep_clips
         self.device, self.precision = self.options.check()
         self.model = model.to(self.device).eval()
         self.frames = self.options.frames or model.config.frames
@@ -139,13 +140,25 @@ class Predictor:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch.float().div_(255.0)
 
-    @torch.inference_mode()
+    def _run_model(self, forward, clips: list[Clip]):
+        """``forward(videos)`` on the batch of ``clips`` at the chosen precision; out of GPU memory -> one line."""
+        try:
+            with torch.inference_mode(), autocast_for(self.device, self.precision):
+                return forward(self._to_device(clips))
+        except torch.cuda.OutOfMemoryError:
+            raise StamError(
+                f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
+            ) from None
+
     def probabilities(self, clips: list[Clip]) -> torch.Tensor:
         """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU."""
-        videos = self._to_device(clips)
-        with autocast_for(self.device, self.precision):
-            logits = self.model(videos)
-        return logits.float().softmax(dim=-1).cpu()
+        return self._run_model(self.model, clips).float().softmax(dim=-1).cpu()
+
+    def embeddings(self, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video embeddings ``(len(clips), D)`` and frame embeddings ``(len(clips), F, D)`` from one forward
+        pass (:meth:`~stamcli.model.STAM.embed_with_frames`), float32 on the CPU."""
+        video, frames = self._run_model(self.model.embed_with_frames, clips)
+        return video.float().cpu(), frames.float().cpu()
 
     def record(self, item: "ScoredVideo") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
@@ -168,7 +181,27 @@ class Predictor:
             yield self.record(item)
 
     def scores(self, paths: Iterable[str]) -> Iterator["ScoredVideo"]:
-        """Every class probability of each video, in order. Decoding runs ahead in worker threads."""
+        """Every class probability of each video, in order. Decoding runs ahead in worker threads.
+
+        With ``keep_clips`` each item also holds its :class:`~stamcli.video.Clip` (the sampled frames,
+        e.g. for a preview); otherwise the frames are dropped once the batch is scored.
+        """
+        for batch in self.batches(paths):
+            clips = [item.clip for item in batch if item.error is None]
+            if clips:
+                probabilities = iter(self.probabilities(clips))
+                for item in batch:
+                    if item.error is None:
+                        item.probabilities = next(probabilities)
+                        if not self.keep_clips:
+                            item.clip = None
+            yield from batch
+
+    def batches(self, paths: Iterable[str]) -> Iterator[list["ScoredVideo"]]:
+        """The videos decoded, in order, ``batch_size`` at a time: each item holds its clip or its error.
+
+        Decoding runs a bounded number of videos ahead in worker threads while the caller computes.
+        """
         window = self.options.batch_size * 2 + self.workers
         pending: deque[tuple[str, Future]] = deque()
         path_iter = iter(paths)
@@ -183,34 +216,19 @@ class Predictor:
                     if not pending:
                         return
                     chunk = [pending.popleft() for _ in range(min(self.options.batch_size, len(pending)))]
-                    yield from self._score_chunk(chunk)
+                    yield [self._decoded(path, future) for path, future in chunk]
             finally:
                 for _, future in pending:
                     future.cancel()
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
-    def _score_chunk(self, chunk: list[tuple[str, Future]]) -> list["ScoredVideo"]:
-        results: list[ScoredVideo] = []
-        clips: list[Clip] = []
-        for path, future in chunk:
-            try:
-                clip = future.result()
-            except Exception as err:  # one bad video never stops the run
-                results.append(ScoredVideo(path, None, _reason(err)))
-                continue
-            clips.append(clip)
-            results.append(ScoredVideo(path, None, None, clip.frame_count, clip.fps, clip.duration_s))
-        if clips:
-            try:
-                probabilities = iter(self.probabilities(clips))
-            except torch.cuda.OutOfMemoryError:
-                raise StamError(
-                    f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
-                ) from None
-            for item in results:
-                if item.error is None:
-                    item.probabilities = next(probabilities)
-        return results
+    @staticmethod
+    def _decoded(path: str, future: Future) -> "ScoredVideo":
+        try:
+            clip = future.result()
+        except Exception as err:  # one bad video never stops the run
+            return ScoredVideo(path, None, _reason(err))
+        return ScoredVideo(path, None, None, clip.frame_count, clip.fps, clip.duration_s, clip)
 
 
 @dataclass
@@ -223,6 +241,7 @@ class ScoredVideo:
     frame_count: Optional[int] = None
     fps: Optional[float] = None
     duration_s: Optional[float] = None
+    clip: Optional[Clip] = None  #: the decoded frames (kept by :meth:`Predictor.scores` only with ``keep_clips``)
 
 
 def predict(

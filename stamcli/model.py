@@ -203,9 +203,14 @@ class STAM(nn.Module):
         tokens = self.spatial.forward_features(videos.flatten(0, 1))
         return self.spatial.forward_head(tokens, pre_logits=True).view(count, frames, -1)
 
+    def embed_with_frames(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(video embeddings (videos, D), frame embeddings (videos, frames, D))`` in one pass."""
+        frames = self.embed_frames(videos)
+        return self.temporal(frames), frames
+
     def forward_embedding(self, videos: torch.Tensor) -> torch.Tensor:
         """The video embedding (temporal class token after the final norm), ``(videos, D)``."""
-        return self.temporal(self.embed_frames(videos))
+        return self.embed_with_frames(videos)[0]
 
     def forward_with_embedding(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, embedding)`` in one pass."""

@@ -26,14 +26,18 @@ class RateColumn(ProgressColumn):
 
 
 class TaggingProgress:
-    """A progress bar with videos/s and ETA; ``start(total)`` then ``advance(record)`` per video."""
+    """A progress bar with videos/s and ETA; ``start(total)`` then ``advance(record)`` per video.
 
-    def __init__(self, console: Console, enabled: bool = True):
+    ``verb`` names the work in the bar and the summary: ``("tagging", "tagged")``, ``("embedding", "embedded")``.
+    """
+
+    def __init__(self, console: Console, enabled: bool = True, verb: tuple[str, str] = ("tagging", "tagged")):
         self.console = console
         self.enabled = enabled
+        self.verb = verb
         self.failed = 0
         self._progress = Progress(
-            TextColumn("[bold]tagging"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TextColumn(f"[bold]{verb[0]}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
             TextColumn("failed: {task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
         )
@@ -47,7 +51,7 @@ class TaggingProgress:
         self._progress.__exit__(*exc)
 
     def start(self, total: int) -> None:
-        self._task = self._progress.add_task("tagging", total=total, failed=0)
+        self._task = self._progress.add_task(self.verb[0], total=total, failed=0)
 
     def advance(self, record: dict) -> None:
         if record.get("status") != "ok":
@@ -59,9 +63,9 @@ class TaggingProgress:
         skipped = f", {summary.skipped} already done" if summary.skipped else ""
         colour = "red" if summary.failed else "green"
         self.console.print(
-            f"[{colour}]tagged {summary.ok}, failed {summary.failed}[/]{skipped} in {summary.elapsed_s:.1f} s "
+            f"[{colour}]{self.verb[1]} {summary.ok}, failed {summary.failed}[/]{skipped} in {summary.elapsed_s:.1f} s "
             f"({summary.videos_per_s:.2f} videos/s){where}",
             highlight=False,
         )
         if summary.interrupted:
-            self.console.print("[yellow]interrupted[/]: what was tagged is saved; run again with --resume to continue")
+            self.console.print(f"[yellow]interrupted[/]: what was {self.verb[1]} is saved; run again with --resume to continue")

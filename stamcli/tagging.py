@@ -15,6 +15,7 @@ from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
+from .preview import PreviewWriter
 from .writers import format_for, open_writer, read_records
 from .zoo import model_for_frames
 
@@ -42,6 +43,7 @@ class TaggingJob:
     offline: Optional[bool] = None
     trust_checkpoint: bool = False
     options: PredictOptions = field(default_factory=PredictOptions)
+    preview: Optional[str] = None  # folder for a contact sheet per ok video (stamcli.preview)
 
 
 @dataclass
@@ -121,7 +123,8 @@ def run_tagging(
         trust_checkpoint=job.trust_checkpoint, offline=job.offline, mirror=job.mirror,
         progress=dist.rank == 0,
     )
-    predictor = Predictor(model, job.options)
+    predictor = Predictor(model, job.options, keep_clips=job.preview is not None)
+    previews = PreviewWriter(job.preview) if job.preview is not None else None
     stats = Throughput()
     interrupted = False
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
@@ -132,8 +135,11 @@ def run_tagging(
         if on_start:
             on_start(len(todo))
         try:
-            for record in predictor.predict(todo):
+            for item in predictor.scores(todo):
+                record = predictor.record(item)
                 writer.write(record)
+                if previews is not None and item.clip is not None:
+                    previews.write(item.clip, record)
                 stats.add(record)
                 if on_record:
                     on_record(record)

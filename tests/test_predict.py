@@ -147,21 +147,21 @@ def test_resume_after_interrupt_has_no_duplicates_and_retries_failures(videos, t
     shutil.copytree(videos, folder)
     write_empty(folder / "zz_broken.mp4")
     out = tmp_path / "tags.json"
-    original = Predictor.predict
+    original = Predictor.scores
 
     def interrupted(self, paths):
-        for i, record in enumerate(original(self, paths)):
+        for i, item in enumerate(original(self, paths)):
             if i == 2:
                 raise KeyboardInterrupt
-            yield record
+            yield item
 
-    monkeypatch.setattr(Predictor, "predict", interrupted)
+    monkeypatch.setattr(Predictor, "scores", interrupted)
     result = _predict(folder, "--model", tiny_checkpoint, "-o", out, "--batch-size", 1)
     assert result.exit_code == 130
     assert "--resume" in result.output
     first = json.loads(out.read_text(encoding="utf-8"))  # valid JSON although interrupted
     assert [r["path"] for r in first] == [str(folder / p) for p in GOOD[:2]]
-    monkeypatch.setattr(Predictor, "predict", original)
+    monkeypatch.setattr(Predictor, "scores", original)
     # a failed video is retried on resume: fix it, then resume
     result = _predict(folder, "--model", tiny_checkpoint, "-o", out, "--resume", "-q")
     assert result.exit_code == 1  # zz_broken.mp4 fails
