@@ -155,23 +155,12 @@ class EmbeddingStore:
             self._frames_file.unlink(missing_ok=True)  # a stale file of an earlier --per-frame run
 
     def _resume(self, shape, frame_shape) -> None:
-        work_left = self._emb_file.exists()
-        if self._safetensors and not work_left and self.output.exists():
-            self._unpack_safetensors()
-        if not self._emb_file.exists() or not self.index.exists():
+        records = read_index(self.index) if self.index.exists() else {}
+        records = {row: record for row, record in records.items() if record["status"] == "ok"}
+        if records and self._safetensors and not self._emb_file.exists() and self.output.exists():
+            self._unpack_safetensors()  # no work files left by a hard kill: start from the finished file
+        if not records or not self._emb_file.exists():
             return self._fresh(shape, frame_shape)
-        records = {row: rec for row, rec in read_index(self.index).items() if rec["status"] == "ok"}
-        self.embeddings = _open_memmap(self._emb_file, shape, self.output)
-        has_frames = self._frames_file.exists()
-        if records and has_frames != self.per_frame:
-            made = "with" if has_frames else "without"
-            raise UsageError(f"{self.output} was made {made} --per-frame: resume it the same way, or drop --resume")
-        if self.per_frame:
-            self.frame_embeddings = (_open_memmap(self._frames_file, frame_shape, self.output) if has_frames
-                                     else _nan_memmap(self._frames_file, frame_shape))
-        else:
-            self.frame_embeddings = None
-            self._frames_file.unlink(missing_ok=True)  # nothing of it is kept (no ok rows)
         for row, record in records.items():
             if row >= len(self.paths) or record["path"] != self.paths[row]:
                 found = self.paths[row] if row < len(self.paths) else "no video"
@@ -180,6 +169,11 @@ class EmbeddingStore:
             if record["model"] != self.model:
                 raise UsageError(f"{self.output} was made with model {record['model']}, not {self.model}: "
                                  "resume with the same model (or drop --resume)")
+        if self._frames_file.exists() != self.per_frame:
+            made = "with" if self._frames_file.exists() else "without"
+            raise UsageError(f"{self.output} was made {made} --per-frame: resume it the same way, or drop --resume")
+        self.embeddings = _open_memmap(self._emb_file, shape, self.output)
+        self.frame_embeddings = _open_memmap(self._frames_file, frame_shape, self.output) if self.per_frame else None
         self.records = records
         todo = np.ones(len(self.paths), bool)
         todo[list(records)] = False

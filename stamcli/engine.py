@@ -233,7 +233,8 @@ class Predictor:
 
 @dataclass
 class ScoredVideo:
-    """A video's class probabilities ``(classes,)``, or why it could not be read."""
+    """A video on its way through a :class:`Predictor`: its clip once decoded (:meth:`Predictor.batches`),
+    its class probabilities ``(classes,)`` once scored (:meth:`Predictor.scores`), or why it could not be read."""
 
     path: str
     probabilities: Optional[torch.Tensor]

@@ -237,3 +237,21 @@ def test_bad_usage_is_one_line_with_exit_2(videos, tiny_checkpoint, tmp_path, mo
     result = _embed_cli(videos / "a.mp4", "-m", tmp_path / "other.safetensors", "-o", out, "--resume", "-q")
     assert result.exit_code == 2 and "was made with model tiny.safetensors, not other.safetensors" in result.output
     assert os.path.exists(out)
+
+
+def test_resume_retries_a_failed_video_once_it_is_fixed(videos, tiny_checkpoint, tmp_path, monkeypatch):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    shutil.copy(videos / "a.mp4", folder / "a.mp4")
+    write_text(folder / "b.mp4")
+    out = tmp_path / "emb.safetensors"
+    assert _embed_cli(folder, "-m", tiny_checkpoint, "-o", out, "-q").exit_code == 1
+    assert np.isnan(load_file(out)["embeddings"][1]).all()
+    write_video(folder / "b.mp4", _frames(6, 7))
+    counter = _Counter(monkeypatch)
+    result = _embed_cli(folder, "-m", tiny_checkpoint, "-o", out, "--resume")
+    assert result.exit_code == 0 and counter.videos == 1
+    assert "embedded 1, failed 0, 1 already done" in " ".join(result.output.split())
+    emb = load_file(out)["embeddings"]
+    assert np.abs(emb[1] - _expected(tiny_checkpoint, str(folder / "b.mp4"))[0]).max() < 1e-5
+    assert [r[2] for r in _index(tmp_path / "emb.csv")[1:]] == ["ok", "ok"]
