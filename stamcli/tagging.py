@@ -7,6 +7,7 @@ Kept apart from the CLI so that Python users get the same behaviour as the comma
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -129,7 +130,8 @@ def run_tagging(
     interrupted = False
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
     resume_target = job.resume and not dist.active
-    with open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console) as writer:
+    with open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console) as writer, \
+            nullcontext() if previews is None else previews:
         done = _done_paths(job, fmt) if dist.active else writer.done_paths
         todo = [video for video in videos if video not in done]
         if on_start:

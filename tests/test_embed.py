@@ -255,3 +255,47 @@ def test_resume_retries_a_failed_video_once_it_is_fixed(videos, tiny_checkpoint,
     emb = load_file(out)["embeddings"]
     assert np.abs(emb[1] - _expected(tiny_checkpoint, str(folder / "b.mp4"))[0]).max() < 1e-5
     assert [r[2] for r in _index(tmp_path / "emb.csv")[1:]] == ["ok", "ok"]
+
+
+def test_real_ctrl_c_leaves_a_consistent_pair_and_resume_completes_it(videos, tiny_checkpoint, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(20):
+        shutil.copy(videos / ("a.mp4" if i % 2 else "b.avi"), folder / f"v{i:02d}{'.mp4' if i % 2 else '.avi'}")
+    out = tmp_path / "emb.safetensors"
+    # the real CLI in a child process, its model slowed down so that the signal lands mid-run
+    script = ("import time, sys; from stamcli.model import STAM; f = STAM.embed_with_frames\n"
+              "def slow(self, v):\n    time.sleep(0.1); return f(self, v)\n"
+              "STAM.embed_with_frames = slow; from stamcli.cli import main; sys.argv[0] = 'stam'; main()")
+    command = [sys.executable, "-c", script, "embed", str(folder), "-m", str(tiny_checkpoint), "-o", str(out),
+               "--per-frame", "-b", "1", "-w", "1", "-q"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    index = tmp_path / "emb.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not index.exists() or index.read_text(encoding="utf-8").count("\n") < 4):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    saved = load_embeddings(out)
+    done = [r["row"] for r in saved.records]
+    assert 3 <= len(done) < 20 and done == list(range(len(done)))
+    assert all(r["status"] == "ok" for r in saved.records)
+    assert not np.isnan(saved.embeddings[: len(done)]).any() and np.isnan(saved.embeddings[len(done):]).all()
+    assert np.isnan(saved.frame_embeddings[len(done):]).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.csv", "emb.safetensors", "many"]
+    result = _embed_cli(folder, "-m", tiny_checkpoint, "-o", out, "--per-frame", "--resume", "-b", "8", "-q")
+    assert result.exit_code == 0, result.output
+    final = load_embeddings(out)
+    assert final.paths == [str(folder / f"v{i:02d}{'.mp4' if i % 2 else '.avi'}") for i in range(20)]
+    expected = {name: _expected(tiny_checkpoint, str(videos / name))[0] for name in ("a.mp4", "b.avi")}
+    for i in range(20):
+        assert np.abs(final.embeddings[i] - expected["a.mp4" if i % 2 else "b.avi"]).max() < 1e-5

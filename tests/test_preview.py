@@ -119,3 +119,12 @@ def test_unwritable_preview_folder_is_one_line(run_dir, tiny_checkpoint):
     result = runner.invoke(app, ["predict", "v/a.mp4", "-m", str(tiny_checkpoint), "--preview", "blocked/p", "-q"])
     assert result.exit_code == 1
     assert result.output.startswith("error: cannot create the preview folder blocked/p")
+
+
+def test_a_sheet_that_cannot_be_written_is_one_line_error(run_dir, tiny_checkpoint):
+    (run_dir / "p" / "v__a.mp4.png").mkdir(parents=True)  # a folder where the sheet should go
+    result = runner.invoke(app, ["predict", "v/a.mp4", "v/b.mp4", "-m", str(tiny_checkpoint), "-o", "t.csv",
+                                 "--preview", "p", "-q"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: cannot write preview p/v__a.mp4.png: Is a directory"
+    assert sorted(os.listdir("p")) == ["v__a.mp4.png", "v__b.mp4.png"]  # no temporary file left
