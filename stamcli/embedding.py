@@ -40,6 +40,7 @@ from .engine import Predictor, PredictOptions, Throughput
 from .errors import StamError, UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .model import STAM
+from .tagging import model_name_for
 
 SUFFIXES = (".npy", ".safetensors")
 INDEX_COLUMNS = ("row", "path", "status", "error", "model", "frames", "duration_s", "fps")
@@ -413,7 +414,6 @@ def run_embedding(
 ) -> EmbeddingResult:
     """Run ``job``: collect the videos (and take ``--shard``'s share), load the model, :func:`embed`."""
     from . import load_model
-    from .tagging import model_name_for
 
     if Distributed.from_env().active:
         raise UsageError("stam embed does not run under torchrun: start one process per --shard I/N, "
