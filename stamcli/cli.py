@@ -180,6 +180,12 @@ def predict_command(
         bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    window: Annotated[
+        Optional[float], typer.Option("--window", help="Timeline: tag sliding windows of this many seconds.")
+    ] = None,
+    stride: Annotated[
+        Optional[float], typer.Option("--stride", help="Timeline: seconds between window starts (--window).")
+    ] = None,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -199,6 +205,7 @@ def predict_command(
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
         ),
+        window=window, stride=stride,
     )
     with TaggingProgress(stderr, enabled=not quiet) as progress:
         summary = run_tagging(job, on_start=progress.start, on_record=progress.advance, console=Console())

@@ -142,18 +142,27 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, clips: list[Clip]) -> torch.Tensor:
         """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU."""
-        videos = self._to_device(clips)
-        with autocast_for(self.device, self.precision):
-            logits = self.model(videos)
+        try:
+            videos = self._to_device(clips)
+            with autocast_for(self.device, self.precision):
+                logits = self.model(videos)
+        except torch.cuda.OutOfMemoryError:
+            raise StamError(
+                f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
+            ) from None
         return logits.float().softmax(dim=-1).cpu()
+
+    def top_predictions(self, probabilities: torch.Tensor) -> list[dict]:
+        """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first."""
+        scores, indexes = probabilities.topk(self.top_k)
+        labels = self.model.labels
+        return [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
 
     def record(self, item: "ScoredVideo") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
         if item.probabilities is None:
             return error_record(item.path, item.error, model=self.model.name)
-        scores, indexes = item.probabilities.topk(self.top_k)
-        labels = self.model.labels
-        predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
+        predictions = self.top_predictions(item.probabilities)
         return make_record(item.path, predictions=predictions, frames=item.frame_count, model=self.model.name,
                            duration_s=item.duration_s, fps=item.fps)
 
@@ -201,12 +210,7 @@ class Predictor:
             clips.append(clip)
             results.append(ScoredVideo(path, None, None, clip.frame_count, clip.fps, clip.duration_s))
         if clips:
-            try:
-                probabilities = iter(self.probabilities(clips))
-            except torch.cuda.OutOfMemoryError:
-                raise StamError(
-                    f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
-                ) from None
+            probabilities = iter(self.probabilities(clips))
             for item in results:
                 if item.error is None:
                     item.probabilities = next(probabilities)

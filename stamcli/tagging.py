@@ -15,7 +15,9 @@ from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
-from .writers import format_for, open_writer, read_records
+from .timeline import SUBTITLE_FORMATS, TIMELINE_COLUMNS, TimelinePredictor, check_timeline, \
+    open_timeline_writer, output_format, subtitle_paths
+from .writers import open_writer, read_records
 from .zoo import model_for_frames
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class TaggingJob:
     offline: Optional[bool] = None
     trust_checkpoint: bool = False
     options: PredictOptions = field(default_factory=PredictOptions)
+    window: Optional[float] = None  # timeline: seconds per window (None: one record per video)
+    stride: Optional[float] = None  # timeline: seconds between window starts (None: the window)
 
 
 @dataclass
@@ -87,13 +91,14 @@ def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]
 def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
     if not (job.resume and job.output and Path(job.output).exists()):
         return set()
-    return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok"}
+    return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok" and r.get("type") != "window"}
 
 
 def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed) -> None:
     """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
     parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
-    with open_writer(job.output, fmt, top_k=top_k, resume=job.resume) as writer:
+    columns = TIMELINE_COLUMNS if job.window is not None else ()
+    with open_writer(job.output, fmt, top_k=top_k, resume=job.resume, columns=columns) as writer:
         for part in parts:
             for record in read_records(part, fmt):
                 writer.write(record)
@@ -114,26 +119,39 @@ def run_tagging(
     dist = Distributed.from_env()
     job.options.device = dist.device_for(job.options.device)
     job.options.check()  # bad options fail before a model is loaded or downloaded
-    fmt = format_for(job.output, job.format)
+    check_timeline(job.window, job.stride)
+    fmt = output_format(job.output, job.format)
+    if fmt in SUBTITLE_FORMATS and dist.active:
+        raise UsageError(f"--format {fmt} cannot run under torchrun; run it in one process (or use --shard)")
     videos, target = _plan(job, dist)
+    if fmt in SUBTITLE_FORMATS:
+        subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
     model = load_model(
         model_name_for(job), weights_dir=job.weights_dir, labels=job.labels, arch=job.arch,
         trust_checkpoint=job.trust_checkpoint, offline=job.offline, mirror=job.mirror,
         progress=dist.rank == 0,
     )
     predictor = Predictor(model, job.options)
+    source = predictor if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
     stats = Throughput()
     interrupted = False
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
     resume_target = job.resume and not dist.active
-    with open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console) as writer:
+    if job.window is not None or fmt in SUBTITLE_FORMATS:
+        writer = open_timeline_writer(target, fmt, videos, top_k=predictor.top_k, resume=resume_target,
+                                      console=console, timeline=job.window is not None)
+    else:
+        writer = open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console)
+    with writer:
         done = _done_paths(job, fmt) if dist.active else writer.done_paths
         todo = [video for video in videos if video not in done]
         if on_start:
             on_start(len(todo))
         try:
-            for record in predictor.predict(todo):
+            for record in source.predict(todo):
                 writer.write(record)
+                if record.get("type") == "window":  # progress and counts are per video
+                    continue
                 stats.add(record)
                 if on_record:
                     on_record(record)
