@@ -30,6 +30,7 @@ _LAZY = {
     "load_checkpoint": "checkpoints", "read_checkpoint_metadata": "checkpoints", "save_checkpoint": "checkpoints",
     "Predictor": "engine", "PredictOptions": "engine", "predict": "engine",
     "TaggingJob": "tagging", "run_tagging": "tagging",
+    "TimelinePredictor": "timeline",
     "FinetuneConfig": "train.config", "finetune": "train.finetune", "evaluate": "train.evaluate",
 }
 
