@@ -156,7 +156,8 @@ class TimelineReader:
         self.frame_count: Optional[int] = None
         self.fps = 0.0
         self.peak_buffered = 0
-        self.grabs = 0
+        self.grabs = 0  # frames decoded
+        self.retrieved = 0  # frames converted and preprocessed (those some window samples)
 
     @property
     def duration_s(self) -> float:
@@ -198,7 +199,7 @@ class TimelineReader:
                 return w, clip
 
             for i, frame in stream.frames(wanted):
-                self.grabs = stream.grabs
+                self.grabs, self.retrieved = stream.grabs, stream.retrieved
                 if frame is not None:
                     buffer[i] = frame
                     self.peak_buffered = max(self.peak_buffered, len(buffer))

@@ -135,6 +135,9 @@ def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, counti
     assert (reader.frame_count, reader.fps, reader.duration_s) == (60, 10.0, 6.0)
     assert counting.opened == 1 and counting.grabs == 61  # every frame once, then the end
     assert reader.grabs == 60
+    # only sampled frames are converted: the plan's 14, plus 52 and 57, which the tail window would sample
+    # were it full length (kept in case the header's frame count is wrong)
+    assert len({i for w in planned for i in window_indices(w, 4)}) == 14 and reader.retrieved == 16
 
 
 def test_buffered_frames_do_not_grow_with_the_video(clips):
@@ -387,3 +390,31 @@ def test_usage_errors_exit_2(clips, tiny_checkpoint, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()) and "Traceback" not in result.output
     assert not (tmp_path / "x.srt").exists() and sorted(os.listdir(both)) == ["x.avi", "x.mp4"]
+
+
+def test_torchrun_merge_keeps_the_timeline_columns_and_only_finished_videos(tmp_path):
+    from stamcli.distributed import Distributed
+    from stamcli.tagging import TaggingJob, _done_paths, _merge_parts, _part_path
+    from stamcli.timeline import TIMELINE_COLUMNS
+    from stamcli.writers import make_record, open_writer
+
+    def record(path, kind, k=None):
+        return make_record(path, predictions=[{"label": "archery", "index": 0, "score": 0.5}], model="m", type=kind,
+                           window=k, start_s=0.0 if k is None else 2.0 * k, end_s=2.0 if k is not None else 4.0)
+
+    out = tmp_path / "m.csv"
+    with open_writer(out, "csv", top_k=1, columns=TIMELINE_COLUMNS) as writer:  # an earlier, interrupted run
+        for rec in (record("x", "window", 0), record("x", "video"), record("y", "window", 0)):
+            writer.write(rec)
+    job = TaggingJob(paths=[], output=str(out), resume=True, window=2.0)
+    assert _done_paths(job, "csv") == {"x"}  # y has no video record yet: it is redone
+    for rank, path in enumerate(("y", "z")):
+        with open_writer(_part_path(str(out), rank, 2), "csv", top_k=1, columns=TIMELINE_COLUMNS) as writer:
+            for rec in (record(path, "window", 0), record(path, "window", 1), record(path, "video")):
+                writer.write(rec)
+    _merge_parts(job, "csv", 1, Distributed(0, 2))
+    merged = read_records(out)
+    assert [(r["path"], r["type"], r["window"]) for r in merged] == [
+        ("x", "window", 0), ("x", "video", None), ("y", "window", 0), ("y", "window", 1), ("y", "video", None),
+        ("z", "window", 0), ("z", "window", 1), ("z", "video", None)]
+    assert merged[3]["start_s"] == 2.0 and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
