@@ -41,7 +41,7 @@ import torch
 from .engine import Predictor, _reason, _single_threaded_decode
 from .errors import StamError, UsageError, VideoError
 from .video import Clip, FrameStream, sample_indices
-from .writers import ResultWriter, error_record, format_for, make_record, open_writer
+from .writers import FORMATS, ResultWriter, error_record, format_for, make_record, open_writer
 
 __all__ = ["Window", "window_lengths", "plan_windows", "window_indices", "TimelineReader", "TimelinePredictor",
            "segments", "check_timeline", "output_format", "subtitle_paths", "subtitle_cues", "format_subtitles",
@@ -359,8 +359,11 @@ class TimelinePredictor:
 
 def output_format(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
     """Like :func:`~stamcli.writers.format_for`, plus ``srt``/``vtt`` (given, or from a .srt/.vtt output)."""
-    if fmt and fmt.strip().lower().lstrip(".") in SUBTITLE_FORMATS:
-        return fmt.strip().lower().lstrip(".")
+    name = fmt.strip().lower().lstrip(".") if fmt else None
+    if name in SUBTITLE_FORMATS:
+        return name
+    if name is not None and name not in (*FORMATS, "ndjson"):
+        raise UsageError(f"unknown format '{fmt}': choose one of {', '.join((*FORMATS, *SUBTITLE_FORMATS))}")
     if not fmt and output is not None and Path(output).suffix.lower().lstrip(".") in SUBTITLE_FORMATS:
         return Path(output).suffix.lower().lstrip(".")
     return format_for(output, fmt)
