@@ -20,7 +20,7 @@ from synthetic import (decode_clip_index, quadrant_colors, quadrant_frame, write
 import stamcli.video as video
 from stamcli.cli import app
 from stamcli.engine import Predictor
-from stamcli.errors import UsageError
+from stamcli.errors import UsageError, VideoError
 from stamcli.timeline import (TimelinePredictor, TimelineReader, Window, check_timeline, format_subtitles,
                               plan_windows, segments, subtitle_cues, window_indices, window_lengths)
 from stamcli.video import sample_indices
@@ -39,6 +39,7 @@ class CountingCapture:
     opened = 0
     grabs = 0
     frame_count_lie = None
+    fps_lie = None
 
     def __init__(self, *args, **kwargs):
         self.real = _REAL_CAPTURE(*args, **kwargs)
@@ -54,6 +55,8 @@ class CountingCapture:
     def get(self, prop):
         if prop == cv2.CAP_PROP_FRAME_COUNT and CountingCapture.frame_count_lie is not None:
             return CountingCapture.frame_count_lie
+        if prop == cv2.CAP_PROP_FPS and CountingCapture.fps_lie is not None:
+            return CountingCapture.fps_lie
         return self.real.get(prop)
 
 
@@ -62,7 +65,8 @@ _REAL_CAPTURE = cv2.VideoCapture
 
 @pytest.fixture
 def counting(monkeypatch):
-    CountingCapture.opened, CountingCapture.grabs, CountingCapture.frame_count_lie = 0, 0, None
+    CountingCapture.opened, CountingCapture.grabs = 0, 0
+    CountingCapture.frame_count_lie = CountingCapture.fps_lie = None
     monkeypatch.setattr(video.cv2, "VideoCapture", CountingCapture)
     return CountingCapture
 
@@ -177,9 +181,19 @@ def test_rotation_is_honoured(tmp_path):
     assert quadrant_colors(clip.frames[0]) == quadrant_colors(upright[..., ::-1])
 
 
-def test_unreadable_videos_raise_one_line_errors(tmp_path):
-    with pytest.raises(Exception, match="the file is empty"):
+def test_unreadable_videos_raise_one_line_errors(clips, tmp_path, counting):
+    with pytest.raises(VideoError, match="the file is empty"):
         list(TimelineReader(write_empty(tmp_path / "e.mp4"), 4, 32, 1))
+    counting.fps_lie = 0
+    with pytest.raises(VideoError, match=r"b\.mp4: its header has no frame rate, needed to place timeline windows"):
+        list(TimelineReader(clips / "b.mp4", 4, 32, 1))
+    counting.fps_lie, counting.frame_count_lie = None, 20
+    write_index_video(tmp_path / "one.mp4", 1, fps=10)  # the header says 20 frames; window 0 samples 2, 7, 12, 17
+    with pytest.raises(VideoError, match="no timeline window could be filled from its 1 decodable frames"):
+        list(TimelineReader(tmp_path / "one.mp4", 4, 32, 2))
+    counting.frame_count_lie = None
+    (window, clip), = TimelineReader(tmp_path / "one.mp4", 4, 32, 2)  # with the true count: one 1-frame window
+    assert (window.start, window.end, clip.indices) == (0, 1, [0, 0, 0, 0])
 
 
 # ---------------------------------------------------------------------------- subtitles (pure)
@@ -419,3 +433,13 @@ def test_torchrun_merge_keeps_the_timeline_columns_and_only_finished_videos(tmp_
         ("x", "window", 0), ("x", "video", None), ("y", "window", 0), ("y", "window", 1), ("y", "video", None),
         ("z", "window", 0), ("z", "window", 1), ("z", "video", None)]
     assert merged[3]["start_s"] == 2.0 and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+
+def test_table_on_stdout_shows_each_window_and_the_video(clips, tiny_checkpoint):
+    result = runner.invoke(app, ["predict", str(clips / "b.mp4"), "-m", str(tiny_checkpoint), "--window", "2", "-q"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "b.mp4" in line]
+    assert [row.split(" ok ")[0].split("b.mp4 ")[1].strip() for row in rows] == ["[0.0-2.0s]", "[2.0-4.0s]",
+                                                                                "[share of time]"]
+    assert rows[-1].split()[-1] == "1.000"  # one label covers the whole video with this model
