@@ -135,7 +135,8 @@ def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, counti
     for window, clip in got:
         assert clip.indices == window_indices(window, 4) == _ids(clip)
         assert clip.frames.shape == (4, 3, 64, 64) and clip.frames.dtype == torch.uint8
-        assert (clip.frame_count, clip.fps, clip.duration_s) == (window.end - window.start, 10.0, window.end_s - window.start_s)
+        span = (window.end - window.start, 10.0, window.end_s - window.start_s)
+        assert (clip.frame_count, clip.fps, clip.duration_s) == span
     assert (reader.frame_count, reader.fps, reader.duration_s) == (60, 10.0, 6.0)
     assert counting.opened == 1 and counting.grabs == 61  # every frame once, then the end
     assert reader.grabs == 60
@@ -207,7 +208,8 @@ def test_cues_do_not_overlap_and_merge_equal_labels():
     windows = [_window_record(0.0, 2.0, "archery", 0.5), _window_record(1.5, 3.5, "archery", 0.625),
                _window_record(3.0, 5.0, "baking", 0.75), _window_record(4.5, 6.0, "eating --> fork\nfast", 0.875)]
     cues = subtitle_cues(windows, 6.0)
-    assert cues == [(0, 3250, "archery (0.56)"), (3250, 4625, "baking (0.75)"), (4625, 6000, "eating -> fork fast (0.88)")]
+    assert cues == [(0, 3250, "archery (0.56)"), (3250, 4625, "baking (0.75)"),
+                    (4625, 6000, "eating -> fork fast (0.88)")]
     assert format_subtitles(cues, "srt").split("\n") == [
         "1", "00:00:00,000 --> 00:00:03,250", "archery (0.56)", "",
         "2", "00:00:03,250 --> 00:00:04,625", "baking (0.75)", "",
