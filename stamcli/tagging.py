@@ -113,7 +113,8 @@ def run_tagging(
     on_record: Optional[Callable[[dict], None]] = None,
     console=None,
 ) -> TaggingSummary:
-    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display."""
+    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
+    (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record)."""
     from . import load_model
 
     dist = Distributed.from_env()
@@ -150,11 +151,10 @@ def run_tagging(
         try:
             for record in source.predict(todo):
                 writer.write(record)
-                if record.get("type") == "window":  # progress and counts are per video
-                    continue
-                stats.add(record)
                 if on_record:
                     on_record(record)
+                if record.get("type") != "window":  # counts are per video
+                    stats.add(record)
         except KeyboardInterrupt:
             interrupted = True
     if dist.active and not interrupted:

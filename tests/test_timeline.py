@@ -445,3 +445,22 @@ def test_table_on_stdout_shows_each_window_and_the_video(clips, tiny_checkpoint)
     assert [row.split(" ok ")[0].split("b.mp4 ")[1].strip() for row in rows] == ["[0.0-2.0s]", "[2.0-4.0s]",
                                                                                 "[share of time]"]
     assert rows[-1].split()[-1] == "1.000"  # one label covers the whole video with this model
+
+
+def test_progress_shows_where_in_a_long_video_and_counts_videos():
+    import io
+
+    from rich.console import Console
+
+    from stamcli.progress import TaggingProgress
+
+    console = Console(file=io.StringIO(), width=150, force_terminal=True)
+    with TaggingProgress(console) as progress:
+        progress.start(2)
+        task = progress._progress.tasks[0]
+        progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "window", "start_s": 3600.0,
+                          "end_s": 3725.4})
+        assert task.completed == 0 and task.fields["where"] == r" \[match].mp4 at 1:02:05"
+        assert progress._progress.columns[0].render(task).plain == "tagging [match].mp4 at 1:02:05"
+        progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "video"})
+        assert task.completed == 1 and task.fields["where"] == ""
