@@ -31,6 +31,7 @@ _LAZY = {
     "Predictor": "engine", "PredictOptions": "engine", "predict": "engine",
     "TaggingJob": "tagging", "run_tagging": "tagging",
     "embed": "embedding", "load_embeddings": "embedding", "EmbedJob": "embedding", "run_embedding": "embedding",
+    "TimelinePredictor": "timeline",
     "FinetuneConfig": "train.config", "finetune": "train.finetune", "evaluate": "train.evaluate",
 }
 

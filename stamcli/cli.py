@@ -182,7 +182,7 @@ def predict_command(
         Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
     ] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json or jsonl (default: from --output's extension).")
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, srt or vtt (default: from --output's extension).")
     ] = None,
     recursive: RecursiveOption = True,
     ext: ExtOption = None,
@@ -198,6 +198,12 @@ def predict_command(
     quiet: QuietOption = False,
     preview: Annotated[
         Optional[Path], typer.Option("--preview", help="Folder for a PNG contact sheet per video, with its labels.")
+    ] = None,
+    window: Annotated[
+        Optional[float], typer.Option("--window", help="Timeline: tag sliding windows of this many seconds.")
+    ] = None,
+    stride: Annotated[
+        Optional[float], typer.Option("--stride", help="Timeline: seconds between window starts (--window).")
     ] = None,
 ) -> None:
     """Tag videos with their top-k action labels.
@@ -218,6 +224,7 @@ def predict_command(
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
         ),
+        window=window, stride=stride,
     )
     with TaggingProgress(stderr, enabled=not quiet) as progress:
         summary = run_tagging(job, on_start=progress.start, on_record=progress.advance, console=Console())

@@ -160,13 +160,17 @@ class Predictor:
         video, frames = self._run_model(self.model.embed_with_frames, clips)
         return video.float().cpu(), frames.float().cpu()
 
+    def top_predictions(self, probabilities: torch.Tensor) -> list[dict]:
+        """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first."""
+        scores, indexes = probabilities.topk(self.top_k)
+        labels = self.model.labels
+        return [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
+
     def record(self, item: "ScoredVideo") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
         if item.probabilities is None:
             return error_record(item.path, item.error, model=self.model.name)
-        scores, indexes = item.probabilities.topk(self.top_k)
-        labels = self.model.labels
-        predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
+        predictions = self.top_predictions(item.probabilities)
         return make_record(item.path, predictions=predictions, frames=item.frame_count, model=self.model.name,
                            duration_s=item.duration_s, fps=item.fps)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,7 +41,7 @@ class TaggingProgress:
         self.verb = verb
         self.failed = 0
         self._progress = Progress(
-            TextColumn(f"[bold]{verb[0]}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TextColumn(f"[bold]{verb[0]}[/]{{task.fields[where]}}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
             TextColumn("failed: {task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
         )
@@ -51,12 +55,16 @@ class TaggingProgress:
         self._progress.__exit__(*exc)
 
     def start(self, total: int) -> None:
-        self._task = self._progress.add_task(self.verb[0], total=total, failed=0)
+        self._task = self._progress.add_task(self.verb[0], total=total, failed=0, where="")
 
     def advance(self, record: dict) -> None:
+        if record.get("type") == "window":  # a timeline window: show how far into its video the run is
+            where = f" {Path(record['path']).name} at {timedelta(seconds=round(record['end_s']))}"
+            self._progress.update(self._task, where=escape(where))
+            return
         if record.get("status") != "ok":
             self.failed += 1
-        self._progress.update(self._task, advance=1, failed=self.failed)
+        self._progress.update(self._task, advance=1, failed=self.failed, where="")
 
     def print_summary(self, summary) -> None:
         where = f"; results in {summary.output}" if summary.output else ""

@@ -10,14 +10,17 @@ import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .preview import PreviewWriter
-from .writers import format_for, open_writer, read_records
+from .timeline import SUBTITLE_FORMATS, TIMELINE_COLUMNS, TimelinePredictor, check_timeline, \
+    open_timeline_writer, output_format, subtitle_paths
+from .video import Clip
+from .writers import open_writer, read_records
 from .zoo import model_for_frames
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class TaggingJob:
     trust_checkpoint: bool = False
     options: PredictOptions = field(default_factory=PredictOptions)
     preview: Optional[str] = None  # folder for a contact sheet per ok video (stamcli.preview)
+    window: Optional[float] = None  # timeline: seconds per window (None: one record per video)
+    stride: Optional[float] = None  # timeline: seconds between window starts (None: the window)
 
 
 @dataclass
@@ -90,18 +95,32 @@ def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]
 def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
     if not (job.resume and job.output and Path(job.output).exists()):
         return set()
-    return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok"}
+    return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok" and r.get("type") != "window"}
 
 
 def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed) -> None:
     """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
     parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
-    with open_writer(job.output, fmt, top_k=top_k, resume=job.resume) as writer:
+    columns = TIMELINE_COLUMNS if job.window is not None else ()
+    with open_writer(job.output, fmt, top_k=top_k, resume=job.resume, columns=columns) as writer:
         for part in parts:
             for record in read_records(part, fmt):
                 writer.write(record)
     for part in parts:
         part.unlink(missing_ok=True)
+
+
+def _tagged(
+    predictor: Predictor, timeline: Optional[TimelinePredictor], paths: list[str]
+) -> Iterator[tuple[dict, Optional[Clip]]]:
+    """``(record, clip)`` in output order: each whole-video record with its clip (kept for a preview),
+    or a timeline record with ``None``."""
+    if timeline is not None:
+        for record in timeline.predict(paths):
+            yield record, None
+        return
+    for item in predictor.scores(paths):
+        yield predictor.record(item), item.clip
 
 
 def run_tagging(
@@ -111,40 +130,53 @@ def run_tagging(
     on_record: Optional[Callable[[dict], None]] = None,
     console=None,
 ) -> TaggingSummary:
-    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display."""
+    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
+    (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record)."""
     from . import load_model
 
     dist = Distributed.from_env()
     job.options.device = dist.device_for(job.options.device)
     job.options.check()  # bad options fail before a model is loaded or downloaded
-    fmt = format_for(job.output, job.format)
+    check_timeline(job.window, job.stride)
+    if job.preview is not None and job.window is not None:
+        raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
+    fmt = output_format(job.output, job.format)
+    if fmt in SUBTITLE_FORMATS and dist.active:
+        raise UsageError(f"--format {fmt} cannot run under torchrun; run it in one process (or use --shard)")
     videos, target = _plan(job, dist)
+    if fmt in SUBTITLE_FORMATS:
+        subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
     model = load_model(
         model_name_for(job), weights_dir=job.weights_dir, labels=job.labels, arch=job.arch,
         trust_checkpoint=job.trust_checkpoint, offline=job.offline, mirror=job.mirror,
         progress=dist.rank == 0,
     )
     predictor = Predictor(model, job.options, keep_clips=job.preview is not None)
+    timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
     previews = PreviewWriter(job.preview) if job.preview is not None else None
     stats = Throughput()
     interrupted = False
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
     resume_target = job.resume and not dist.active
-    with open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console) as writer, \
-            nullcontext() if previews is None else previews:
+    if job.window is not None or fmt in SUBTITLE_FORMATS:
+        writer = open_timeline_writer(target, fmt, videos, top_k=predictor.top_k, resume=resume_target,
+                                      console=console, timeline=job.window is not None)
+    else:
+        writer = open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console)
+    with writer, nullcontext() if previews is None else previews:
         done = _done_paths(job, fmt) if dist.active else writer.done_paths
         todo = [video for video in videos if video not in done]
         if on_start:
             on_start(len(todo))
         try:
-            for item in predictor.scores(todo):
-                record = predictor.record(item)
+            for record, clip in _tagged(predictor, timeline, todo):
                 writer.write(record)
-                if previews is not None and item.clip is not None:
-                    previews.write(item.clip, record)
-                stats.add(record)
+                if previews is not None and clip is not None:
+                    previews.write(clip, record)
                 if on_record:
                     on_record(record)
+                if record.get("type") != "window":  # counts are per video
+                    stats.add(record)
         except KeyboardInterrupt:
             interrupted = True
     if dist.active and not interrupted:

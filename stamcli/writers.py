@@ -18,8 +18,14 @@ by the context manager on an exception or Ctrl-C) terminates, and that
 Files are UTF-8 (file names that are not valid UTF-8 round-trip via ``surrogateescape``).
 
 CSV columns: ``path,status,error,label_1,score_1,...,label_K,score_K,frames,model,
-duration_s,fps``. CSV has no class-index column, so predictions read back from a CSV
+duration_s,fps``, then any extra ``columns`` the writer was given (timelines add
+``type,window,start_s,end_s``). CSV has no class-index column, so predictions read back from a CSV
 file have ``"index": None``; empty cells read back as ``None``.
+
+Timeline runs write several records per video: ``"type": "window"`` records followed by the
+video's own ``"type": "video"`` record (its summary, or its error). On ``--resume`` a video counts
+as done only once its ``ok`` video record is written; window records of unfinished videos are
+dropped, so a video cut short is redone without duplicates.
 """
 
 from __future__ import annotations
@@ -164,18 +170,31 @@ def _csv_record(row: list[str], col: dict, k: int) -> dict:
                       model=cell("model"), duration_s=opt("duration_s", float), fps=opt("fps", float))
     rec["predictions"] = preds
     known = set(rec) | {f"{p}_{i}" for p in ("label", "score") for i in range(1, k + 1)}
-    rec.update({name: row[i] or None for name, i in col.items() if name not in known})
+    rec.update({name: (_TYPED_COLUMNS[name](row[i]) if name in _TYPED_COLUMNS else row[i]) if row[i] else None
+                for name, i in col.items() if name not in known})
     return rec
 
 
+_TYPED_COLUMNS = {"window": int, "start_s": float, "end_s": float}  # extra CSV columns read back typed
+
+
 def _kept_ok(records: list[dict]) -> list[dict]:
-    """The ok records, only the last one per path (in the order of those last ones)."""
-    kept: dict[str, dict] = {}
+    """The records of videos done ``ok``, only the last time per path (in the order of those last times).
+
+    A ``"type": "window"`` record belongs to the next video record of its path; windows not
+    followed by an ``ok`` video record (an error, or a run cut short) are dropped.
+    """
+    windows: dict[str, list[dict]] = {}
+    kept: dict[str, list[dict]] = {}
     for rec in records:
+        if rec.get("type") == "window":
+            windows.setdefault(rec["path"], []).append(rec)
+            continue
+        group = windows.pop(rec["path"], [])
         if rec.get("status") == "ok":
             kept.pop(rec["path"], None)
-            kept[rec["path"]] = rec
-    return list(kept.values())
+            kept[rec["path"]] = [*group, rec]
+    return [rec for group in kept.values() for rec in group]
 
 
 class ResultWriter:
@@ -335,6 +354,10 @@ class JsonWriter(_FileWriter):
 class CsvWriter(_FileWriter):
     format = "csv"
 
+    def __init__(self, path, top_k: int, *, columns: Iterable[str] = (), **kwargs):
+        self.columns = tuple(columns)  # extra columns after the standard ones, e.g. timelines' start_s
+        super().__init__(path, top_k, **kwargs)
+
     def _line(self, cells: list) -> str:
         buf = io.StringIO()
         csv.writer(buf, quoting=csv.QUOTE_MINIMAL).writerow(cells)
@@ -342,7 +365,7 @@ class CsvWriter(_FileWriter):
 
     def _header(self) -> str:
         pairs = [f"{kind}_{i}" for i in range(1, self.top_k + 1) for kind in ("label", "score")]
-        return self._line(["path", "status", "error", *pairs, "frames", "model", "duration_s", "fps"])
+        return self._line(["path", "status", "error", *pairs, "frames", "model", "duration_s", "fps", *self.columns])
 
     def _format(self, record: dict) -> str:
         def cell(value) -> str:
@@ -356,7 +379,7 @@ class CsvWriter(_FileWriter):
         for i in range(self.top_k):
             pairs += [preds[i]["label"], cell(preds[i]["score"])] if i < len(preds) else ["", ""]
         return self._line([record["path"], record["status"], cell(record.get("error")), *pairs,
-                           *(cell(record.get(k)) for k in ("frames", "model", "duration_s", "fps"))])
+                           *(cell(record.get(k)) for k in ("frames", "model", "duration_s", "fps", *self.columns))])
 
 
 _WRITERS = {"csv": CsvWriter, "json": JsonWriter, "jsonl": JsonlWriter}
@@ -384,7 +407,12 @@ class TableWriter(ResultWriter):
             self._header_done = True
             head = f"{_fit('path', wp)} {'status':6} {_fit('top-1', wl)} {'score':>6} other labels"
             self._print(Text(head, style="bold"))
-        line = Text(_fit(str(record.get("path")), wp, keep_end=True) + " ")
+        shown = str(record.get("path"))
+        if record.get("type") == "window":  # a timeline window: where it is in the video
+            shown += f" [{record['start_s']:.1f}-{record['end_s']:.1f}s]"
+        elif record.get("type") == "video" and record.get("status") == "ok":  # its summary: share of time
+            shown += " [share of time]"
+        line = Text(_fit(shown, wp, keep_end=True) + " ")
         preds = record.get("predictions") or []
         if record.get("status") == "ok":
             line.append(f"{'ok':6} ", style="green")
@@ -423,14 +451,16 @@ def _fit(text: str, width: int, *, keep_end: bool = False, pad: bool = True) -> 
 
 
 def open_writer(output: Union[str, Path, None], fmt: Optional[str], *, top_k: int, resume: bool = False,
-                console=None) -> ResultWriter:
+                console=None, columns: Iterable[str] = ()) -> ResultWriter:
     """The writer for ``--output``/``--format``: a file writer, a stream writer to stdout
-    (format given, no output or ``-``), or a :class:`TableWriter` (neither given)."""
+    (format given, no output or ``-``), or a :class:`TableWriter` (neither given).
+    ``columns``: extra CSV columns (JSON and JSONL keep every key anyway)."""
     if output is not None and str(output) == "-":
         output = None
     fmt = format_for(None if output is None else str(output), fmt)
     if fmt is None:
         return TableWriter(top_k, console)
+    extra = {"columns": columns} if fmt == "csv" else {}
     if output is None:
-        return _WRITERS[fmt](None, top_k, stream=sys.stdout)
-    return _WRITERS[fmt](output, top_k, resume=resume)
+        return _WRITERS[fmt](None, top_k, stream=sys.stdout, **extra)
+    return _WRITERS[fmt](output, top_k, resume=resume, **extra)
