@@ -77,7 +77,7 @@ def autocast_for(device: torch.device, precision: str):
 _PER_THREAD_OMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
-def _single_threaded_decode() -> None:
+def single_threaded_decode() -> None:
     """Decode-thread initializer: torch ops in this thread use one core (OpenMP builds only)."""
     if _PER_THREAD_OMP:
         torch.set_num_threads(1)
@@ -109,7 +109,7 @@ class PredictOptions:
         return device, resolve_precision(self.precision, device)
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, StamError):
         return text or type(err).__name__
@@ -211,7 +211,7 @@ class Predictor:
         path_iter = iter(paths)
         model_threads = torch.get_num_threads()
         with ThreadPoolExecutor(
-            self.workers, thread_name_prefix="stam-decode", initializer=_single_threaded_decode
+            self.workers, thread_name_prefix="stam-decode", initializer=single_threaded_decode
         ) as pool:
             try:
                 while True:
@@ -231,7 +231,7 @@ class Predictor:
         try:
             clip = future.result()
         except Exception as err:  # one bad video never stops the run
-            return ScoredVideo(path, None, _reason(err))
+            return ScoredVideo(path, None, error_reason(err))
         return ScoredVideo(path, None, None, clip.frame_count, clip.fps, clip.duration_s, clip)
 
 

@@ -17,8 +17,8 @@ from .engine import Predictor, PredictOptions, Throughput
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .preview import PreviewWriter
-from .timeline import SUBTITLE_FORMATS, TIMELINE_COLUMNS, TimelinePredictor, check_timeline, \
-    open_timeline_writer, output_format, subtitle_paths
+from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
+from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
 from .video import Clip
 from .writers import open_writer, read_records
 from .zoo import model_for_frames

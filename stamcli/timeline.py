@@ -22,7 +22,7 @@ uniformly to ``F``; later windows are dropped.
 The video's own record ranks labels by the seconds they cover: each instant belongs to the
 window whose centre is nearest (:func:`segments`), and counts for that window's top-1 label, so
 the seconds add up to the video's duration.  Subtitles (``--format srt|vtt``) show the same
-segments as cues, consecutive equal labels merged.
+segments as cues, consecutive equal labels merged (:mod:`stamcli.subtitles`).
 """
 
 from __future__ import annotations
@@ -33,21 +33,18 @@ import queue
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from .engine import Predictor, _reason, _single_threaded_decode
-from .errors import StamError, UsageError, VideoError
+from .engine import Predictor, error_reason, single_threaded_decode
+from .errors import UsageError, VideoError
 from .video import Clip, FrameStream, sample_indices
-from .writers import FORMATS, ResultWriter, error_record, format_for, make_record, open_writer
+from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "window_indices", "TimelineReader", "TimelinePredictor",
-           "segments", "check_timeline", "output_format", "subtitle_paths", "subtitle_cues", "format_subtitles",
-           "SubtitleWriter", "open_timeline_writer", "SUBTITLE_FORMATS", "TIMELINE_COLUMNS"]
+           "segments", "check_timeline", "TIMELINE_COLUMNS"]
 
-SUBTITLE_FORMATS = ("srt", "vtt")
 #: CSV columns a timeline run adds after the standard ones.
 TIMELINE_COLUMNS = ("type", "window", "start_s", "end_s")
 
@@ -301,7 +298,7 @@ class TimelinePredictor:
                     pass
             return False
 
-        _single_threaded_decode()
+        single_threaded_decode()
         try:
             for path in paths:
                 reader = self.reader(path)
@@ -311,7 +308,7 @@ class TimelinePredictor:
                             return
                     end = _Item(path, reader=reader)
                 except Exception as err:  # one bad video never stops the run
-                    end = _Item(path, error=_reason(err))
+                    end = _Item(path, error=error_reason(err))
                 self.peak_buffered = max(self.peak_buffered, reader.peak_buffered)
                 if not put(end):
                     return
@@ -352,122 +349,3 @@ class TimelinePredictor:
         return make_record(path, predictions=predictions, frames=reader.frame_count, model=self.predictor.model.name,
                            duration_s=duration, fps=reader.fps, type="video", window=None, start_s=0.0,
                            end_s=duration, windows=len(tops), coverage=coverage)
-
-
-# ---------------------------------------------------------------------------- subtitles
-
-
-def output_format(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
-    """Like :func:`~stamcli.writers.format_for`, plus ``srt``/``vtt`` (given, or from a .srt/.vtt output)."""
-    name = fmt.strip().lower().lstrip(".") if fmt else None
-    if name in SUBTITLE_FORMATS:
-        return name
-    if name is not None and name not in (*FORMATS, "ndjson"):
-        raise UsageError(f"unknown format '{fmt}': choose one of {', '.join((*FORMATS, *SUBTITLE_FORMATS))}")
-    if not fmt and output is not None and Path(output).suffix.lower().lstrip(".") in SUBTITLE_FORMATS:
-        return Path(output).suffix.lower().lstrip(".")
-    return format_for(output, fmt)
-
-
-def subtitle_paths(videos: Sequence[str], output: Optional[str], fmt: str) -> dict[str, Path]:
-    """Where each video's subtitles go: beside it as ``<video stem>.<fmt>`` (no ``--output``),
-    ``output`` itself (one video and a ``.srt``/``.vtt`` file name), else ``output/<stem>.<fmt>``."""
-    suffix = f".{fmt}"
-    if output is None or str(output) == "-":
-        paths = {video: Path(video).with_suffix(suffix) for video in videos}
-    elif Path(output).suffix.lower() in (".srt", ".vtt") and not Path(output).is_dir():
-        if len(videos) != 1:
-            raise UsageError(f"--output {output} is one subtitle file, but there are {len(videos)} videos: "
-                             "give a folder, or no --output to write each video's subtitles beside it")
-        paths = {videos[0]: Path(output)}
-    else:
-        paths = {video: Path(output) / (Path(video).stem + suffix) for video in videos}
-    seen: dict[Path, str] = {}
-    for video, path in paths.items():
-        if path in seen:
-            raise UsageError(f"{seen[path]} and {video} would both write their subtitles to {path}")
-        seen[path] = video
-    return paths
-
-
-def _cue_text(label: str, score: float) -> str:
-    return f"{' '.join(str(label).split()).replace('-->', '->')} ({score:.2f})"
-
-
-def subtitle_cues(windows: Sequence[dict], duration_s: float) -> list[tuple[int, int, str]]:
-    """``(start_ms, end_ms, text)`` cues from window records (their top-1 label and score).
-
-    Each window shows over its :func:`segments` part; consecutive windows with the same label
-    become one cue showing their mean score; cues never overlap and empty ones are dropped.
-    """
-    spans = [(w["start_s"], w["end_s"]) for w in windows]
-    merged: list[list] = []  # [start_ms, end_ms, label, scores]
-    for (a, b), window in zip(segments(spans, duration_s), windows):
-        top = window["predictions"][0]
-        a_ms, b_ms = round(a * 1000), round(b * 1000)
-        if merged and merged[-1][2] == top["label"]:
-            merged[-1][1] = b_ms
-            merged[-1][3].append(top["score"])
-        else:
-            merged.append([a_ms, b_ms, top["label"], [top["score"]]])
-    return [(a, b, _cue_text(label, sum(scores) / len(scores))) for a, b, label, scores in merged if b > a]
-
-
-def _timestamp(ms: int, separator: str) -> str:
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds, millis = divmod(rest, 1000)
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"
-
-
-def format_subtitles(cues: Sequence[tuple[int, int, str]], fmt: str) -> str:
-    """SubRip (numbered cues, ``HH:MM:SS,mmm``) or WebVTT (``WEBVTT`` header, ``HH:MM:SS.mmm``) text."""
-    if fmt == "srt":
-        return "".join(f"{i}\n{_timestamp(a, ',')} --> {_timestamp(b, ',')}\n{text}\n\n"
-                       for i, (a, b, text) in enumerate(cues, 1))
-    return "WEBVTT\n\n" + "".join(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{text}\n\n" for a, b, text in cues)
-
-
-class SubtitleWriter(ResultWriter):
-    """Writes one subtitle file per video when its video record arrives (atomically: a file that
-    exists is complete). Without windows (no ``--window``) a video gets one cue, its top-1 label."""
-
-    def __init__(self, fmt: str, destinations: dict[str, Path], top_k: int, *, resume: bool = False):
-        super().__init__(top_k)
-        self.format, self.destinations = fmt, destinations
-        self.written: list[Path] = []
-        self.done_paths = {video for video, path in destinations.items() if resume and path.is_file()}
-        self.counts["resumed"] = len(self.done_paths)
-        self._windows: dict[str, list[dict]] = {}
-
-    def _write(self, record: dict) -> None:
-        if record.get("type") == "window":
-            self._windows.setdefault(record["path"], []).append(record)
-            return
-        windows = self._windows.pop(record["path"], [])
-        if record.get("status") != "ok":
-            return
-        duration = record.get("duration_s") or 0.0
-        if not windows:  # a whole-video record: one cue
-            windows = [dict(record, start_s=0.0, end_s=duration)]
-        path = self.destinations[record["path"]]
-        text = format_subtitles(subtitle_cues(windows, duration), self.format)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise StamError(f"cannot write subtitles to {path}: {err.strerror or err}") from None
-        self.written.append(path)
-
-
-def open_timeline_writer(target: Optional[str], fmt: Optional[str], videos: Sequence[str], *, top_k: int,
-                         resume: bool = False, console=None, timeline: bool = True) -> ResultWriter:
-    """The writer of a timeline or subtitle run: a :class:`SubtitleWriter` for ``srt``/``vtt``,
-    else :func:`~stamcli.writers.open_writer` with the timeline CSV columns."""
-    if fmt in SUBTITLE_FORMATS:
-        return SubtitleWriter(fmt, subtitle_paths(videos, target, fmt), top_k, resume=resume)
-    return open_writer(target, fmt, top_k=top_k, resume=resume, console=console,
-                       columns=TIMELINE_COLUMNS if timeline else ())

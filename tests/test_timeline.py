@@ -21,8 +21,9 @@ import stamcli.video as video
 from stamcli.cli import app
 from stamcli.engine import Predictor
 from stamcli.errors import UsageError, VideoError
-from stamcli.timeline import (TimelinePredictor, TimelineReader, Window, check_timeline, format_subtitles,
-                              plan_windows, segments, subtitle_cues, window_indices, window_lengths)
+from stamcli.subtitles import format_subtitles, subtitle_cues
+from stamcli.timeline import (TimelinePredictor, TimelineReader, Window, check_timeline, plan_windows, segments,
+                              window_indices, window_lengths)
 from stamcli.video import sample_indices
 from stamcli.writers import read_records
 
