@@ -42,6 +42,13 @@ MirrorOption = Annotated[
     typer.Option("--mirror", help="Fetch URL/<file name> instead of the authors' host (env: STAM_MIRROR)."),
 ]
 
+ClipsOption = Annotated[
+    int, typer.Option("--clips", min=1, help="Temporal views per video, softmax averaged (model cost x clips).")
+]
+CropsOption = Annotated[
+    int, typer.Option("--crops", help="Spatial views per clip: 1 (centre) or 3 (left/centre/right).")
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -180,6 +187,8 @@ def predict_command(
         bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    clips: ClipsOption = 1,
+    crops: CropsOption = 1,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -198,6 +207,7 @@ def predict_command(
         trust_checkpoint=trust_checkpoint,
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
+            clips=clips, crops=crops,
         ),
     )
     with TaggingProgress(stderr, enabled=not quiet) as progress:
@@ -301,6 +311,8 @@ def evaluate_command(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = False,
     weights_dir: WeightsDirOption = None,
     offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
+    clips: ClipsOption = 1,
+    crops: CropsOption = 1,
 ) -> None:
     """Measure a model on labelled clips: top-1, top-5, per-class accuracy, confusion matrix.
 
@@ -310,7 +322,8 @@ def evaluate_command(
     from .engine import PredictOptions
     from .train.evaluate import evaluate
 
-    options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers)
+    options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
+                             clips=clips, crops=crops)
     options.check()
     loaded = load_model(model, weights_dir=weights_dir, offline=offline)
     report = evaluate(data, loaded, options, output=output, skip_bad=skip_bad)

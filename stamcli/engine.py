@@ -21,7 +21,7 @@ import torch
 
 from .errors import StamError, UsageError
 from .model import STAM
-from .video import Clip, read_clip
+from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,11 @@ def default_workers() -> int:
 
 @dataclass
 class PredictOptions:
-    """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for."""
+    """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for.
+
+    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.video.read_views`): the model
+    sees every view and the softmax is averaged over them.
+    """
 
     frames: Optional[int] = None
     top_k: int = 5
@@ -98,13 +102,22 @@ class PredictOptions:
     device: str = "auto"
     precision: str = "auto"
     workers: Optional[int] = None
+    clips: int = 1
+    crops: int = 1
+
+    @property
+    def views(self) -> int:
+        """Views per video the model runs on."""
+        return self.clips * self.crops
 
     def check(self) -> tuple[torch.device, str]:
         """Validate the options; the device and the precision they resolve to."""
         for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
-                            ("--frames", self.frames), ("--workers", self.workers)):
+                            ("--frames", self.frames), ("--workers", self.workers), ("--clips", self.clips)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1")
+        if self.crops not in CROPS:
+            raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 
@@ -134,33 +147,43 @@ class Predictor:
     # ------------------------------------------------------------------ model side
 
     def _to_device(self, clips: list[Clip]) -> torch.Tensor:
-        batch = torch.stack([clip.frames for clip in clips])
+        """``(videos, views, F, 3, S, S)`` floats in [0, 1]; a plain clip is one view."""
+        batch = torch.stack([clip.frames.reshape(-1, *clip.frames.shape[-4:]) for clip in clips])
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch.float().div_(255.0)
 
     @torch.inference_mode()
     def probabilities(self, clips: list[Clip]) -> torch.Tensor:
-        """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU."""
+        """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU.
+
+        A :class:`~stamcli.video.Views` of ``V`` views runs as ``V`` inputs of the model, and its
+        probabilities are the mean of their softmaxes (all clips must have the same ``V``).
+        """
         videos = self._to_device(clips)
         with autocast_for(self.device, self.precision):
-            logits = self.model(videos)
-        return logits.float().softmax(dim=-1).cpu()
+            logits = self.model(videos.flatten(0, 1))
+        return logits.float().softmax(dim=-1).view(*videos.shape[:2], -1).mean(dim=1).cpu()
 
     def record(self, item: "ScoredVideo") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
+        views = {"clips": self.options.clips, "crops": self.options.crops} if self.options.views > 1 else {}
         if item.probabilities is None:
-            return error_record(item.path, item.error, model=self.model.name)
+            return error_record(item.path, item.error, model=self.model.name, **views)
         scores, indexes = item.probabilities.topk(self.top_k)
         labels = self.model.labels
         predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
         return make_record(item.path, predictions=predictions, frames=item.frame_count, model=self.model.name,
-                           duration_s=item.duration_s, fps=item.fps)
+                           duration_s=item.duration_s, fps=item.fps, **views)
 
     # ------------------------------------------------------------------ decode side
 
     def _decode(self, path: str) -> Clip:
-        return read_clip(path, self.frames, self.model.config.img_size, threads=1 if self.workers > 1 else 0)
+        threads = 1 if self.workers > 1 else 0
+        if self.options.views == 1:
+            return read_clip(path, self.frames, self.model.config.img_size, threads=threads)
+        return read_views(path, self.frames, self.model.config.img_size, clips=self.options.clips,
+                          crops=self.options.crops, threads=threads)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """One output record per path, in order (see the README for the schema)."""
@@ -204,8 +227,9 @@ class Predictor:
             try:
                 probabilities = iter(self.probabilities(clips))
             except torch.cuda.OutOfMemoryError:
+                views = f" x {self.options.views} views" if self.options.views > 1 else ""
                 raise StamError(
-                    f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
+                    f"out of GPU memory with --batch-size {self.options.batch_size}{views}; use a smaller batch"
                 ) from None
             for item in results:
                 if item.error is None:
