@@ -15,7 +15,7 @@ from stamcli import export as export_module
 from stamcli.cli import app
 from stamcli.export import export_model, format_for_export, read_export_metadata, run_exported
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]+` is deprecated:FutureWarning")
 runner = CliRunner()
 SHAPE = (TINY["frames"], 3, TINY["img_size"], TINY["img_size"])  # (4, 3, 32, 32)
 
@@ -193,3 +193,15 @@ def test_cli_export_frames_and_no_verify(tiny_checkpoint, tmp_path):
 def test_cli_export_usage_errors(tiny_checkpoint, tmp_path, args, message):
     result = runner.invoke(app, ["export", str(tiny_checkpoint), *args], env={"COLUMNS": "300"})
     assert result.exit_code == 2 and f"error: {message}" in result.output
+
+
+def test_reading_metadata_of_files_that_are_not_exports(tmp_path):
+    with pytest.raises(StamError, match="exported model not found"):
+        read_export_metadata(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("not a model")
+    with pytest.raises(StamError, match=r"^cannot read .*text.pt as a torchscript model: "):
+        read_export_metadata(tmp_path / "text.pt")
+    plain = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    torch.jit.save(plain, str(tmp_path / "plain.pt"))
+    with pytest.raises(StamError, match="plain.pt has no stamcli metadata"):
+        read_export_metadata(tmp_path / "plain.pt")
