@@ -15,7 +15,7 @@ from stamcli import export as export_module
 from stamcli.cli import app
 from stamcli.export import export_model, format_for_export, read_export_metadata, run_exported
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]+` is deprecated:FutureWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.[a-z_]+` is deprecated:FutureWarning")
 runner = CliRunner()
 SHAPE = (TINY["frames"], 3, TINY["img_size"], TINY["img_size"])  # (4, 3, 32, 32)
 
