@@ -7,6 +7,7 @@ Public API::
     model = stamcli.load_model("stam_16")      # zoo name (downloaded if missing) or a checkpoint file
     model = stamcli.create_model("vit_tiny_patch16_224", frames=8, num_classes=5)
     stamcli.save_checkpoint(model, "run/best.safetensors")
+    stamcli.export_model(model, "stam_16.onnx")  # or .pt for TorchScript
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _LAZY = {
     "embed": "embedding", "load_embeddings": "embedding", "EmbedJob": "embedding", "run_embedding": "embedding",
     "TimelinePredictor": "timeline",
     "FinetuneConfig": "train.config", "finetune": "train.finetune", "evaluate": "train.evaluate",
+    "export_model": "export", "read_export_metadata": "export",
 }
 
 __all__ = [

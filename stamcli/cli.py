@@ -42,6 +42,13 @@ MirrorOption = Annotated[
     typer.Option("--mirror", help="Fetch URL/<file name> instead of the authors' host (env: STAM_MIRROR)."),
 ]
 
+ClipsOption = Annotated[
+    int, typer.Option("--clips", min=1, help="Temporal views per video, softmax averaged (model cost x clips).")
+]
+CropsOption = Annotated[
+    int, typer.Option("--crops", help="Spatial views per clip: 1 (centre) or 3 (left/centre/right).")
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -205,6 +212,8 @@ def predict_command(
     stride: Annotated[
         Optional[float], typer.Option("--stride", help="Timeline: seconds between window starts (--window).")
     ] = None,
+    clips: ClipsOption = 1,
+    crops: CropsOption = 1,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -223,6 +232,7 @@ def predict_command(
         trust_checkpoint=trust_checkpoint, preview=str(preview) if preview is not None else None,
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
+            clips=clips, crops=crops,
         ),
         window=window, stride=stride,
     )
@@ -379,6 +389,8 @@ def evaluate_command(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = False,
     weights_dir: WeightsDirOption = None,
     offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
+    clips: ClipsOption = 1,
+    crops: CropsOption = 1,
 ) -> None:
     """Measure a model on labelled clips: top-1, top-5, per-class accuracy, confusion matrix.
 
@@ -388,7 +400,8 @@ def evaluate_command(
     from .engine import PredictOptions
     from .train.evaluate import evaluate
 
-    options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers)
+    options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
+                             clips=clips, crops=crops)
     options.check()
     loaded = load_model(model, weights_dir=weights_dir, offline=offline)
     report = evaluate(data, loaded, options, output=output, skip_bad=skip_bad)
@@ -400,6 +413,54 @@ def evaluate_command(
     Console().print(table)
     if output:
         stderr.print(f"report: {escape(str(output))}", highlight=False)
+
+
+# --------------------------------------------------------------------------- export
+
+@app.command("export")
+@user_errors
+def export_command(
+    model: Annotated[str, typer.Argument(help="Zoo name or checkpoint file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.pt/.ts: TorchScript, .onnx: ONNX).")],
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="torchscript or onnx (default: from --output's extension).")
+    ] = None,
+    frames: Annotated[
+        Optional[int], typer.Option("--frames", "-f", min=1, help="Fixed frame count of the export (model's own).")
+    ] = None,
+    opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset (14 or later).")] = 17,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Run the exported file and compare it with PyTorch.")
+    ] = True,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")] = None,
+    arch: Annotated[
+        Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
+    ] = None,
+    weights_dir: WeightsDirOption = None,
+    mirror: MirrorOption = None,
+    offline: Annotated[
+        Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
+    ] = False,
+) -> None:
+    """Export a model as TorchScript or ONNX: fixed frame count, dynamic batch, labels inside.
+
+    Example: stam export stam_16 --format onnx --output stam_16.onnx
+    """
+    from . import load_model
+    from .export import export_model, format_for_export, require_onnx
+
+    kind = format_for_export(output, fmt)
+    if kind == "onnx":
+        require_onnx()  # before a model is loaded or downloaded
+    loaded = load_model(model, weights_dir=weights_dir, labels=labels, arch=arch, trust_checkpoint=trust_checkpoint,
+                        offline=offline, mirror=mirror)
+    result = export_model(loaded, output, kind, frames=frames, opset=opset, verify=verify)
+    checked = "" if result.max_abs_diff is None else f"; max abs logit difference from PyTorch {result.max_abs_diff:.2g}"
+    stderr.print(f"[green]{result.format}[/]: {escape(str(result.path))} (input: batch x {result.frames} x 3 x "
+                 f"{result.img_size} x {result.img_size}{checked})", highlight=False)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import torch
 
 from .errors import StamError, UsageError
 from .model import STAM
-from .video import Clip, read_clip
+from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,11 @@ def default_workers() -> int:
 
 @dataclass
 class PredictOptions:
-    """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for."""
+    """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for.
+
+    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.video.read_views`): the model
+    sees every view and the softmax is averaged over them.
+    """
 
     frames: Optional[int] = None
     top_k: int = 5
@@ -98,13 +102,22 @@ class PredictOptions:
     device: str = "auto"
     precision: str = "auto"
     workers: Optional[int] = None
+    clips: int = 1
+    crops: int = 1
+
+    @property
+    def views(self) -> int:
+        """Views per video the model runs on."""
+        return self.clips * self.crops
 
     def check(self) -> tuple[torch.device, str]:
         """Validate the options; the device and the precision they resolve to."""
         for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
-                            ("--frames", self.frames), ("--workers", self.workers)):
+                            ("--frames", self.frames), ("--workers", self.workers), ("--clips", self.clips)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1")
+        if self.crops not in CROPS:
+            raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 
@@ -135,7 +148,8 @@ class Predictor:
     # ------------------------------------------------------------------ model side
 
     def _to_device(self, clips: list[Clip]) -> torch.Tensor:
-        batch = torch.stack([clip.frames for clip in clips])
+        """``(videos, views, F, 3, S, S)`` floats in [0, 1]; a plain clip is one view."""
+        batch = torch.stack([clip.frames.reshape(-1, *clip.frames.shape[-4:]) for clip in clips])
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch.float().div_(255.0)
@@ -146,19 +160,28 @@ class Predictor:
             with torch.inference_mode(), autocast_for(self.device, self.precision):
                 return forward(self._to_device(clips))
         except torch.cuda.OutOfMemoryError:
+            views = f" x {self.options.views} views" if self.options.views > 1 else ""
             raise StamError(
-                f"out of GPU memory with --batch-size {self.options.batch_size}; use a smaller batch"
+                f"out of GPU memory with --batch-size {self.options.batch_size}{views}; use a smaller batch"
             ) from None
 
     def probabilities(self, clips: list[Clip]) -> torch.Tensor:
-        """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU."""
-        return self._run_model(self.model, clips).float().softmax(dim=-1).cpu()
+        """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU.
+
+        A :class:`~stamcli.video.Views` of ``V`` views runs as ``V`` inputs of the model, and its
+        probabilities are the mean of their softmaxes (all clips must have the same ``V``).
+        """
+        logits = self._run_model(lambda videos: self.model(videos.flatten(0, 1)), clips)
+        return logits.float().softmax(dim=-1).view(len(clips), -1, logits.shape[-1]).mean(dim=1).cpu()
 
     def embeddings(self, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor]:
         """Video embeddings ``(len(clips), D)`` and frame embeddings ``(len(clips), F, D)`` from one forward
-        pass (:meth:`~stamcli.model.STAM.embed_with_frames`), float32 on the CPU."""
-        video, frames = self._run_model(self.model.embed_with_frames, clips)
-        return video.float().cpu(), frames.float().cpu()
+        pass (:meth:`~stamcli.model.STAM.embed_with_frames`), float32 on the CPU (the mean over views
+        for :class:`~stamcli.video.Views`)."""
+        video, frames = self._run_model(lambda videos: self.model.embed_with_frames(videos.flatten(0, 1)), clips)
+        count = len(clips)
+        return (video.float().view(count, -1, *video.shape[1:]).mean(dim=1).cpu(),
+                frames.float().view(count, -1, *frames.shape[1:]).mean(dim=1).cpu())
 
     def top_predictions(self, probabilities: torch.Tensor) -> list[dict]:
         """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first."""
@@ -168,16 +191,21 @@ class Predictor:
 
     def record(self, item: "ScoredVideo") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
+        views = {"clips": self.options.clips, "crops": self.options.crops} if self.options.views > 1 else {}
         if item.probabilities is None:
-            return error_record(item.path, item.error, model=self.model.name)
+            return error_record(item.path, item.error, model=self.model.name, **views)
         predictions = self.top_predictions(item.probabilities)
         return make_record(item.path, predictions=predictions, frames=item.frame_count, model=self.model.name,
-                           duration_s=item.duration_s, fps=item.fps)
+                           duration_s=item.duration_s, fps=item.fps, **views)
 
     # ------------------------------------------------------------------ decode side
 
     def _decode(self, path: str) -> Clip:
-        return read_clip(path, self.frames, self.model.config.img_size, threads=1 if self.workers > 1 else 0)
+        threads = 1 if self.workers > 1 else 0
+        if self.options.views == 1:
+            return read_clip(path, self.frames, self.model.config.img_size, threads=threads)
+        return read_views(path, self.frames, self.model.config.img_size, clips=self.options.clips,
+                          crops=self.options.crops, threads=threads)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """One output record per path, in order (see the README for the schema)."""

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from .errors import StamError
-from .video import Clip
+from .video import Clip, Views
 
 COLUMNS = 8  #: tiles per row (fewer when the clip has fewer frames)
 MIN_TILE = 128  #: smallest tile side in pixels; smaller inputs are enlarged by an integer factor
@@ -102,9 +102,12 @@ def sheet_shape(frames: int, img_size: int, top_k: int) -> tuple[int, int]:
 def contact_sheet(clip: Clip, predictions: Sequence[dict], title: Optional[str] = None) -> np.ndarray:
     """The sheet of ``clip``'s frames with ``predictions`` (``label``/``score`` dicts, best first), BGR uint8.
 
-    ``title`` (default: the clip's path) heads the caption; a long one keeps its end.
+    ``title`` (default: the clip's path) heads the caption; a long one keeps its end.  Of test-time
+    :class:`~stamcli.video.Views`, the sheet shows the first temporal clip's centre crop.
     """
-    frames = clip.frames.numpy()  # (F, 3, S, S) RGB
+    frames, indices = clip.frames.numpy(), clip.indices  # (F, 3, S, S) RGB
+    if isinstance(clip, Views):
+        frames, indices = frames[clip.crops // 2], clip.clip_indices(0)
     count, size = frames.shape[0], frames.shape[-1]
     tile = tile_size(size)
     height, width = sheet_shape(count, size, len(predictions))
@@ -133,7 +136,7 @@ def contact_sheet(clip: Clip, predictions: Sequence[dict], title: Optional[str] 
         if tile != size:
             rgb = cv2.resize(rgb, (tile, tile), interpolation=cv2.INTER_NEAREST)
         sheet[y0 : y0 + tile, x0 : x0 + tile] = rgb[:, :, ::-1]
-        index = clip.indices[i] if i < len(clip.indices) else i
+        index = indices[i] if i < len(indices) else i
         caption = f"#{index}" + (f" {index / clip.fps:.2f}s" if clip.fps > 0 else "")
         _put(sheet, fit_text(caption, tile, _TILE_SCALE), x0, y0 + tile, DIM_TEXT, _TILE_SCALE, TILE_TEXT)
     return sheet

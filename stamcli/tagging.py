@@ -138,8 +138,10 @@ def run_tagging(
     job.options.device = dist.device_for(job.options.device)
     job.options.check()  # bad options fail before a model is loaded or downloaded
     check_timeline(job.window, job.stride)
-    if job.preview is not None and job.window is not None:
+    if job.window is not None and job.preview is not None:
         raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
+    if job.window is not None and job.options.views > 1:
+        raise UsageError("--clips/--crops cannot be combined with --window: each window is one clip")
     fmt = output_format(job.output, job.format)
     if fmt in SUBTITLE_FORMATS and dist.active:
         raise UsageError(f"--format {fmt} cannot run under torchrun; run it in one process (or use --shard)")

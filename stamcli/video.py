@@ -19,6 +19,10 @@ grabs only, so every returned index is a real, decodable frame.
 Training augmentation plugs in through two optional callables of :func:`read_clip`: ``sampler``
 (which frames, in place of :func:`sample_indices`) and ``crop`` (which region of the upright
 frame, in place of "resize shorter side + centre crop").
+
+Test-time views: :func:`read_views` decodes a video once and returns ``clips x crops`` views of
+it, ``clips`` temporal offsets of the uniform sampling (:func:`sample_indices` with ``clip``)
+and 1 or 3 spatial crops (:func:`preprocess_crops`), cut from the same decoded frames.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ if _QUIET_LOG:  # cv2 may have been imported (and its logger set up) before this
     except AttributeError:  # pragma: no cover - very old OpenCV
         pass
 
-__all__ = ["Clip", "VideoInfo", "SEEK_MIN_GAP", "sample_indices", "resize_size_for",
-           "preprocess_frame", "probe", "read_clip", "FrameStream"]
+__all__ = ["Clip", "Views", "VideoInfo", "SEEK_MIN_GAP", "CROPS", "sample_indices", "resize_size_for",
+           "crop_offsets", "preprocess_frame", "preprocess_crops", "probe", "read_clip", "read_views", "FrameStream"]
 
 #: Seek instead of grabbing when the next wanted frame is at least this many frames ahead.
 #: Measured on a 640x360 600-frame clip, 2 CPU cores, OpenCV 5.0 / FFmpeg 8: one grab costs
@@ -65,6 +69,7 @@ _MAX_PLAUSIBLE_FRAMES = 10**8  # ~39 days at 30 fps; a larger header count is ga
 _PREFIX_CHECK = 8  # frames whose timestamps must be regular before we trust seeking
 Sampler = Callable[[int, int], "list[int]"]  #: (n, num_frames) -> num_frames indices in [0, n)
 Crop = Callable[[int, int], "tuple[int, int, int, int]"]  #: (h, w) -> (top, left, crop_h, crop_w)
+CROPS = (1, 3)  #: spatial crops per frame that :func:`preprocess_crops` can cut
 
 
 @dataclass
@@ -80,6 +85,24 @@ class Clip:
     width: int  #: as displayed (after rotation)
     height: int  #: as displayed (after rotation)
     rotation: int  #: clockwise degrees applied to decoded frames (0, 90, 180, 270)
+
+
+@dataclass
+class Views(Clip):
+    """Several views of one video, cut from one decode (:func:`read_views`).
+
+    ``frames`` is uint8 ``(clips * crops, F, 3, img_size, img_size)``: view ``v`` is temporal
+    clip ``v // crops`` cut with spatial crop ``v % crops``.  ``indices`` lists every clip's
+    source frames, clip after clip (``clips * F`` entries; :meth:`clip_indices` gives one clip's).
+    """
+
+    clips: int = 1
+    crops: int = 1
+
+    def clip_indices(self, clip: int) -> list[int]:
+        """Source frames of temporal clip ``clip`` (0-based)."""
+        count = self.frames.shape[1]
+        return self.indices[clip * count : (clip + 1) * count]
 
 
 @dataclass
@@ -102,14 +125,19 @@ class _PlanFailed(Exception):
 # ---------------------------------------------------------------------------- small pure helpers
 
 
-def sample_indices(n: int, num_frames: int) -> list[int]:
+def sample_indices(n: int, num_frames: int, clip: int = 0, clips: int = 1) -> list[int]:
     """Uniform sampling: frame ``i`` of ``F`` is ``floor((i + 0.5) * n / F)``, at most ``n - 1``.
 
-    A video shorter than ``F`` frames repeats frames by the same formula.
+    A video shorter than ``F`` frames repeats frames by the same formula.  With ``clips`` = C
+    temporal views, clip ``c`` (0-based) is shifted by a fraction of the stride: frame ``i`` is
+    ``floor((i + (c + 0.5) / C) * n / F)``, at most ``n - 1``; the C clips interleave into the
+    uniform sample of ``C * F`` frames, and ``clips=1`` is the plain sampling.
     """
     if n < 1 or num_frames < 1:
         raise ValueError(f"need n >= 1 and num_frames >= 1, got n={n}, num_frames={num_frames}")
-    return [min(((2 * i + 1) * n) // (2 * num_frames), n - 1) for i in range(num_frames)]
+    if not 0 <= clip < clips:
+        raise ValueError(f"need 0 <= clip < clips, got clip={clip}, clips={clips}")
+    return [min(((2 * (i * clips + clip) + 1) * n) // (2 * clips * num_frames), n - 1) for i in range(num_frames)]
 
 
 def resize_size_for(img_size: int) -> int:
@@ -124,6 +152,41 @@ def _resized_hw(h: int, w: int, short: int) -> tuple[int, int]:
     return int(short * h / w), short
 
 
+def crop_offsets(height: int, width: int, size: int, crops: int = 1) -> list[tuple[int, int]]:
+    """Top-left corners of the ``size x size`` crops of a ``height x width`` frame.
+
+    ``crops=1``: the centre (offsets rounded).  ``crops=3``: start, centre and end of the longer
+    side, centred on the shorter one: left/centre/right for a landscape or square frame,
+    top/centre/bottom for a portrait one.
+    """
+    if crops not in CROPS:
+        raise ValueError(f"crops must be one of {CROPS}, got {crops}")
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    if crops == 1:
+        return [(top, left)]
+    if height > width:
+        return [(0, left), (top, left), (height - size, left)]
+    return [(top, 0), (top, left), (top, width - size)]
+
+
+def preprocess_crops(bgr: np.ndarray, img_size: int = 224, resize_size: int | None = None,
+                     crops: int = 1) -> torch.Tensor:
+    """One decoded BGR ``(H, W, 3)`` uint8 frame -> RGB ``(crops, 3, img_size, img_size)`` uint8.
+
+    Antialiased bilinear resize of the shorter side to ``resize_size`` (torch's uint8 kernel,
+    which reproduces PIL's bilinear filter), then the crops of :func:`crop_offsets` (one resize
+    for all of them).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
+    resize_size = resize_size or resize_size_for(img_size)
+    h, w = bgr.shape[:2]
+    nh, nw = _resized_hw(h, w, resize_size)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    views = [x[0, :, top : top + img_size, left : left + img_size] for top, left in crop_offsets(nh, nw, img_size, crops)]
+    return torch.stack(views).flip(1)  # BGR -> RGB
+
+
 def preprocess_frame(bgr: np.ndarray, img_size: int = 224, resize_size: int | None = None,
                      region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """One decoded BGR ``(H, W, 3)`` uint8 frame -> RGB ``(3, img_size, img_size)`` uint8.
@@ -133,20 +196,14 @@ def preprocess_frame(bgr: np.ndarray, img_size: int = 224, resize_size: int | No
     ``region=(top, left, h, w)`` that region is cut instead and resized (same filter) to
     ``img_size x img_size``.
     """
+    if region is None:
+        return preprocess_crops(bgr, img_size, resize_size)[0]
     x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
-    if region is not None:
-        top, left, ch, cw = region
-        x = x[:, :, top : top + ch, left : left + cw]
-        if (ch, cw) != (img_size, img_size):
-            x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
-        return x[0].flip(0)  # BGR -> RGB (a copy)
-    resize_size = resize_size or resize_size_for(img_size)
-    h, w = bgr.shape[:2]
-    nh, nw = _resized_hw(h, w, resize_size)
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = int(round((nh - img_size) / 2.0)), int(round((nw - img_size) / 2.0))
-    return x[0, :, top : top + img_size, left : left + img_size].flip(0)  # BGR -> RGB (a copy)
+    top, left, ch, cw = region
+    x = x[:, :, top : top + ch, left : left + cw]
+    if (ch, cw) != (img_size, img_size):
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].flip(0)  # BGR -> RGB (a copy)
 
 
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
@@ -340,6 +397,11 @@ def _sampled(sampler: Sampler | None, n: int, num_frames: int) -> list[int]:
     return indices
 
 
+def _clip_sampler(clip: int, clips: int) -> Sampler:
+    """The sampler of temporal clip ``clip`` of ``clips`` (:func:`sample_indices`)."""
+    return lambda n, num_frames: sample_indices(n, num_frames, clip, clips)
+
+
 def _region(crop: Crop, h: int, w: int) -> tuple[int, int, int, int]:
     top, left, ch, cw = (int(v) for v in crop(h, w))
     if not (0 <= top and 0 <= left and ch >= 1 and cw >= 1 and top + ch <= h and left + cw <= w):
@@ -348,53 +410,48 @@ def _region(crop: Crop, h: int, w: int) -> tuple[int, int, int, int]:
 
 
 def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, resize_size: int,
-                  seek_min_gap: float, check_end: bool, sampler: Sampler | None = None,
+                  seek_min_gap: float, check_end: bool, samplers: tuple = (None,), crops: int = 1,
                   crop: Crop | None = None, regions: dict | None = None) -> tuple[list[int], torch.Tensor]:
     """Decode the sampled frames of an ``n``-frame video; _PlanFailed if ``n`` proves wrong.
-    ``regions`` caches ``crop``'s answers by frame size across the reads of one clip."""
-    indices, regions = _sampled(sampler, n, num_frames), {} if regions is None else regions
-    out = torch.empty((num_frames, 3, img_size, img_size), dtype=torch.uint8)
+
+    Each of ``samplers`` (None: :func:`sample_indices`) picks one clip's frames; every frame any
+    clip wants is decoded once and cut into ``crops`` crops.  Returns every clip's indices, clip
+    after clip, and the frames as ``(len(samplers) * crops, num_frames, 3, img_size, img_size)``
+    (view ``clip * crops + crop``).  ``regions`` caches ``crop``'s answers by frame size across
+    the reads of one clip."""
+    plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
+    regions = {} if regions is None else regions
+    out = torch.empty((len(plan) * crops, num_frames, 3, img_size, img_size), dtype=torch.uint8)
     reader = _Reader(cap, info, seek_min_gap)
-    for k in sorted(set(indices)):
+    for k in sorted(set().union(*plan)):
         reader.goto(k)
         ok, bgr = cap.retrieve()
         if not ok or bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
             raise _PlanFailed(f"frame {k} cannot be converted")
         bgr = _rotate(bgr, info.rotation)
-        if crop is not None and bgr.shape[:2] not in regions:
-            regions[bgr.shape[:2]] = _region(crop, *bgr.shape[:2])
-        tensor = preprocess_frame(bgr, img_size, resize_size, regions.get(bgr.shape[:2]))
-        for i, j in enumerate(indices):
-            if j == k:
-                out[i] = tensor
+        if crop is not None:
+            if bgr.shape[:2] not in regions:
+                regions[bgr.shape[:2]] = _region(crop, *bgr.shape[:2])
+            views = preprocess_frame(bgr, img_size, resize_size, regions[bgr.shape[:2]])[None]
+        else:
+            views = preprocess_crops(bgr, img_size, resize_size, crops)
+        for c, indices in enumerate(plan):
+            for i, j in enumerate(indices):
+                if j == k:
+                    out[c * crops : (c + 1) * crops, i] = views
     if check_end:
         reader.check_end(n)
-    return indices, out
+    return [k for indices in plan for k in indices], out
 
 
-def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | None = None,
-              threads: int = 0, seek_min_gap: float = SEEK_MIN_GAP, sampler: Sampler | None = None,
-              crop: Crop | None = None) -> Clip:
-    """Decode ``num_frames`` uniformly sampled, preprocessed frames of the video at ``path``.
-
-    ``threads``: FFmpeg decoding threads (0: OpenCV's default).  ``seek_min_gap``: seek when
-    the next wanted frame is at least this far ahead (``math.inf``: never seek, 0: always).
-    ``sampler(n, num_frames)`` picks the frames instead of :func:`sample_indices` (called again
-    with the real ``n`` when the header count proves wrong).  ``crop(height, width)`` gives the
-    ``(top, left, h, w)`` region of the upright frame to resize to ``img_size`` instead of the
-    resize + centre crop; it is asked once per clip.  Either returning out-of-range values is a
-    ``ValueError``.  Raises :class:`VideoError` (one line) when the file cannot be opened or has
-    no frames.
-    """
-    if num_frames < 1 or img_size < 1:
-        raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames}, {img_size}")
-    resize_size = resize_size or resize_size_for(img_size)
-    if resize_size < img_size:
-        raise ValueError(f"resize_size {resize_size} is smaller than img_size {img_size}")
+def _read(path, num_frames: int, img_size: int, resize_size: int, threads: int, seek_min_gap: float,
+          **hooks) -> tuple[VideoInfo, int, list[int], torch.Tensor]:
+    """Open, plan from the header, fall back to counting real frames; see :func:`read_clip`.
+    Returns the header, the decodable frame count and :func:`_read_planned`'s answer."""
     _check_file(path)
     name = _one_line(path)
     args = (num_frames, img_size, resize_size)
-    hooks = {"sampler": sampler, "crop": crop, "regions": {}}
+    hooks["regions"] = {}
     try:
         with _capture(path, threads) as cap:
             info = _header(cap, path)
@@ -418,9 +475,65 @@ def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | 
                     raise VideoError(f"cannot read video {name}: decoding is not repeatable ({exc})") from None
     except cv2.error as exc:
         raise VideoError(f"cannot read video {name}: OpenCV error: {_first_line(exc)}") from None
-    return Clip(path=os.fsdecode(path), frames=frames.contiguous(), indices=indices, frame_count=n,
-                fps=info.fps, duration_s=n / info.fps if info.fps > 0 else 0.0, width=info.width,
-                height=info.height, rotation=info.rotation)
+    return info, n, indices, frames
+
+
+def _check_sizes(num_frames: int, img_size: int, resize_size: int) -> None:
+    if num_frames < 1 or img_size < 1:
+        raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames}, {img_size}")
+    if resize_size < img_size:
+        raise ValueError(f"resize_size {resize_size} is smaller than img_size {img_size}")
+
+
+def _facts(path, info: VideoInfo, n: int) -> dict:
+    return dict(path=os.fsdecode(path), frame_count=n, fps=info.fps,
+                duration_s=n / info.fps if info.fps > 0 else 0.0, width=info.width, height=info.height,
+                rotation=info.rotation)
+
+
+def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | None = None,
+              threads: int = 0, seek_min_gap: float = SEEK_MIN_GAP, sampler: Sampler | None = None,
+              crop: Crop | None = None) -> Clip:
+    """Decode ``num_frames`` uniformly sampled, preprocessed frames of the video at ``path``.
+
+    ``threads``: FFmpeg decoding threads (0: OpenCV's default).  ``seek_min_gap``: seek when
+    the next wanted frame is at least this far ahead (``math.inf``: never seek, 0: always).
+    ``sampler(n, num_frames)`` picks the frames instead of :func:`sample_indices` (called again
+    with the real ``n`` when the header count proves wrong).  ``crop(height, width)`` gives the
+    ``(top, left, h, w)`` region of the upright frame to resize to ``img_size`` instead of the
+    resize + centre crop; it is asked once per clip.  Either returning out-of-range values is a
+    ``ValueError``.  Raises :class:`VideoError` (one line) when the file cannot be opened or has
+    no frames.
+    """
+    resize_size = resize_size or resize_size_for(img_size)
+    _check_sizes(num_frames, img_size, resize_size)
+    info, n, indices, frames = _read(path, num_frames, img_size, resize_size, threads, seek_min_gap,
+                                     samplers=(sampler,), crop=crop)
+    return Clip(frames=frames[0], indices=indices, **_facts(path, info, n))
+
+
+def read_views(path, num_frames: int, img_size: int = 224, *, clips: int = 1, crops: int = 1,
+               resize_size: int | None = None, threads: int = 0,
+               seek_min_gap: float = SEEK_MIN_GAP) -> Views:
+    """``clips x crops`` test-time views of the video at ``path``, from a single decode.
+
+    Temporal clip ``c`` samples frame ``i`` at ``floor((i + (c + 0.5) / clips) * n / F)``
+    (:func:`sample_indices`); the union of all clips' frames is decoded in one pass.  Each frame
+    has its shorter side resized to ``resize_size`` and is cut into ``crops`` squares of
+    ``img_size`` (:func:`crop_offsets`).  ``resize_size`` defaults to :func:`resize_size_for`
+    (256 for 224: the plain centre crop) for one crop and to ``img_size`` for three, so the
+    left, centre and right crops together cover the whole frame (the 3-crop test of
+    SlowFast, TimeSformer and X3D).  ``clips=1, crops=1`` gives exactly :func:`read_clip`'s
+    frames.  Raises :class:`VideoError` as :func:`read_clip` does.
+    """
+    if clips < 1 or crops not in CROPS:
+        raise ValueError(f"need clips >= 1 and crops in {CROPS}, got clips={clips}, crops={crops}")
+    resize_size = resize_size or (resize_size_for(img_size) if crops == 1 else img_size)
+    _check_sizes(num_frames, img_size, resize_size)
+    samplers = tuple(_clip_sampler(c, clips) for c in range(clips))
+    info, n, indices, frames = _read(path, num_frames, img_size, resize_size, threads, seek_min_gap,
+                                     samplers=samplers, crops=crops)
+    return Views(frames=frames, indices=indices, clips=clips, crops=crops, **_facts(path, info, n))
 
 
 class FrameStream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from stamcli.cli import app
 from stamcli.preview import (
     BACKGROUND, MAX_NAME, ascii_text, contact_sheet, fit_text, preview_name, sheet_shape, tile_size,
 )
-from stamcli.video import read_clip
+from stamcli.video import Clip, read_clip
 
 runner = CliRunner()
 
@@ -128,3 +129,16 @@ def test_a_sheet_that_cannot_be_written_is_one_line_error(run_dir, tiny_checkpoi
     assert result.exit_code == 1
     assert result.output.strip() == "error: cannot write preview p/v__a.mp4.png: Is a directory"
     assert sorted(os.listdir("p")) == ["v__a.mp4.png", "v__b.mp4.png"]  # no temporary file left
+
+
+def test_a_sheet_of_test_time_views_shows_the_first_clips_centre_crop(run_dir):
+    from stamcli.video import read_views
+
+    views = read_views("v/a.mp4", 4, 32, clips=2, crops=3)
+    assert views.frames.shape == (6, 4, 3, 32, 32)
+    sheet = contact_sheet(views, [{"label": "archery", "score": 0.5}])
+    fields = {f.name: getattr(views, f.name) for f in dataclasses.fields(Clip)}
+    plain = contact_sheet(Clip(**{**fields, "frames": views.frames[1], "indices": views.clip_indices(0)}),
+                          [{"label": "archery", "score": 0.5}])
+    assert sheet.shape == (*sheet_shape(4, 32, 1), 3)
+    assert np.array_equal(sheet, plain)  # view 1 = clip 0, centre crop, with clip 0's frame numbers

@@ -403,6 +403,7 @@ def test_usage_errors_exit_2(clips, tiny_checkpoint, tmp_path):
         ([clips / "b.mp4", "--window", 1, "-o", tmp_path / "x.srt"], "is one subtitle file, but there are 2 videos"),
         ([both, "--format", "srt", "--window", 1], "would both write their subtitles to"),
         (["--window", 1, "--preview", tmp_path / "sheets"], "--preview cannot be combined with --window"),
+        (["--window", 1, "--clips", 2], "--clips/--crops cannot be combined with --window"),
     ]
     for args, message in cases:
         result = _predict(clips / "a.mp4", "-m", tiny_checkpoint, *args)

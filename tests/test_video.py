@@ -372,7 +372,8 @@ def _planned(path, n, f=8, gap=0.0):
     """One planned pass of read_clip (no end-of-video check): indices, frames."""
     with video._capture(path) as cap:
         info = video._header(cap, path)
-        return video._read_planned(cap, info, n or info.frame_count, f, 224, 256, gap, check_end=False)
+        indices, views = video._read_planned(cap, info, n or info.frame_count, f, 224, 256, gap, check_end=False)
+        return indices, views[0]  # the one view of a plain read
 
 
 def test_seeks_by_time_never_mislabel_frames(vfr_video):

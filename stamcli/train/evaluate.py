@@ -64,6 +64,8 @@ def evaluate_examples(
     report["model"] = model.name
     report["data"] = source
     report["failed"] = failed
+    if predictor.options.views > 1:  # test-time views, as in predict's records
+        report["clips"], report["crops"] = predictor.options.clips, predictor.options.crops
     if output:
         write_report(report, Path(output))
     return report
