@@ -220,24 +220,40 @@ def predict_command(
     Example: stam predict ./videos --frames 16 --output tags.csv
     """
     from .engine import PredictOptions
-    from .inputs import DEFAULT_EXTENSIONS, parse_extensions
-    from .progress import TaggingProgress
     from .tagging import TaggingJob, run_tagging
 
     job = TaggingJob(
-        paths=paths, model=model, output=str(output) if output else None, format=fmt, recursive=recursive,
-        extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS, resume=resume, shard=shard_spec,
-        labels=str(labels) if labels else None, arch=str(arch) if arch else None,
-        weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror, offline=offline,
-        trust_checkpoint=trust_checkpoint, preview=str(preview) if preview is not None else None,
+        **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
+                            trust_checkpoint),
+        output=str(output) if output else None, format=fmt, labels=str(labels) if labels else None,
+        preview=str(preview) if preview is not None else None, window=window, stride=stride,
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
             clips=clips, crops=crops,
         ),
-        window=window, stride=stride,
     )
-    with TaggingProgress(stderr, enabled=not quiet) as progress:
-        summary = run_tagging(job, on_start=progress.start, on_record=progress.advance, console=Console())
+    _run_video_job(run_tagging, job, quiet, console=Console())
+
+
+def _video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
+                      trust_checkpoint) -> dict:
+    """The :class:`~stamcli.tagging.VideoJob` fields from the input and model options predict and embed share."""
+    from .inputs import DEFAULT_EXTENSIONS, parse_extensions
+
+    return dict(
+        paths=paths, model=model, recursive=recursive, extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS,
+        resume=resume, shard=shard_spec, arch=str(arch) if arch else None,
+        weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror, offline=offline,
+        trust_checkpoint=trust_checkpoint,
+    )
+
+
+def _run_video_job(run: Callable, job, quiet: bool, verb: tuple[str, str] = ("tagging", "tagged"), **kwargs) -> None:
+    """``run(job)`` behind a progress bar, then its summary; exit 0, 1 (a video failed) or 130 (interrupted)."""
+    from .progress import TaggingProgress
+
+    with TaggingProgress(stderr, enabled=not quiet, verb=verb) as progress:
+        summary = run(job, on_start=progress.start, on_record=progress.advance, **kwargs)
     if not quiet:
         progress.print_summary(summary)
     if summary.interrupted:
@@ -278,23 +294,14 @@ def embed_command(
     """
     from .embedding import EmbedJob, run_embedding
     from .engine import PredictOptions
-    from .inputs import DEFAULT_EXTENSIONS, parse_extensions
-    from .progress import TaggingProgress
 
     job = EmbedJob(
-        paths=paths, output=str(output), per_frame=per_frame, model=model, recursive=recursive,
-        extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS, resume=resume, shard=shard_spec,
-        arch=str(arch) if arch else None, weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror,
-        offline=offline, trust_checkpoint=trust_checkpoint,
+        **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
+                            trust_checkpoint),
+        output=str(output), per_frame=per_frame,
         options=PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers),
     )
-    with TaggingProgress(stderr, enabled=not quiet, verb=("embedding", "embedded")) as progress:
-        summary = run_embedding(job, on_start=progress.start, on_record=progress.advance)
-    if not quiet:
-        progress.print_summary(summary)
-    if summary.interrupted:
-        raise typer.Exit(130)
-    raise typer.Exit(1 if summary.failed else 0)
+    _run_video_job(run_embedding, job, quiet, verb=("embedding", "embedded"))
 
 
 # --------------------------------------------------------------------------- finetune / evaluate

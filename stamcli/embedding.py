@@ -38,9 +38,8 @@ from numpy.lib.format import open_memmap
 from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import StamError, UsageError
-from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .model import STAM
-from .tagging import model_name_for
+from .tagging import VideoJob
 
 SUFFIXES = (".npy", ".safetensors")
 INDEX_COLUMNS = ("row", "path", "status", "error", "model", "frames", "duration_s", "fps")
@@ -386,24 +385,12 @@ def load_embeddings(output: Union[str, Path]) -> Embeddings:
     return Embeddings(tensors["embeddings"], tensors.get("frame_embeddings"), records)
 
 
-@dataclass
-class EmbedJob:
+@dataclass(kw_only=True)
+class EmbedJob(VideoJob):
     """Everything ``stam embed`` was asked to do (the input and model options mean what they do for predict)."""
 
-    paths: Sequence[str]
     output: str
     per_frame: bool = False
-    model: Optional[str] = None  # zoo name or checkpoint file; None: chosen by --frames (stam_16)
-    recursive: bool = True
-    extensions: Sequence[str] = DEFAULT_EXTENSIONS
-    resume: bool = False
-    shard: Optional[str] = None  # "I/N"
-    arch: Optional[str] = None
-    weights_dir: Optional[str] = None
-    mirror: Optional[str] = None
-    offline: Optional[bool] = None
-    trust_checkpoint: bool = False
-    options: PredictOptions = field(default_factory=PredictOptions)
 
 
 def run_embedding(
@@ -413,19 +400,11 @@ def run_embedding(
     on_record: Optional[Callable[[dict], None]] = None,
 ) -> EmbeddingResult:
     """Run ``job``: collect the videos (and take ``--shard``'s share), load the model, :func:`embed`."""
-    from . import load_model
-
     if Distributed.from_env().active:
         raise UsageError("stam embed does not run under torchrun: start one process per --shard I/N, "
                          "each with its own --output")
     check_output(job.output)
     job.options.check()  # bad options fail before a model is loaded or downloaded
-    videos = collect_videos(job.paths, recursive=job.recursive, extensions=tuple(job.extensions))
-    if job.shard:
-        videos = shard(videos, parse_shard(job.shard))
-    model = load_model(
-        model_name_for(job), weights_dir=job.weights_dir, arch=job.arch, trust_checkpoint=job.trust_checkpoint,
-        offline=job.offline, mirror=job.mirror,
-    )
-    return embed(videos, model, job.options, output=job.output, per_frame=job.per_frame, resume=job.resume,
-                 on_start=on_start, on_record=on_record)
+    videos = job.videos()
+    return embed(videos, job.load_model(), job.options, output=job.output, per_frame=job.per_frame,
+                 resume=job.resume, on_start=on_start, on_record=on_record)

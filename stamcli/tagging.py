@@ -28,14 +28,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stam_16"
 
 
-@dataclass
-class TaggingJob:
-    """Everything ``stam predict`` was asked to do."""
+@dataclass(kw_only=True)
+class VideoJob:
+    """What every per-video command (``predict``, ``embed``) is asked: which videos, which model, how to run it."""
 
     paths: Sequence[str]
     model: Optional[str] = None  # zoo name or checkpoint file; None: chosen by --frames (stam_16)
-    output: Optional[str] = None  # None: a table on stdout
-    format: Optional[str] = None  # None: from the output's extension
     recursive: bool = True
     extensions: Sequence[str] = DEFAULT_EXTENSIONS
     resume: bool = False
@@ -47,6 +45,28 @@ class TaggingJob:
     offline: Optional[bool] = None
     trust_checkpoint: bool = False
     options: PredictOptions = field(default_factory=PredictOptions)
+
+    def videos(self) -> list[str]:
+        """The input videos, in order, and only this machine's ``--shard`` of them."""
+        videos = collect_videos(self.paths, recursive=self.recursive, extensions=tuple(self.extensions))
+        return shard(videos, parse_shard(self.shard)) if self.shard else videos
+
+    def load_model(self, progress: bool = True):
+        """The model (``--model``, else the zoo model for ``--frames``), downloaded if missing."""
+        from . import load_model
+
+        return load_model(
+            model_name_for(self), weights_dir=self.weights_dir, labels=self.labels, arch=self.arch,
+            trust_checkpoint=self.trust_checkpoint, offline=self.offline, mirror=self.mirror, progress=progress,
+        )
+
+
+@dataclass(kw_only=True)
+class TaggingJob(VideoJob):
+    """Everything ``stam predict`` was asked to do."""
+
+    output: Optional[str] = None  # None: a table on stdout
+    format: Optional[str] = None  # None: from the output's extension
     preview: Optional[str] = None  # folder for a contact sheet per ok video (stamcli.preview)
     window: Optional[float] = None  # timeline: seconds per window (None: one record per video)
     stride: Optional[float] = None  # timeline: seconds between window starts (None: the window)
@@ -63,7 +83,7 @@ class TaggingSummary:
     interrupted: bool = False
 
 
-def model_name_for(job: TaggingJob) -> str:
+def model_name_for(job: VideoJob) -> str:
     """``--model`` when given, else the zoo model trained for ``--frames`` (stam_16 by default)."""
     if job.model:
         return job.model
@@ -79,11 +99,9 @@ def _part_path(output: str, rank: int, world: int) -> str:
 
 def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]:
     """The videos this process tags and the file it writes (a part file under torchrun)."""
-    videos = collect_videos(job.paths, recursive=job.recursive, extensions=tuple(job.extensions))
     if job.shard and dist.active:
         raise UsageError("--shard cannot be combined with torchrun: each rank already takes its own shard")
-    if job.shard:
-        videos = shard(videos, parse_shard(job.shard))
+    videos = job.videos()
     if dist.active:
         if not job.output:
             raise UsageError("under torchrun, --output is required (rank 0 merges the ranks' results into it)")
@@ -132,8 +150,6 @@ def run_tagging(
 ) -> TaggingSummary:
     """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
     (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record)."""
-    from . import load_model
-
     dist = Distributed.from_env()
     job.options.device = dist.device_for(job.options.device)
     job.options.check()  # bad options fail before a model is loaded or downloaded
@@ -148,11 +164,7 @@ def run_tagging(
     videos, target = _plan(job, dist)
     if fmt in SUBTITLE_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
-    model = load_model(
-        model_name_for(job), weights_dir=job.weights_dir, labels=job.labels, arch=job.arch,
-        trust_checkpoint=job.trust_checkpoint, offline=job.offline, mirror=job.mirror,
-        progress=dist.rank == 0,
-    )
+    model = job.load_model(progress=dist.rank == 0)
     predictor = Predictor(model, job.options, keep_clips=job.preview is not None)
     timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
     previews = PreviewWriter(job.preview) if job.preview is not None else None
