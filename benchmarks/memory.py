@@ -1,0 +1,50 @@
+"""Section ``memory``: peak RSS of a ``stam predict`` process on the short and on the long video.
+
+Each run is a child process (``python -m stamcli predict VIDEO --model CKPT``); its own peak RSS
+comes from ``os.wait4``'s resource usage. Decoding keeps only the sampled frames, so the peak
+must not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .common import REPO, Context
+from .e2e import checkpoint
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Run ``python args...`` with this checkout's stamcli; its peak RSS in MiB (error if it fails)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    child = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    error = child.stderr.read().decode(errors="replace")
+    child.stderr.close()
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({child.returncode}): {error[-500:]}")
+    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+    return usage.ru_maxrss / scale
+
+
+def run(ctx: Context) -> dict:
+    p = ctx.profile
+    ckpt = checkpoint(ctx, p.big)
+    rows = []
+    for title, video in ((p.short_title, ctx.short_video()), (p.long_title, ctx.long_video())):
+        out = ctx.out / "memory_predictions.jsonl"
+        rss = peak_rss_mb(["-m", "stamcli", "predict", str(video), "--model", str(ckpt), "--device", "cpu",
+                           "--output", str(out), "--quiet"])
+        out.unlink(missing_ok=True)
+        rows.append({"video": title, "path": video.name, "peak_rss_mb": rss})
+    return {"model": p.big.title, "rows": rows, "growth_mb": rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]}
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Peak memory (RSS) of one `stam predict` process, {r['model']}, fp32 on the CPU:", "",
+             "| video | peak RSS (MiB) |", "| --- | --- |"]
+    lines += [f"| {row['video']} | {row['peak_rss_mb']:.0f} |" for row in r["rows"]]
+    lines.append(f"| growth from the short to the long video | {r['growth_mb']:+.0f} |")
+    return "\n".join(lines)
