@@ -90,12 +90,12 @@ FULL = Profile(
     small=ModelSpec("ViT-Ti/16 x 16 frames", "vit_tiny_patch16_224"),
     short_s=10.0, long_s=600.0, width=640, height=360, fps=25, videos=32, batch_size=8, repeats=3,
 )
-_TINY = dict(embed_dim=64, depth=1, num_heads=2, temporal_layers=1, temporal_ff=128)
+_TINY = dict(embed_dim=64, num_heads=2, temporal_layers=1, temporal_ff=128)
 QUICK = Profile(
     big=ModelSpec("tiny stand-in for stam_16", "vit_tiny_patch16_224", frames=16, img_size=32,
-                  num_classes=5, overrides=_TINY),
+                  num_classes=5, overrides=dict(_TINY, depth=2)),
     small=ModelSpec("tiny stand-in for the small backbone", "vit_tiny_patch16_224", frames=16, img_size=32,
-                    num_classes=5, overrides=_TINY),
+                    num_classes=5, overrides=dict(_TINY, depth=1)),
     short_s=1.0, long_s=6.0, width=160, height=90, fps=25, videos=3, batch_size=2, repeats=1,
 )
 
@@ -183,18 +183,23 @@ def _frames(count: int, seed: int, width: int, height: int):
         yield base[:, x : x + width]
 
 
-def make_video(folder: Path, profile: Profile, seconds: float, seed: int, log=print) -> Path:
-    """A cached ``seconds``-long H.264 video of ``profile``'s size (generated on first use)."""
+def write_clip(path: Path, seconds: float, width: int, height: int, fps: int = 25, seed: int = 0) -> Path:
+    """Write a ``seconds``-long H.264 video (x264 veryfast) of a panning random texture."""
     from tests.synthetic import write_video_av
 
+    return write_video_av(path, _frames(round(seconds * fps), seed, width, height), fps=fps,
+                          options={"preset": "veryfast"})
+
+
+def make_video(folder: Path, profile: Profile, seconds: float, seed: int, log=print) -> Path:
+    """A cached ``seconds``-long H.264 video of ``profile``'s size (generated on first use)."""
     name = f"h264_{profile.width}x{profile.height}_{profile.fps}fps_{seconds:g}s_seed{seed}.mp4"
     path = folder / name
     if not path.exists():
         if seconds >= 60:
             log(f"generating {name} (once; cached in {folder})")
         tmp = path.with_suffix(".part.mp4")
-        write_video_av(tmp, _frames(round(seconds * profile.fps), seed, profile.width, profile.height),
-                       fps=profile.fps, options={"preset": "veryfast"})
+        write_clip(tmp, seconds, profile.width, profile.height, profile.fps, seed)
         tmp.replace(path)
     return path
 

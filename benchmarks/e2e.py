@@ -20,7 +20,8 @@ from .model import model_only
 
 def checkpoint(ctx: Context, spec: ModelSpec):
     """``spec`` with random peaked weights saved in the authors' format (cached)."""
-    path = ctx.cache / f"random_{spec.backbone}_{spec.frames}f_{spec.img_size}px_{spec.num_classes}c.pth"
+    slug = "".join(c if c.isalnum() else "_" for c in spec.title).strip("_")
+    path = ctx.cache / f"random_{slug}.pth"
     if not path.exists():
         save_authors_checkpoint(spec.build(), path)
     return path

@@ -1,32 +1,47 @@
 """Section ``memory``: peak RSS of a ``stam predict`` process on the short and on the long video.
 
-Each run is a child process (``python -m stamcli predict VIDEO --model CKPT``); its own peak RSS
-comes from ``os.wait4``'s resource usage. Decoding keeps only the sampled frames, so the peak
-must not grow with the video's length.
+Each run is a child process (``python -m stamcli predict VIDEO --model CKPT``). Its peak RSS is
+the ``VmHWM`` of ``/proc/PID/status``, read every 20 ms while it runs: ``getrusage``/``wait4``'s
+``ru_maxrss`` would not do, because Linux folds the *parent's* RSS at fork/exec time into the
+child's. Decoding keeps only the sampled frames, so the peak must not grow with the video's length.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 from .common import REPO, Context
 from .e2e import checkpoint
 
 
-def peak_rss_mb(args: list[str]) -> float:
+def _hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            match = re.search(r"^VmHWM:\s+(\d+) kB", handle.read(), re.M)
+    except OSError:  # gone already
+        return 0
+    return int(match.group(1)) if match else 0
+
+
+def peak_rss_mb(args: list[str], poll_s: float = 0.02) -> float:
     """Run ``python args...`` with this checkout's stamcli; its peak RSS in MiB (error if it fails)."""
+    if not os.path.exists(f"/proc/{os.getpid()}/status"):
+        raise RuntimeError("peak RSS is read from /proc (Linux only)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, _hwm_kib(child.pid))
+        time.sleep(poll_s)
     error = child.stderr.read().decode(errors="replace")
     child.stderr.close()
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({child.returncode}): {error[-500:]}")
-    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # ru_maxrss: KiB on Linux, bytes on macOS
-    return usage.ru_maxrss / scale
+    return peak / 1024
 
 
 def run(ctx: Context) -> dict:

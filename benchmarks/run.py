@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # the script's folder would shadow top-level modules (its cuda.py hides cuda-python's `cuda`)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
     __package__ = "benchmarks"
 
 import torch  # noqa: E402

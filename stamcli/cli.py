@@ -159,7 +159,7 @@ def predict_command(
         Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
     ] = None,
     workers: Annotated[
-        Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs)).")
+        Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs); CPUs - 1 with a GPU).")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip videos already tagged in --output; retry failed ones.")

@@ -83,9 +83,22 @@ def _single_threaded_decode() -> None:
         torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Decode threads: enough to keep the model fed without starving its own threads."""
-    return max(1, min(4, (os.cpu_count() or 1)))
+def _cpus() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: Optional[torch.device] = None) -> int:
+    """Decode threads. On the CPU the model needs the cores too: ``min(4, cores)``. With a CUDA
+    GPU the cores only decode, and decoding is the bottleneck: every core but the one that feeds
+    the GPU (``cores - 1``, 1 to 32)."""
+    cores = _cpus()
+    if device is not None and device.type == "cuda":
+        return max(1, min(32, cores - 1))
+    return max(1, min(4, cores))
 
 
 @dataclass
@@ -129,7 +142,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.frames = self.options.frames or model.config.frames
         self.top_k = min(self.options.top_k, model.config.num_classes)
-        self.workers = self.options.workers or default_workers()
+        self.workers = self.options.workers or default_workers(self.device)
 
     # ------------------------------------------------------------------ model side
 
