@@ -83,7 +83,7 @@ def _single_threaded_decode() -> None:
         torch.set_num_threads(1)
 
 
-def _cpus() -> int:
+def cpu_cores() -> int:
     """CPU cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
@@ -95,7 +95,7 @@ def default_workers(device: Optional[torch.device] = None) -> int:
     """Decode threads. On the CPU the model needs the cores too: ``min(4, cores)``. With a CUDA
     GPU the cores only decode, and decoding is the bottleneck: every core but the one that feeds
     the GPU (``cores - 1``, 1 to 32)."""
-    cores = _cpus()
+    cores = cpu_cores()
     if device is not None and device.type == "cuda":
         return max(1, min(32, cores - 1))
     return max(1, min(4, cores))

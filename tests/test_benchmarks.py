@@ -103,3 +103,21 @@ def test_bench_finetune_quick_mode_measures_both_ways_of_training(tmp_path):
         assert data[mode]["first"] > 0 and data[mode]["later"] > 0 and data[mode]["total"] > data[mode]["first"]
     assert data["clips"] == 4 and data["epochs"] == 2
     assert "| `--freeze-backbone` (set-up builds the cache) |" in result.stdout
+
+
+def test_the_cuda_section_measures_on_any_device(tmp_path):
+    """The CUDA section cannot run here without a GPU; its measurement runs on the CPU instead."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import cuda
+    from benchmarks.common import QUICK, Context
+
+    ctx = Context(QUICK, tmp_path, quick=True)
+    ctx.compile = False
+    r = cuda.measure(ctx, torch.device("cpu"))
+    assert [row["batch_size"] for row in r["batches"]] == [1, 2] and r["precision"] == "bf16"
+    assert all(row["videos_per_s"] > 0 for row in r["batches"])
+    assert r["best_batch_size"] in (1, 2) and r["gpu"] == "cpu"
+    assert [row["workers"] for row in r["end_to_end"]][0] == 1
+    assert all(row["videos_per_s"] > 0 and row["decode_only_videos_per_s"] > 0 for row in r["end_to_end"])
+    table = cuda.markdown(r)
+    assert "| 2 | " in table and "decode alone, videos/s" in table

@@ -351,13 +351,13 @@ def test_bad_checkpoint_is_one_line_and_debug_shows_the_traceback(videos, tmp_pa
 def test_default_decode_workers_leave_the_cpu_to_the_model_and_feed_a_gpu(monkeypatch, tiny_checkpoint):
     from stamcli import engine
 
-    monkeypatch.setattr(engine, "_cpus", lambda: 16)
+    monkeypatch.setattr(engine, "cpu_cores", lambda: 16)
     assert engine.default_workers(torch.device("cpu")) == 4  # the model needs the cores
     assert engine.default_workers(torch.device("cuda")) == 15  # decoding is the bottleneck
     assert engine.default_workers() == 4
-    monkeypatch.setattr(engine, "_cpus", lambda: 1)
+    monkeypatch.setattr(engine, "cpu_cores", lambda: 1)
     assert engine.default_workers(torch.device("cuda")) == engine.default_workers(torch.device("cpu")) == 1
-    monkeypatch.setattr(engine, "_cpus", lambda: 64)
+    monkeypatch.setattr(engine, "cpu_cores", lambda: 64)
     assert engine.default_workers(torch.device("cuda")) == 32
     assert Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu")).workers == 4
     assert Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu", workers=3)).workers == 3
