@@ -108,6 +108,7 @@ class Context:
     out: Path
     quick: bool
     log: Callable[[str], None] = print
+    compile: bool = False  #: also measure torch.compile (model and CUDA sections)
     memo: dict = field(default_factory=dict)  #: results shared between sections of the run
 
     @property

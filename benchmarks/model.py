@@ -10,6 +10,7 @@ agreement with fp32); ``--precision int8`` is not in the product unless it wins 
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 
 import torch
@@ -98,6 +99,24 @@ def int8_check(ctx: Context, spec: ModelSpec, fp32_rate: float, agreement_videos
             "distinct_top1": len(set(ref.tolist()))}
 
 
+def compiled_check(ctx: Context, spec: ModelSpec, eager_rate: float, repeats: int) -> dict:
+    """``torch.compile`` on the CPU: the seconds of the first three calls (compilation and warm-up:
+    the second and third are still slow) and the rate after them."""
+    model, videos, _ = ctx.memo[("model", spec.title)]
+    try:
+        compiled = torch.compile(model)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for _ in range(3):
+                compiled(videos)
+            first = time.perf_counter() - started
+            seconds = median_time(lambda: compiled(videos), repeats)
+    except Exception as err:  # report, do not fail the suite
+        return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"}
+    return {"first_call_s": first, "videos_per_s": len(videos) / seconds,
+            "speedup": len(videos) / seconds / eager_rate}
+
+
 def run(ctx: Context) -> dict:
     p = ctx.profile
     ceiling = matmul_gflops((256, 512) if ctx.quick else MATMUL_SIZES)
@@ -107,6 +126,8 @@ def run(ctx: Context) -> dict:
         row = dict(model_only(ctx, spec, repeats))
         row["ceiling_fraction"] = row["gflops"] / ceiling
         row["int8"] = int8_check(ctx, spec, row["videos_per_s"], agreement)
+        if ctx.compile:
+            row["compiled"] = compiled_check(ctx, spec, row["videos_per_s"], repeats)
         rows.append(row)
         ctx.memo.pop(("model", spec.title))  # free the model and its clips
     return {"matmul_gflops": ceiling, "rows": rows}
@@ -122,4 +143,11 @@ def markdown(r: dict) -> str:
         lines.append(f"| {row['model']} | {row['batch_size']} | {row['gflop_per_video']:.1f} | "
                      f"{row['videos_per_s']:.3f} | {row['gflops']:.0f} | {100 * row['ceiling_fraction']:.0f}% | "
                      f"{q['videos_per_s']:.3f} | {q['speedup']:.2f}x | {100 * q['agreement']:.0f}% of {q['videos']} |")
+    compiled = [row for row in r["rows"] if "compiled" in row]
+    if compiled:
+        lines += ["", "| model | `torch.compile`: first 3 calls (s) | then videos/s | speed-up |", "| --- | --- | --- | --- |"]
+        for row in compiled:
+            c = row["compiled"]
+            lines.append(f"| {row['model']} | {c['error']} | | |" if "error" in c else
+                         f"| {row['model']} | {c['first_call_s']:.1f} | {c['videos_per_s']:.3f} | {c['speedup']:.2f}x |")
     return "\n".join(lines)

@@ -33,8 +33,7 @@ SECTIONS = {"decode": decode, "model": model, "e2e": e2e, "memory": memory, "cud
 def run_suite(out: Path, quick: bool = False, only=None, compile: bool = False, log=print) -> dict:
     """Run the chosen sections; the results (also written to ``out``/results.json and .md)."""
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(QUICK if quick else FULL, out, quick, log)
-    ctx.compile = compile
+    ctx = Context(QUICK if quick else FULL, out, quick, log, compile)
     results = {"machine": machine(), "quick": quick, "sections": {}, "seconds": {}}
     for name in only or SECTIONS:
         log(f"[{time.strftime('%H:%M:%S')}] {name} ...")
@@ -61,7 +60,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="where results.md, results.json and the cached videos go (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA section)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (model and CUDA sections)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     results = run_suite(args.out, args.quick, args.only, args.compile, log=lambda s: print(s, file=sys.stderr))

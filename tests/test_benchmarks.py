@@ -112,7 +112,6 @@ def test_the_cuda_section_measures_on_any_device(tmp_path):
     from benchmarks.common import QUICK, Context
 
     ctx = Context(QUICK, tmp_path, quick=True)
-    ctx.compile = False
     r = cuda.measure(ctx, torch.device("cpu"))
     assert [row["batch_size"] for row in r["batches"]] == [1, 2] and r["precision"] == "bf16"
     assert all(row["videos_per_s"] > 0 for row in r["batches"])
