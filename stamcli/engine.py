@@ -21,7 +21,7 @@ import torch
 
 from .errors import StamError, UsageError
 from .model import STAM
-from .video import Clip, read_clip
+from .video import PER_THREAD_OMP, Clip, read_clip
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,12 @@ def autocast_for(device: torch.device, precision: str):
 # preprocessing (torch's antialiased resize) on one thread each while the model keeps every core.
 # Without this each decode thread opens its own OpenMP team next to the model's, and on 2 cores
 # end-to-end time rose by 13% (stam_16, 4 videos: 23.2 s with 2 decode threads vs 20.6 s).
-_PER_THREAD_OMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+# (read_clip also does this by itself for each clip: see stamcli.video.one_torch_thread.)
 
 
 def _single_threaded_decode() -> None:
     """Decode-thread initializer: torch ops in this thread use one core (OpenMP builds only)."""
-    if _PER_THREAD_OMP:
+    if PER_THREAD_OMP:
         torch.set_num_threads(1)
 
 

@@ -277,7 +277,7 @@ def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos,
     records = list(predictor.predict([str(videos / p) for p in GOOD]))
     assert [r["status"] for r in records] == ["ok"] * 5
     assert torch.get_num_threads() == 2
-    if engine._PER_THREAD_OMP:
+    if engine.PER_THREAD_OMP:
         assert seen == [1] * 5
 
 
