@@ -36,7 +36,9 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert row["batch_size"] == 2 and row["videos_per_s"] > 0 and row["gflop_per_video"] > 0
         assert row["gflops"] == pytest.approx(row["gflop_per_video"] * row["videos_per_s"])
         assert row["ceiling_fraction"] == pytest.approx(row["gflops"] / s["model"]["matmul_gflops"])
-        assert row["int8"]["videos_per_s"] > 0 and 0 <= row["int8"]["agreement"] <= 1
+        q = row["int8"]
+        assert q["videos_per_s"] > 0 and 0 <= q["agreement"] <= 1 and 0 <= q["agreement_centred"] <= 1
+        assert 1 <= q["distinct_top1"] <= q["videos"] and 1 <= q["distinct_top1_centred"] <= q["videos"]
     assert [row["int8"]["videos"] for row in s["model"]["rows"]] == [2, 3]  # a batch; every e2e video
 
     big, small = s["e2e"]["rows"]
