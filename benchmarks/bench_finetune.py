@@ -1,7 +1,7 @@
 """Epoch time of fine-tuning with the whole model trained vs ``--freeze-backbone`` (cached embeddings).
 
-    python benchmarks/bench_finetune.py            # vit_small_patch16_224 x 8 frames, 16 clips, 3 epochs
-    python benchmarks/bench_finetune.py --quick    # a tiny model (seconds)
+    python -m benchmarks.bench_finetune            # vit_small_patch16_224 x 8 frames, 16 clips, 3 epochs
+    python -m benchmarks.bench_finetune --quick    # a tiny model (seconds)
 
 Clips are generated; the model is a new one on a timm ViT (random weights: speed does not depend on
 them). Prints a Markdown table: set-up (data checks, model, and with a frozen backbone the embedding
@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_predict import cpu_name, emit, make_video
+if __package__ in (None, ""):  # `python benchmarks/bench_finetune.py`
+    # the script's folder would shadow top-level modules (its cuda.py hides cuda-python's `cuda`)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from stamcli import create_model, save_checkpoint
-from stamcli.train.config import FinetuneConfig
-from stamcli.train.finetune import finetune
+from benchmarks.common import cpu_name, write_clip  # noqa: E402
+
+from stamcli import create_model, save_checkpoint  # noqa: E402
+from stamcli.train.config import FinetuneConfig  # noqa: E402
+from stamcli.train.finetune import finetune  # noqa: E402
 
 
 def epoch_seconds(run_dir: Path) -> list[float]:
@@ -34,8 +41,8 @@ def run(args) -> dict:
         root = Path(tmp)
         rows = []
         for i in range(args.clips):
-            path = make_video(root / f"clip{i}.mp4", 2.0 if args.quick else 5.0, 160 if args.quick else 320,
-                              120 if args.quick else 240)
+            path = write_clip(root / f"clip{i}.mp4", 2.0 if args.quick else 5.0, 160 if args.quick else 320,
+                              120 if args.quick else 240, seed=i)
             rows.append((path.name, "a" if i % 2 else "b"))
         data = root / "clips.csv"
         data.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
@@ -60,7 +67,7 @@ def run(args) -> dict:
                 "first": seconds[0], "later": statistics.median(seconds[1:]), "total": total,
             }
     return {
-        "machine": f"{cpu_name()}, {__import__('os').cpu_count()} cores",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "model": "tiny (quick)" if args.quick else f"{args.backbone} x 8 frames, 224 px",
         "clips": args.clips,
         "epochs": args.epochs,
@@ -79,6 +86,13 @@ def markdown(r: dict) -> str:
           for title, k in (("whole model", "full"), ("`--freeze-backbone` (set-up builds the cache)", "frozen"))),
         f"| speed-up per epoch after the first | | | {r['speedup_later_epochs']:.0f}x | |",
     ])
+
+
+def emit(result: dict, table: str, json_path: Path | None) -> None:
+    """Print the Markdown table; with ``--json``, also write the result there."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
 
 
 def main() -> None:

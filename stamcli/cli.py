@@ -157,7 +157,7 @@ ExtOption = Annotated[
     Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
 ]
 WorkersOption = Annotated[
-    Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs)).")
+    Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs); CPUs - 1 with a GPU).")
 ]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Skip videos already done in --output; retry failed ones.")

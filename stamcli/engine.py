@@ -21,7 +21,7 @@ import torch
 
 from .errors import StamError, UsageError
 from .model import STAM
-from .video import CROPS, Clip, read_clip, read_views
+from .video import CROPS, PER_THREAD_OMP, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -74,18 +74,31 @@ def autocast_for(device: torch.device, precision: str):
 # preprocessing (torch's antialiased resize) on one thread each while the model keeps every core.
 # Without this each decode thread opens its own OpenMP team next to the model's, and on 2 cores
 # end-to-end time rose by 13% (stam_16, 4 videos: 23.2 s with 2 decode threads vs 20.6 s).
-_PER_THREAD_OMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+# (read_clip also does this by itself for each clip: see stamcli.video.one_torch_thread.)
 
 
 def single_threaded_decode() -> None:
     """Decode-thread initializer: torch ops in this thread use one core (OpenMP builds only)."""
-    if _PER_THREAD_OMP:
+    if PER_THREAD_OMP:
         torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Decode threads: enough to keep the model fed without starving its own threads."""
-    return max(1, min(4, (os.cpu_count() or 1)))
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: Optional[torch.device] = None) -> int:
+    """Decode threads. On the CPU the model needs the cores too: ``min(4, cores)``. With a CUDA
+    GPU the cores only decode, and decoding is the bottleneck: every core but the one that feeds
+    the GPU (``cores - 1``, 1 to 32)."""
+    cores = cpu_cores()
+    if device is not None and device.type == "cuda":
+        return max(1, min(32, cores - 1))
+    return max(1, min(4, cores))
 
 
 @dataclass
@@ -143,7 +156,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.frames = self.options.frames or model.config.frames
         self.top_k = min(self.options.top_k, model.config.num_classes)
-        self.workers = self.options.workers or default_workers()
+        self.workers = self.options.workers or default_workers(self.device)
 
     # ------------------------------------------------------------------ model side
 

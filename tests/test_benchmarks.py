@@ -1,35 +1,103 @@
-"""The benchmark script runs (in its quick mode) and reports every figure, so it cannot rot."""
+"""The benchmark suite runs (in its quick mode) and reports every figure, so it cannot rot."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
-def test_bench_predict_quick_mode_writes_its_table_and_json(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_predict.py"), "--quick", "--repeats", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    data = json.loads(out.read_text())
-    for key in ("decode_ms_per_video", "model_videos_per_s", "end_to_end_videos_per_s"):
-        assert data[key] > 0, key
-    assert data["videos"] == 2 and data["batch_size"] == 4
-    assert "| model only, batch 4, videos/s |" in result.stdout
-    assert "cores" in data["machine"]
+def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "results.md").read_text() == result.stdout
+    m = data["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and m["torch"] == torch.__version__ and data["quick"] is True
+    s = data["sections"]
+    assert list(s) == ["decode", "model", "e2e", "memory", "cuda"]
+
+    assert [row["video"] for row in s["decode"]["rows"]] == ["1 s", "6 s"]
+    for row in s["decode"]["rows"]:
+        assert row["ours_ms"] > 0 and row["full_decode_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["full_decode_ms"] / row["ours_ms"])
+
+    assert s["model"]["matmul_gflops"] > 0
+    for row in s["model"]["rows"]:
+        assert row["batch_size"] == 2 and row["videos_per_s"] > 0 and row["gflop_per_video"] > 0
+        assert row["gflops"] == pytest.approx(row["gflop_per_video"] * row["videos_per_s"])
+        assert row["ceiling_fraction"] == pytest.approx(row["gflops"] / s["model"]["matmul_gflops"])
+        q = row["int8"]
+        assert q["videos_per_s"] > 0 and 0 <= q["agreement"] <= 1 and 0 <= q["agreement_centred"] <= 1
+        assert 1 <= q["distinct_top1"] <= q["videos"] and 1 <= q["distinct_top1_centred"] <= q["videos"]
+    assert [row["int8"]["videos"] for row in s["model"]["rows"]] == [2, 3]  # a batch; every e2e video
+
+    big, small = s["e2e"]["rows"]
+    assert big["videos"] == small["videos"] == 3 and "authors_videos_per_s" not in big
+    for row in (big, small):
+        assert row["end_to_end_videos_per_s"] > 0
+        assert row["of_model_only"] == pytest.approx(row["end_to_end_videos_per_s"] / row["model_only_videos_per_s"])
+    assert small["speedup_vs_authors"] == pytest.approx(small["end_to_end_videos_per_s"] / small["authors_videos_per_s"])
+
+    short, long = s["memory"]["rows"]
+    assert 50 < short["peak_rss_mb"] < 20_000 and long["peak_rss_mb"] > 50
+    assert s["memory"]["growth_mb"] == pytest.approx(long["peak_rss_mb"] - short["peak_rss_mb"])
+    if torch.cuda.is_available():
+        assert s["cuda"]["batches"][0]["videos_per_s"] > 0
+    else:
+        assert "no CUDA GPU" in s["cuda"]["skipped"]
+        assert "CUDA: skipped (no CUDA GPU" in result.stdout
+    assert "| 6 s | " in result.stdout and "of ceiling" in result.stdout and "authors'-style" in result.stdout
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert "h264_160x90_25fps_6s_seed0.mp4" in cached and len([n for n in cached if n.endswith(".pth")]) == 2
+
+
+def test_only_runs_the_chosen_sections(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", "cuda",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(json.loads((tmp_path / "results.json").read_text())["sections"]) == ["cuda"]
+
+
+def test_the_authors_style_pipeline_gives_the_frames_stamcli_gives(tmp_path):
+    """The reference pipeline of the comparisons is right: PyAV + PIL ~ OpenCV + antialiased resize."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import write_clip
+    from benchmarks.decode import authors_clip
+    from stamcli.video import read_clip
+
+    video = write_clip(tmp_path / "v.mp4", 2.0, 160, 96, seed=3)
+    theirs, ours = authors_clip(video, 8, 64), read_clip(video, 8, 64).frames
+    assert theirs.shape == ours.shape == (8, 3, 64, 64) and theirs.dtype == torch.uint8
+    assert (theirs.float() - ours.float()).abs().mean() < 2.0  # grey levels (decoders' rounding)
+
+
+def test_peak_rss_is_read_for_the_child_alone():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.memory import peak_rss_mb
+
+    small = peak_rss_mb(["-c", "import time; time.sleep(0.3)"])  # the parent (pytest + torch) is far bigger
+    big = peak_rss_mb(["-c", "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+                             "del b; time.sleep(0.3)"])  # the peak, not the RSS at the end
+    assert 1 < small < 100 and big > small + 250
+    with pytest.raises(RuntimeError, match="failed"):
+        peak_rss_mb(["-c", "raise SystemExit(3)"])
 
 
 def test_bench_finetune_quick_mode_measures_both_ways_of_training(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_finetune.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ENV,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -37,3 +105,20 @@ def test_bench_finetune_quick_mode_measures_both_ways_of_training(tmp_path):
         assert data[mode]["first"] > 0 and data[mode]["later"] > 0 and data[mode]["total"] > data[mode]["first"]
     assert data["clips"] == 4 and data["epochs"] == 2
     assert "| `--freeze-backbone` (set-up builds the cache) |" in result.stdout
+
+
+def test_the_cuda_section_measures_on_any_device(tmp_path):
+    """The CUDA section cannot run here without a GPU; its measurement runs on the CPU instead."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import cuda
+    from benchmarks.common import QUICK, Context
+
+    ctx = Context(QUICK, tmp_path, quick=True)
+    r = cuda.measure(ctx, torch.device("cpu"))
+    assert [row["batch_size"] for row in r["batches"]] == [1, 2] and r["precision"] == "bf16"
+    assert all(row["videos_per_s"] > 0 for row in r["batches"])
+    assert r["best_batch_size"] in (1, 2) and r["gpu"] == "cpu"
+    assert [row["workers"] for row in r["end_to_end"]][0] == 1
+    assert all(row["videos_per_s"] > 0 and row["decode_only_videos_per_s"] > 0 for row in r["end_to_end"])
+    table = cuda.markdown(r)
+    assert "| 2 | " in table and "decode alone, videos/s" in table

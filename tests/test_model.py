@@ -160,3 +160,35 @@ def test_adapting_a_model_to_new_labels_frames_and_input_size(tiny_model, caplog
     assert torch.equal(tiny_model.head.bias, torch.zeros(2))
     with torch.inference_mode():
         assert tiny_model(torch.rand(2, 8, 3, 48, 48)).shape == (2, 2)
+
+
+def test_both_transformers_run_fused_attention(monkeypatch):
+    """The spatial ViT (timm's fused_attn) calls scaled_dot_product_attention; the temporal encoder
+    runs PyTorch's fused encoder-layer kernel at inference, and where that fast path is off (CUDA
+    autocast, gradients) nn.MultiheadAttention calls scaled_dot_product_attention too."""
+    import torch.nn.functional as F
+
+    from stamcli.engine import autocast_for
+
+    model = make_tiny_model(depth=2, temporal_layers=3)
+    real_sdpa, real_layer, calls = F.scaled_dot_product_attention, torch._transformer_encoder_layer_fwd, []
+
+    def sdpa(q, *args, **kwargs):
+        calls.append(tuple(q.shape))
+        return real_sdpa(q, *args, **kwargs)
+
+    def fused_layer(*args, **kwargs):
+        calls.append("fused encoder layer")
+        return real_layer(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", fused_layer)
+    videos = torch.rand(2, 4, 3, 32, 32)
+    spatial = [(8, 2, 5, 32)] * 2  # (videos * frames, heads, 1 + patches, head dim)
+    with torch.inference_mode():
+        model(videos)
+    assert calls == spatial + ["fused encoder layer"] * 3
+    calls.clear()
+    with autocast_for(torch.device("cpu"), "bf16"):  # gradients on: the fast path is off
+        model(videos)
+    assert calls == spatial + [(2, 8, 5, 8)] * 3  # (videos, heads, 1 + frames, head dim)

@@ -664,3 +664,24 @@ def test_long_video_memory_is_bounded(vids, spy):
     assert spy.total("grab") == n + 1  # every frame once, plus the end-of-video check
     # 2000 decoded 64x48 BGR frames would be 18 MB of numpy arrays; we hold a handful
     assert peak < 2_000_000, peak  # measured 12 kB (one decoded frame)
+
+
+def test_read_clip_preprocesses_on_one_torch_thread_and_restores_the_count(tmp_path, monkeypatch):
+    """Small per-frame resizes on one core: no OpenMP team fighting the model's for the cores."""
+    import torch
+
+    from stamcli import video
+
+    path = write_index_video(tmp_path / "v.mp4", 20)
+    seen = []
+    real = video.preprocess_crops
+    monkeypatch.setattr(video, "preprocess_crops", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        clip = video.read_clip(path, 4, 32)
+        expected = 1 if video.PER_THREAD_OMP else 2
+        assert seen == [expected] * 4 and torch.get_num_threads() == 2
+        assert [decode_clip_index(f) for f in clip.frames] == clip.indices
+    finally:
+        torch.set_num_threads(before)

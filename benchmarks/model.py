@@ -1,0 +1,171 @@
+"""Section ``model``: the model alone, videos/s and achieved GFLOP/s, against the machine's ceiling.
+
+The ceiling is the best of a few large fp32 matmuls measured in the same run. FLOPs per video
+are counted exactly with :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, attention,
+the patch convolution: 2 FLOPs per multiply-add). Inputs are real clips of the suite's videos.
+It also measures int8 dynamic quantisation of the backbone's Linear layers (speed and top-1
+agreement with fp32); ``--precision int8`` is not in the product unless it wins here.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stamcli.video import read_clip
+
+from .common import Context, ModelSpec, median_time
+
+MATMUL_SIZES = (2048, 3072, 4096)
+
+
+def matmul_gflops(sizes=MATMUL_SIZES, repeats: int = 3) -> float:
+    """Best fp32 GFLOP/s of square matmuls on the CPU: the practical compute ceiling."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        a @ b  # warm-up
+        seconds = min(median_time(lambda: a @ b, 1) for _ in range(repeats))
+        best = max(best, 2 * n**3 / seconds / 1e9)
+    return best
+
+
+def count_flops(model: torch.nn.Module, videos: torch.Tensor) -> int:
+    """FLOPs of one forward pass over ``videos`` (2 per multiply-add)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(videos)
+    return counter.get_total_flops()
+
+
+def clips_tensor(ctx: Context, spec: ModelSpec, count: int) -> torch.Tensor:
+    """``(count, F, 3, S, S)`` float clips of the suite's first ``count`` short videos."""
+    clips = [read_clip(ctx.short_video(seed), spec.frames, spec.img_size).frames for seed in range(count)]
+    return torch.stack(clips).float().div_(255.0)
+
+
+def quantized(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantisation of the spatial ViT's Linear layers (the temporal encoder's fused
+    fast path cannot take quantised Linear layers, and it is 1% of the FLOPs)."""
+    model = copy.deepcopy(model)
+    with warnings.catch_warnings():  # torch >= 2.10 deprecates eager-mode quantisation (for torchao)
+        warnings.simplefilter("ignore")
+        model.spatial = torch.ao.quantization.quantize_dynamic(model.spatial, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def centred_top1(model, embeddings: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Top-1 of the (peaked, random) head on embeddings centred on the suite's mean embedding.
+
+    A random STAM gives every video almost the same embedding, so its raw top-1 is one class for
+    all; centring makes the top-1 depend on what differs between videos, which is what int8 could
+    change."""
+    return ((embeddings - centre) @ model.head.weight.T).argmax(-1)
+
+
+def model_only(ctx: Context, spec: ModelSpec, repeats: int) -> dict:
+    """videos/s and GFLOP/s of ``spec`` at the profile's batch size (memoised for the run)."""
+    key = ("model_only", spec.title)
+    if key in ctx.memo:
+        return ctx.memo[key]
+    batch = ctx.profile.batch_size
+    model = spec.build()
+    videos = clips_tensor(ctx, spec, batch)
+    flops = count_flops(model, videos[:1])  # also the warm-up
+    outputs = {}
+
+    def forward():
+        outputs["logits"], outputs["embeddings"] = model.forward_with_embedding(videos)
+
+    with torch.inference_mode():
+        seconds = median_time(forward, repeats)
+    result = {"model": spec.title, "batch_size": batch, "repeats": repeats, "gflop_per_video": flops / 1e9,
+              "videos_per_s": batch / seconds}
+    result["gflops"] = result["gflop_per_video"] * result["videos_per_s"]
+    ctx.memo[key] = result
+    ctx.memo[("model", spec.title)] = (model, videos, outputs["embeddings"])
+    return result
+
+
+def int8_check(ctx: Context, spec: ModelSpec, fp32_rate: float, agreement_videos: int) -> dict:
+    """int8 speed at the same batch (one timed pass) and top-1 agreement with fp32 on real clips."""
+    model, videos, embeddings = ctx.memo[("model", spec.title)]
+    qmodel = quantized(model)
+    outputs = {}
+
+    def forward():
+        outputs["embeddings"] = qmodel.forward_with_embedding(videos)[1]
+
+    with torch.inference_mode():
+        qmodel(videos[:1])
+        seconds = median_time(forward, 1)
+        quantized_embeddings = outputs["embeddings"]
+        if agreement_videos > len(videos):
+            videos = clips_tensor(ctx, spec, agreement_videos)
+            embeddings, quantized_embeddings = model.forward_embedding(videos), qmodel.forward_embedding(videos)
+        centre = embeddings.mean(0)
+        ref = centred_top1(model, embeddings, centre)
+        got = centred_top1(model, quantized_embeddings, centre)
+        raw_ref, raw_got = model.head(embeddings).argmax(-1), model.head(quantized_embeddings).argmax(-1)
+    return {"videos_per_s": ctx.profile.batch_size / seconds, "speedup": ctx.profile.batch_size / seconds / fp32_rate,
+            "agreement": (raw_ref == raw_got).float().mean().item(), "distinct_top1": len(set(raw_ref.tolist())),
+            "agreement_centred": (ref == got).float().mean().item(), "distinct_top1_centred": len(set(ref.tolist())),
+            "videos": len(ref)}
+
+
+def compiled_check(ctx: Context, spec: ModelSpec, eager_rate: float, repeats: int) -> dict:
+    """``torch.compile`` on the CPU: the seconds of the first three calls (compilation and warm-up:
+    the second and third are still slow) and the rate after them."""
+    model, videos, _ = ctx.memo[("model", spec.title)]
+    try:
+        compiled = torch.compile(model)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for _ in range(3):
+                compiled(videos)
+            first = time.perf_counter() - started
+            seconds = median_time(lambda: compiled(videos), repeats)
+    except Exception as err:  # report, do not fail the suite
+        return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"}
+    return {"first_call_s": first, "videos_per_s": len(videos) / seconds,
+            "speedup": len(videos) / seconds / eager_rate}
+
+
+def run(ctx: Context) -> dict:
+    p = ctx.profile
+    ceiling = matmul_gflops((256, 512) if ctx.quick else MATMUL_SIZES)
+    rows = []
+    for spec, repeats, agreement in ((p.big, 2 if not ctx.quick else 1, p.batch_size),
+                                     (p.small, p.repeats, p.videos)):
+        row = dict(model_only(ctx, spec, repeats))
+        row["ceiling_fraction"] = row["gflops"] / ceiling
+        row["int8"] = int8_check(ctx, spec, row["videos_per_s"], agreement)
+        if ctx.compile:
+            row["compiled"] = compiled_check(ctx, spec, row["videos_per_s"], repeats)
+        rows.append(row)
+        ctx.memo.pop(("model", spec.title))  # free the model and its clips
+    return {"matmul_gflops": ceiling, "rows": rows}
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Model only, fp32 on the CPU, random clips of the suite's videos as input; ceiling: best "
+             f"large fp32 matmul = {r['matmul_gflops']:.0f} GFLOP/s:", "",
+             "| model | batch | GFLOP/video | videos/s | GFLOP/s | of ceiling | int8 (dynamic) videos/s | int8 speed-up | int8 top-1 = fp32 (classes) | centred (classes) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        q = row["int8"]
+        lines.append(f"| {row['model']} | {row['batch_size']} | {row['gflop_per_video']:.1f} | "
+                     f"{row['videos_per_s']:.3f} | {row['gflops']:.0f} | {100 * row['ceiling_fraction']:.0f}% | "
+                     f"{q['videos_per_s']:.3f} | {q['speedup']:.2f}x | {100 * q['agreement']:.0f}% of {q['videos']} ({q['distinct_top1']}) | "
+                     f"{100 * q['agreement_centred']:.0f}% ({q['distinct_top1_centred']}) |")
+    compiled = [row for row in r["rows"] if "compiled" in row]
+    if compiled:
+        lines += ["", "| model | `torch.compile`: first 3 calls (s) | then videos/s | speed-up |", "| --- | --- | --- | --- |"]
+        for row in compiled:
+            c = row["compiled"]
+            lines.append(f"| {row['model']} | {c['error']} | | |" if "error" in c else
+                         f"| {row['model']} | {c['first_call_s']:.1f} | {c['videos_per_s']:.3f} | {c['speedup']:.2f}x |")
+    return "\n".join(lines)
