@@ -40,6 +40,7 @@ from .engine import Predictor, PredictOptions, Throughput
 from .errors import StamError, UsageError
 from .model import STAM
 from .tagging import VideoJob
+from .writers import csv_cell, csv_line
 
 SUFFIXES = (".npy", ".safetensors")
 INDEX_COLUMNS = ("row", "path", "status", "error", "model", "frames", "duration_s", "fps")
@@ -67,16 +68,8 @@ def check_output(output: Union[str, Path]) -> Path:
 
 # --------------------------------------------------------------------------- the index CSV
 
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def _index_line(record: dict) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf).writerow([_cell(record.get(name)) for name in INDEX_COLUMNS])
-    return buf.getvalue().encode(*_ENC)
+    return csv_line([csv_cell(record.get(name)) for name in INDEX_COLUMNS]).encode(*_ENC)
 
 
 def read_index(path: Union[str, Path]) -> dict[int, dict]:

@@ -51,9 +51,10 @@ _BLUES = np.array([(247, 251, 255), (222, 235, 247), (198, 219, 239), (158, 202,
 # --------------------------------------------------------------------------- files
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+def write_atomic(path: str | os.PathLike, data: bytes, what: str = "") -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (readers never see
-    half a file); creates missing parent folders. :class:`StamError` when it cannot be written."""
+    half a file); creates missing parent folders. :class:`StamError` when it cannot be written
+    (``cannot write {what}{path}: reason``, e.g. ``what="preview "``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -67,16 +68,16 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
         except OSError:
             pass
         reason = err.strerror or str(err) or type(err).__name__
-        raise StamError(f"cannot write {path}: {reason}") from None
+        raise StamError(f"cannot write {what}{path}: {reason}") from None
     return path
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+def write_png(path: str | os.PathLike, image: np.ndarray, what: str = "") -> Path:
     """Encode ``image`` (BGR uint8) as PNG and write it atomically; returns the path."""
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
-        raise StamError(f"cannot write {path}: PNG encoding failed")
-    return write_atomic(path, encoded.tobytes())
+        raise StamError(f"cannot write {what}{path}: PNG encoding failed")
+    return write_atomic(path, encoded.tobytes(), what)
 
 
 # --------------------------------------------------------------------------- text

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from .errors import StamError
+from .plots import write_png
 from .video import Clip, Views
 
 COLUMNS = 8  #: tiles per row (fewer when the clip has fewer frames)
@@ -202,16 +203,8 @@ class PreviewWriter:
         return target
 
     def _write(self, clip: Clip, record: dict, target: Path) -> None:
-        ok, data = cv2.imencode(".png", contact_sheet(clip, record.get("predictions") or []))
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            if not ok:
-                raise OSError("PNG encoding failed")
-            tmp.write_bytes(data.tobytes())
-            os.replace(tmp, target)  # never a half-written sheet, even on Ctrl-C
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise StamError(f"cannot write preview {target}: {err.strerror or err}") from None
+        # atomic: never a half-written sheet, even on Ctrl-C
+        write_png(target, contact_sheet(clip, record.get("predictions") or []), what="preview ")
         self.written += 1
 
     def close(self) -> None:

@@ -9,11 +9,11 @@ Without ``--window`` a video gets one cue over its whole duration.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import StamError, UsageError
+from .errors import UsageError
+from .plots import write_atomic
 from .timeline import TIMELINE_COLUMNS, segments
 from .writers import FORMATS, ResultWriter, format_for, open_writer
 
@@ -117,14 +117,7 @@ class SubtitleWriter(ResultWriter):
             windows = [dict(record, start_s=0.0, end_s=duration)]
         path = self.destinations[record["path"]]
         text = format_subtitles(subtitle_cues(windows, duration), self.format)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise StamError(f"cannot write subtitles to {path}: {err.strerror or err}") from None
+        write_atomic(path, text.encode("utf-8", "surrogateescape"), what="subtitles to ")
         self.written.append(path)
 
 

@@ -411,6 +411,14 @@ class _Reader:
             raise _PlanFailed(f"more than {n} frames")
 
 
+def _retrieve_upright(cap: cv2.VideoCapture, rotation: int) -> np.ndarray | None:
+    """The frame last grabbed, decoded to BGR and rotated upright; None when it cannot be converted."""
+    ok, bgr = cap.retrieve()
+    if not ok or bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+        return None
+    return _rotate(bgr, rotation)
+
+
 def _sampled(sampler: Sampler | None, n: int, num_frames: int) -> list[int]:
     if sampler is None:
         return sample_indices(n, num_frames)
@@ -449,10 +457,9 @@ def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, 
     reader = _Reader(cap, info, seek_min_gap)
     for k in sorted(set().union(*plan)):
         reader.goto(k)
-        ok, bgr = cap.retrieve()
-        if not ok or bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+        bgr = _retrieve_upright(cap, info.rotation)
+        if bgr is None:
             raise _PlanFailed(f"frame {k} cannot be converted")
-        bgr = _rotate(bgr, info.rotation)
         if crop is not None:
             if bgr.shape[:2] not in regions:
                 regions[bgr.shape[:2]] = _region(crop, *bgr.shape[:2])
@@ -605,11 +612,11 @@ class FrameStream:
                 self.grabs += 1
                 frame = None
                 if wanted(index):
-                    ok, bgr = self.cap.retrieve()
-                    if not ok or bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+                    bgr = _retrieve_upright(self.cap, self.info.rotation)
+                    if bgr is None:
                         raise VideoError(f"cannot read video {name}: frame {index} cannot be converted")
                     self.retrieved += 1
-                    frame = preprocess_frame(_rotate(bgr, self.info.rotation), self.img_size, self.resize_size)
+                    frame = preprocess_frame(bgr, self.img_size, self.resize_size)
                 yield index, frame
                 index += 1
         except cv2.error as exc:

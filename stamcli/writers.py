@@ -351,6 +351,21 @@ class JsonWriter(_FileWriter):
         return "\n]\n" if self._n else "]\n"
 
 
+def csv_cell(value) -> str:
+    """A CSV cell: empty for None, floats at full precision (``repr``), numpy scalars as Python ones."""
+    if value is None:
+        return ""
+    value = value.item() if hasattr(value, "item") else value
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def csv_line(cells: list) -> str:
+    """One RFC 4180 CSV line (quoted where needed), ending in ``\\r\\n``."""
+    buf = io.StringIO()
+    csv.writer(buf, quoting=csv.QUOTE_MINIMAL).writerow(cells)
+    return buf.getvalue()
+
+
 class CsvWriter(_FileWriter):
     format = "csv"
 
@@ -358,28 +373,17 @@ class CsvWriter(_FileWriter):
         self.columns = tuple(columns)  # extra columns after the standard ones, e.g. timelines' start_s
         super().__init__(path, top_k, **kwargs)
 
-    def _line(self, cells: list) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, quoting=csv.QUOTE_MINIMAL).writerow(cells)
-        return buf.getvalue()
-
     def _header(self) -> str:
         pairs = [f"{kind}_{i}" for i in range(1, self.top_k + 1) for kind in ("label", "score")]
-        return self._line(["path", "status", "error", *pairs, "frames", "model", "duration_s", "fps", *self.columns])
+        return csv_line(["path", "status", "error", *pairs, "frames", "model", "duration_s", "fps", *self.columns])
 
     def _format(self, record: dict) -> str:
-        def cell(value) -> str:
-            if value is None:
-                return ""
-            value = value.item() if hasattr(value, "item") else value  # numpy scalars
-            return repr(value) if isinstance(value, float) else str(value)
-
         preds = list(record.get("predictions") or [])[: self.top_k]
         pairs = []
         for i in range(self.top_k):
-            pairs += [preds[i]["label"], cell(preds[i]["score"])] if i < len(preds) else ["", ""]
-        return self._line([record["path"], record["status"], cell(record.get("error")), *pairs,
-                           *(cell(record.get(k)) for k in ("frames", "model", "duration_s", "fps", *self.columns))])
+            pairs += [preds[i]["label"], csv_cell(preds[i]["score"])] if i < len(preds) else ["", ""]
+        return csv_line([record["path"], record["status"], csv_cell(record.get("error")), *pairs,
+                           *(csv_cell(record.get(k)) for k in ("frames", "model", "duration_s", "fps", *self.columns))])
 
 
 _WRITERS = {"csv": CsvWriter, "json": JsonWriter, "jsonl": JsonlWriter}
