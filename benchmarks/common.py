@@ -65,6 +65,7 @@ class Profile:
     small: ModelSpec  #: a small backbone, where decoding matters most
     short_s: float  #: the Kinetics-like clip
     long_s: float  #: the long video
+    minute_s: float  #: the longer videos of the second small-backbone end-to-end run
     width: int
     height: int
     fps: int
@@ -88,7 +89,7 @@ class Profile:
 FULL = Profile(
     big=ModelSpec("stam_16 (ViT-B/16 x 16 frames)", "vit_base_patch16_224"),
     small=ModelSpec("ViT-Ti/16 x 16 frames", "vit_tiny_patch16_224"),
-    short_s=10.0, long_s=600.0, width=640, height=360, fps=25, videos=32, batch_size=8, repeats=3,
+    short_s=10.0, long_s=600.0, minute_s=60.0, width=640, height=360, fps=25, videos=32, batch_size=8, repeats=3,
 )
 _TINY = dict(embed_dim=64, num_heads=2, temporal_layers=1, temporal_ff=128)
 QUICK = Profile(
@@ -96,7 +97,7 @@ QUICK = Profile(
                   num_classes=5, overrides=dict(_TINY, depth=2)),
     small=ModelSpec("tiny stand-in for the small backbone", "vit_tiny_patch16_224", frames=16, img_size=32,
                     num_classes=5, overrides=dict(_TINY, depth=1)),
-    short_s=1.0, long_s=6.0, width=160, height=90, fps=25, videos=3, batch_size=2, repeats=1,
+    short_s=1.0, long_s=6.0, minute_s=3.0, width=160, height=90, fps=25, videos=3, batch_size=2, repeats=1,
 )
 
 
@@ -123,9 +124,11 @@ class Context:
     def long_video(self) -> Path:
         return make_video(self.cache, self.profile, self.profile.long_s, 0, self.log)
 
-    def clip_videos(self) -> list[Path]:
-        """The end-to-end set: ``profile.videos`` different short videos."""
-        return [self.short_video(seed) for seed in range(self.profile.videos)]
+    def clip_videos(self, seconds: float | None = None) -> list[Path]:
+        """An end-to-end set: ``profile.videos`` different videos, ``seconds`` long (the short clip's
+        length by default)."""
+        seconds = self.profile.short_s if seconds is None else seconds
+        return [make_video(self.cache, self.profile, seconds, seed, self.log) for seed in range(self.profile.videos)]
 
 
 # ---------------------------------------------------------------------------- timing

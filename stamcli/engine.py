@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
+from .allocator import keep_freed_memory
 from .errors import StamError, UsageError
 from .model import STAM
 from .video import CROPS, PER_THREAD_OMP, Clip, read_clip, read_views
@@ -153,6 +154,8 @@ class Predictor:
         self.options = options or PredictOptions()
         self.keep_clips = keep_clips
         self.device, self.precision = self.options.check()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # 20-30% faster CPU forward passes (stamcli.allocator)
         self.model = model.to(self.device).eval()
         self.frames = self.options.frames or model.config.frames
         self.top_k = min(self.options.top_k, model.config.num_classes)

@@ -226,6 +226,7 @@ def export_model(
     if path.is_dir():
         raise UsageError(f"--output {path} is a directory; give a file name")
     model = copy.deepcopy(model).float().cpu().eval()
+    model.frame_chunk = None  # one spatial pass: a traced chunk loop would fix the batch size
     if frames is not None:
         model.set_frames(frames)
     size, frames = model.config.img_size, model.config.frames

@@ -36,17 +36,24 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert row["batch_size"] == 2 and row["videos_per_s"] > 0 and row["gflop_per_video"] > 0
         assert row["gflops"] == pytest.approx(row["gflop_per_video"] * row["videos_per_s"])
         assert row["ceiling_fraction"] == pytest.approx(row["gflops"] / s["model"]["matmul_gflops"])
+        assert row["plain_videos_per_s"] > 0
+        assert row["speedup_vs_plain"] == pytest.approx(row["videos_per_s"] / row["plain_videos_per_s"])
         q = row["int8"]
         assert q["videos_per_s"] > 0 and 0 <= q["agreement"] <= 1 and 0 <= q["agreement_centred"] <= 1
         assert 1 <= q["distinct_top1"] <= q["videos"] and 1 <= q["distinct_top1_centred"] <= q["videos"]
     assert [row["int8"]["videos"] for row in s["model"]["rows"]] == [2, 3]  # a batch; every e2e video
 
-    big, small = s["e2e"]["rows"]
-    assert big["videos"] == small["videos"] == 3 and "authors_videos_per_s" not in big
-    for row in (big, small):
+    big, small, longer = s["e2e"]["rows"]
+    assert [row["video"] for row in (big, small, longer)] == ["1 s", "1 s", "3 s"]
+    assert big["videos"] == small["videos"] == longer["videos"] == 3 and "authors_videos_per_s" not in big
+    for row in (big, small, longer):
         assert row["end_to_end_videos_per_s"] > 0
         assert row["of_model_only"] == pytest.approx(row["end_to_end_videos_per_s"] / row["model_only_videos_per_s"])
-    assert small["speedup_vs_authors"] == pytest.approx(small["end_to_end_videos_per_s"] / small["authors_videos_per_s"])
+    for row in (small, longer):
+        assert row["speedup_vs_authors"] == pytest.approx(row["end_to_end_videos_per_s"] / row["authors_videos_per_s"])
+        assert row["bound_speedup_vs_authors"] == pytest.approx(row["bound_videos_per_s"] / row["authors_videos_per_s"])
+        # the bound is the machine's limit: a little noise aside, nothing runs faster
+        assert row["bound_videos_per_s"] > 0.5 * row["end_to_end_videos_per_s"]
 
     short, long = s["memory"]["rows"]
     assert 50 < short["peak_rss_mb"] < 20_000 and long["peak_rss_mb"] > 50
@@ -57,8 +64,9 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert "no CUDA GPU" in s["cuda"]["skipped"]
         assert "CUDA: skipped (no CUDA GPU" in result.stdout
     assert "| 6 s | " in result.stdout and "of ceiling" in result.stdout and "authors'-style" in result.stdout
+    assert "as the authors run it" in result.stdout and "bound's speed-up" in result.stdout
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert "h264_160x90_25fps_6s_seed0.mp4" in cached and len([n for n in cached if n.endswith(".pth")]) == 2
+    assert "h264_160x90_25fps_6s_seed0.mp4" in cached and "h264_160x90_25fps_3s_seed2.mp4" in cached and len([n for n in cached if n.endswith(".pth")]) == 2
 
 
 def test_only_runs_the_chosen_sections(tmp_path):

@@ -205,3 +205,17 @@ def test_reading_metadata_of_files_that_are_not_exports(tmp_path):
     torch.jit.save(plain, str(tmp_path / "plain.pt"))
     with pytest.raises(StamError, match="plain.pt has no stamcli metadata"):
         read_export_metadata(tmp_path / "plain.pt")
+
+
+def test_a_chunked_cpu_model_exports_with_a_dynamic_batch(tmp_path):
+    """The model runs its ViT over 3 frames at a time on the CPU; the export is one pass, so a batch
+    other than the traced one (5 videos x 4 frames) still matches."""
+    chunked = make_tiny_model(seed=3)
+    chunked.frame_chunk = 3
+    result = export_model(chunked, tmp_path / "chunked.pt", "torchscript")
+    assert chunked.frame_chunk == 3  # the caller's model is untouched
+    videos = _videos(5)
+    with torch.no_grad():
+        got = torch.jit.load(str(result.path))(videos)
+    assert got.shape == (5, 5)
+    assert (got - _reference(chunked, videos)).abs().max().item() <= 1e-4

@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import TINY, make_tiny_model
 from stamcli import STAMConfig, StamError, create_model
-from stamcli.model import LAYER_NORM_EPS
+from stamcli.model import CPU_FRAME_CHUNK, LAYER_NORM_EPS, STAM
 
 
 def test_logits_and_embeddings_have_the_documented_shapes(tiny_model):
@@ -192,3 +192,35 @@ def test_both_transformers_run_fused_attention(monkeypatch):
     with autocast_for(torch.device("cpu"), "bf16"):  # gradients on: the fast path is off
         model(videos)
     assert calls == spatial + [(2, 8, 5, 8)] * 3  # (videos, heads, 1 + frames, head dim)
+
+
+def test_cpu_passes_run_the_spatial_vit_on_chunks_of_frames(tiny_model, monkeypatch):
+    """5 videos x 4 frames = 20 frames: 8 + 8 + 4 with the default chunk, 6 + 6 + 6 + 2 with 6, 20 with
+    None, and the same numbers every way."""
+    assert STAM.frame_chunk == CPU_FRAME_CHUNK == 8
+    seen = []
+    forward_features = tiny_model.spatial.forward_features
+    monkeypatch.setattr(tiny_model.spatial, "forward_features", lambda x: seen.append(len(x)) or forward_features(x))
+    videos = torch.rand(5, 4, 3, 32, 32)
+    results = {}
+    for chunk, sizes in ((CPU_FRAME_CHUNK, [8, 8, 4]), (6, [6, 6, 6, 2]), (None, [20]), (32, [20])):
+        seen.clear()
+        tiny_model.frame_chunk = chunk
+        with torch.inference_mode():
+            results[chunk] = tiny_model.embed_with_frames(videos)
+        assert seen == sizes, chunk
+    for chunk in (CPU_FRAME_CHUNK, 6, 32):
+        torch.testing.assert_close(results[chunk], results[None], atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_frames_train_like_one_pass(monkeypatch):
+    """Gradients through the chunked spatial pass equal those of one pass."""
+    grads = {}
+    for chunk in (3, None):
+        model = make_tiny_model(seed=4).train()
+        model.temporal.transformer_enc.layers[0].dropout.p = 0.0  # deterministic
+        model.temporal.transformer_enc.layers[0].dropout1.p = model.temporal.transformer_enc.layers[0].dropout2.p = 0.0
+        model.frame_chunk = chunk
+        model(torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads[chunk] = model.spatial.patch_embed.proj.weight.grad
+    torch.testing.assert_close(grads[3], grads[None], atol=1e-5, rtol=1e-4)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..distributed import Distributed
+from ..allocator import keep_freed_memory
 from ..engine import PredictOptions, autocast_for, resolve_device, resolve_precision
 from ..errors import StamError, UsageError
 from ..model import STAM
@@ -156,6 +157,8 @@ class _Run:
         self.config, self.run_dir, self.dist = config, run_dir, dist
         self.device = resolve_device(dist.device_for(config.device))
         self.precision = resolve_precision(config.precision, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = model.to(self.device)
         self.labels = list(model.labels)
         index = {label: i for i, label in enumerate(self.labels)}
