@@ -77,7 +77,7 @@ def run(ctx: Context) -> dict:
                                                    ("small", p.small, p.short_s, p.repeats, True),
                                                    ("small", p.small, p.minute_s, 1, True)):
         videos = ctx.clip_videos(seconds)
-        model_rate = model_only(ctx, spec, 2 if spec is p.big and not ctx.quick else p.repeats)["videos_per_s"]
+        model_rate = model_only(ctx, spec, 3 if spec is p.big and not ctx.quick else p.repeats)["videos_per_s"]
         ours = predict_rate(ctx, spec, videos, repeats)
         row = {"model": spec.title, "video": _duration(seconds), "videos": len(videos), "repeats": repeats,
                "model_only_videos_per_s": model_rate, "end_to_end_videos_per_s": ours, "of_model_only": ours / model_rate}

@@ -155,7 +155,7 @@ class Predictor:
         self.keep_clips = keep_clips
         self.device, self.precision = self.options.check()
         if self.device.type == "cpu":
-            keep_freed_memory()  # 20-30% faster CPU forward passes (stamcli.allocator)
+            keep_freed_memory()  # no page faults on reused activations (stamcli.allocator)
         self.model = model.to(self.device).eval()
         self.frames = self.options.frames or model.config.frames
         self.top_k = min(self.options.top_k, model.config.num_classes)
