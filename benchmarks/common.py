@@ -53,7 +53,7 @@ class ModelSpec:
         return model
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
@@ -75,11 +75,11 @@ class Profile:
 
     @property
     def short_title(self) -> str:
-        return _duration(self.short_s)
+        return duration_text(self.short_s)
 
     @property
     def long_title(self) -> str:
-        return _duration(self.long_s)
+        return duration_text(self.long_s)
 
     @property
     def video_text(self) -> str:

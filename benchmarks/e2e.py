@@ -20,7 +20,7 @@ from stamcli.tagging import TaggingJob, run_tagging
 from stamcli.video import read_clip
 
 from . import baseline
-from .common import Context, ModelSpec, _duration, median_time, save_authors_checkpoint
+from .common import Context, ModelSpec, duration_text, median_time, save_authors_checkpoint
 from .model import ceiling, model_only
 
 
@@ -79,7 +79,7 @@ def run(ctx: Context) -> dict:
         videos = ctx.clip_videos(seconds)
         model_rate = model_only(ctx, spec, 3 if spec is p.big and not ctx.quick else p.repeats)["videos_per_s"]
         ours = predict_rate(ctx, spec, videos, repeats)
-        row = {"model": spec.title, "video": _duration(seconds), "videos": len(videos), "repeats": repeats,
+        row = {"model": spec.title, "video": duration_text(seconds), "videos": len(videos), "repeats": repeats,
                "model_only_videos_per_s": model_rate, "end_to_end_videos_per_s": ours, "of_model_only": ours / model_rate}
         if authors:
             row["authors_videos_per_s"] = baseline.measure(ctx, "pipeline", which, seconds=seconds)
