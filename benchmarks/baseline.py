@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import FULL, QUICK, Context, ModelSpec, median_time  # noqa: E402
+from benchmarks.common import FULL, QUICK, REPO, Context, ModelSpec, child_env, median_time
 
 
 def authors_model(spec: ModelSpec):
@@ -66,8 +61,7 @@ def measure(ctx: Context, mode: str, model: str, *, repeats: int = 1, seconds: f
             "--model", model, "--out", str(ctx.out), "--repeats", str(repeats)]
     if seconds is not None:
         args += ["--seconds", str(seconds)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env)
+    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=child_env())
     if done.returncode != 0:
         raise RuntimeError(f"baseline {mode} {model} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["videos_per_s"]

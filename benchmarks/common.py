@@ -131,6 +131,11 @@ class Context:
         return [make_video(self.cache, self.profile, seconds, seed, self.log) for seed in range(self.profile.videos)]
 
 
+def child_env() -> dict:
+    """The environment for a child Python process that imports this checkout's stamcli and benchmarks."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
 # ---------------------------------------------------------------------------- timing
 
 

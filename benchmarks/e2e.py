@@ -52,7 +52,7 @@ def predict_rate(ctx: Context, spec: ModelSpec, videos: list, repeats: int) -> f
     return sorted(rates)[len(rates) // 2]
 
 
-def decode_core_seconds(ctx: Context, spec: ModelSpec, videos: list) -> float:
+def decode_core_seconds(spec: ModelSpec, videos: list) -> float:
     """CPU seconds per video of stamcli's decode + preprocessing (one decode thread, as in
     ``stam predict`` with several workers), the median over ``videos``."""
     times = []
@@ -63,11 +63,10 @@ def decode_core_seconds(ctx: Context, spec: ModelSpec, videos: list) -> float:
     return statistics.median(times)
 
 
-def bound(ctx: Context, spec: ModelSpec, videos: list) -> float:
+def bound(ctx: Context, spec: ModelSpec, gflop_per_video: float, videos: list) -> float:
     """The fastest end-to-end rate this machine allows: every core busy, the model at the matmul
     ceiling, decoding perfectly overlapped: ``1 / (decode_core_s / cores + GFLOP / ceiling)``."""
-    gflop = model_only(ctx, spec, 1)["gflop_per_video"]
-    return 1 / (decode_core_seconds(ctx, spec, videos) / cpu_cores() + gflop / ceiling(ctx))
+    return 1 / (decode_core_seconds(spec, videos) / cpu_cores() + gflop_per_video / ceiling(ctx))
 
 
 def run(ctx: Context) -> dict:
@@ -77,14 +76,15 @@ def run(ctx: Context) -> dict:
                                                    ("small", p.small, p.short_s, p.repeats, True),
                                                    ("small", p.small, p.minute_s, 1, True)):
         videos = ctx.clip_videos(seconds)
-        model_rate = model_only(ctx, spec, 3 if spec is p.big and not ctx.quick else p.repeats)["videos_per_s"]
+        alone = model_only(ctx, spec, 3 if spec is p.big and not ctx.quick else p.repeats)
+        model_rate = alone["videos_per_s"]
         ours = predict_rate(ctx, spec, videos, repeats)
         row = {"model": spec.title, "video": duration_text(seconds), "videos": len(videos), "repeats": repeats,
                "model_only_videos_per_s": model_rate, "end_to_end_videos_per_s": ours, "of_model_only": ours / model_rate}
         if authors:
             row["authors_videos_per_s"] = baseline.measure(ctx, "pipeline", which, seconds=seconds)
             row["speedup_vs_authors"] = ours / row["authors_videos_per_s"]
-            row["bound_videos_per_s"] = bound(ctx, spec, videos)
+            row["bound_videos_per_s"] = bound(ctx, spec, alone["gflop_per_video"], videos)
             row["bound_speedup_vs_authors"] = row["bound_videos_per_s"] / row["authors_videos_per_s"]
         rows.append(row)
     return {"batch_size": p.batch_size, "video": p.video_text, "cores": cpu_cores(), "rows": rows}

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from .common import REPO, Context
+from .common import Context, child_env
 from .e2e import checkpoint
 
 
@@ -31,8 +31,7 @@ def peak_rss_mb(args: list[str], poll_s: float = 0.02) -> float:
     """Run ``python args...`` with this checkout's stamcli; its peak RSS in MiB (error if it fails)."""
     if not os.path.exists(f"/proc/{os.getpid()}/status"):
         raise RuntimeError("peak RSS is read from /proc (Linux only)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    child = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, *args], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while child.poll() is None:
         peak = max(peak, _hwm_kib(child.pid))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -11,6 +16,24 @@ from stamcli import create_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: float = 0.05,
+                   timeout_s: float = 120) -> str:
+    """Run ``command`` in a child process with this checkout's stamcli, press Ctrl-C (SIGINT) as
+    soon as ``ready()`` (or after ``timeout_s``), and return its stderr. It must exit with code
+    130 and print no traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not ready():
+        time.sleep(poll_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    return stderr
 
 # A STAM small enough to run in milliseconds on a CPU: 32x32 frames of 4 patches.
 TINY = dict(

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SHARED, TINY_LABELS
+from conftest import SHARED, TINY_LABELS, interrupt_when
 from synthetic import write_empty, write_text, write_truncated, write_video
 from stamcli import load_checkpoint
 from stamcli.cli import app
@@ -282,9 +282,6 @@ def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos,
 
 
 def test_real_ctrl_c_leaves_valid_json_and_resume_completes_it(videos, tmp_path):
-    import signal
-    import time
-
     from stamcli import create_model, save_checkpoint
 
     folder = tmp_path / "many"
@@ -299,15 +296,7 @@ def test_real_ctrl_c_leaves_valid_json_and_resume_completes_it(videos, tmp_path)
     out = tmp_path / "tags.json"
     command = [sys.executable, "-m", "stamcli", "predict", str(folder), "--model", str(slow), "-o", str(out),
                "-b", "1", "-w", "1", "-q"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text(encoding="utf-8").count('"path"') < 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr
+    interrupt_when(command, lambda: out.exists() and out.read_text(encoding="utf-8").count('"path"') >= 2)
     records = json.loads(out.read_text(encoding="utf-8"))  # a complete, valid JSON array
     assert 2 <= len(records) < 30
     assert [r["path"] for r in records] == [str(folder / f"v{i:02d}.mp4") for i in range(len(records))]
