@@ -159,6 +159,11 @@ ExtOption = Annotated[
 WorkersOption = Annotated[
     Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs); CPUs - 1 with a GPU).")
 ]
+StreamsOption = Annotated[
+    Optional[int],
+    typer.Option("--streams", min=1, help="Batches computed at once, each on CPUs/streams threads (default: "
+                                          "min(4, CPUs) on the CPU; 1 on a GPU)."),
+]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Skip videos already done in --output; retry failed ones.")
 ]
@@ -194,6 +199,7 @@ def predict_command(
     recursive: RecursiveOption = True,
     ext: ExtOption = None,
     workers: WorkersOption = None,
+    streams: StreamsOption = None,
     resume: ResumeOption = False,
     shard_spec: ShardOption = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")] = None,
@@ -229,7 +235,7 @@ def predict_command(
         preview=str(preview) if preview is not None else None, window=window, stride=stride,
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
-            clips=clips, crops=crops,
+            streams=streams, clips=clips, crops=crops,
         ),
     )
     _run_video_job(run_tagging, job, quiet, console=Console())
@@ -279,6 +285,7 @@ def embed_command(
     recursive: RecursiveOption = True,
     ext: ExtOption = None,
     workers: WorkersOption = None,
+    streams: StreamsOption = None,
     resume: ResumeOption = False,
     shard_spec: ShardOption = None,
     arch: ArchOption = None,
@@ -299,7 +306,8 @@ def embed_command(
         **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
                             trust_checkpoint),
         output=str(output), per_frame=per_frame,
-        options=PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers),
+        options=PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
+                               streams=streams),
     )
     _run_video_job(run_embedding, job, quiet, verb=("embedding", "embedded"))
 
@@ -393,6 +401,7 @@ def evaluate_command(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")] = "auto",
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads.")] = None,
+    streams: StreamsOption = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = False,
     weights_dir: WeightsDirOption = None,
     offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
@@ -408,7 +417,7 @@ def evaluate_command(
     from .train.evaluate import evaluate
 
     options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
-                             clips=clips, crops=crops)
+                             streams=streams, clips=clips, crops=crops)
     options.check()
     loaded = load_model(model, weights_dir=weights_dir, offline=offline)
     report = evaluate(data, loaded, options, output=output, skip_bad=skip_bad)

@@ -323,10 +323,9 @@ def embed(
     if on_start:
         on_start(len(todo))
     try:
-        for batch in predictor.batches([paths[row] for row in todo]):
+        for batch, computed in predictor.computed([paths[row] for row in todo], predictor.embeddings):
             records = [_record(next(rows), item, model.name) for item in batch]
-            clips = [item.clip for item in batch if item.error is None]
-            video, frames = predictor.embeddings(clips) if clips else (None, None)
+            video, frames = computed or (None, None)
             store.put([r["row"] for r in records], records, None if video is None else video.numpy(),
                       None if frames is None or not per_frame else frames.numpy())
             for record in records:

@@ -2,32 +2,34 @@
 
 Decoding runs in a thread pool (OpenCV releases the GIL while it decodes and resizes), a bounded
 number of videos ahead of the model, so memory stays flat however many videos there are while the
-model computes on the previous batch. Every video gives exactly one record, an error record for a
-video that cannot be read, and records come out in the order of the input paths.
+model computes on earlier batches. On the CPU several batches are computed at once, each on its
+share of the cores (model streams: :mod:`stamcli.parallel`). Every video gives exactly one record,
+an error record for a video that cannot be read, and records come out in the order of the input paths.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
 from .allocator import keep_freed_memory
 from .errors import StamError, UsageError
 from .model import STAM
-from .video import CROPS, PER_THREAD_OMP, Clip, read_clip, read_views
+from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
+from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+R = TypeVar("R")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -71,37 +73,6 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
-# With ATen's OpenMP backend the thread count is per calling thread: decode threads can run their
-# preprocessing (torch's antialiased resize) on one thread each while the model keeps every core.
-# Without this each decode thread opens its own OpenMP team next to the model's, and on 2 cores
-# end-to-end time rose by 13% (stam_16, 4 videos: 23.2 s with 2 decode threads vs 20.6 s).
-# (read_clip also does this by itself for each clip: see stamcli.video.one_torch_thread.)
-
-
-def single_threaded_decode() -> None:
-    """Decode-thread initializer: torch ops in this thread use one core (OpenMP builds only)."""
-    if PER_THREAD_OMP:
-        torch.set_num_threads(1)
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(device: Optional[torch.device] = None) -> int:
-    """Decode threads. On the CPU the model needs the cores too: ``min(4, cores)``. With a CUDA
-    GPU the cores only decode, and decoding is the bottleneck: every core but the one that feeds
-    the GPU (``cores - 1``, 1 to 32)."""
-    cores = cpu_cores()
-    if device is not None and device.type == "cuda":
-        return max(1, min(32, cores - 1))
-    return max(1, min(4, cores))
-
-
 @dataclass
 class PredictOptions:
     """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for.
@@ -116,6 +87,7 @@ class PredictOptions:
     device: str = "auto"
     precision: str = "auto"
     workers: Optional[int] = None
+    streams: Optional[int] = None
     clips: int = 1
     crops: int = 1
 
@@ -127,7 +99,8 @@ class PredictOptions:
     def check(self) -> tuple[torch.device, str]:
         """Validate the options; the device and the precision they resolve to."""
         for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
-                            ("--frames", self.frames), ("--workers", self.workers), ("--clips", self.clips)):
+                            ("--frames", self.frames), ("--workers", self.workers), ("--streams", self.streams),
+                            ("--clips", self.clips)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1")
         if self.crops not in CROPS:
@@ -160,6 +133,7 @@ class Predictor:
         self.frames = self.options.frames or model.config.frames
         self.top_k = min(self.options.top_k, model.config.num_classes)
         self.workers = self.options.workers or default_workers(self.device)
+        self.streams = self.options.streams or default_streams(self.device)
 
     # ------------------------------------------------------------------ model side
 
@@ -234,23 +208,33 @@ class Predictor:
         With ``keep_clips`` each item also holds its :class:`~stamcli.video.Clip` (the sampled frames,
         e.g. for a preview); otherwise the frames are dropped once the batch is scored.
         """
-        for batch in self.batches(paths):
-            clips = [item.clip for item in batch if item.error is None]
-            if clips:
-                probabilities = iter(self.probabilities(clips))
-                for item in batch:
-                    if item.error is None:
-                        item.probabilities = next(probabilities)
-                        if not self.keep_clips:
-                            item.clip = None
+        for batch, probabilities in self.computed(paths, self.probabilities):
+            probabilities = iter(probabilities if probabilities is not None else ())
+            for item in batch:
+                if item.error is None:
+                    item.probabilities = next(probabilities)
+                    if not self.keep_clips:
+                        item.clip = None
             yield from batch
+
+    def computed(self, paths: Iterable[str], compute: Callable[[list[Clip]], R]
+                 ) -> Iterator[tuple[list["ScoredVideo"], Optional[R]]]:
+        """Each batch of :meth:`batches` with ``compute(clips)`` of its readable clips (None when it has
+        none), in order; on the CPU up to :attr:`streams` batches are computed at once."""
+
+        def run(batch: list[ScoredVideo]) -> Optional[R]:
+            clips = [item.clip for item in batch if item.error is None]
+            return compute(clips) if clips else None
+
+        with ModelStreams(self.streams, model=self.model) as streams:
+            yield from streams.map(run, self.batches(paths))
 
     def batches(self, paths: Iterable[str]) -> Iterator[list["ScoredVideo"]]:
         """The videos decoded, in order, ``batch_size`` at a time: each item holds its clip or its error.
 
         Decoding runs a bounded number of videos ahead in worker threads while the caller computes.
         """
-        window = self.options.batch_size * 2 + self.workers
+        window = self.options.batch_size * (self.streams + 1) + self.workers
         pending: deque[tuple[str, Future]] = deque()
         path_iter = iter(paths)
         model_threads = torch.get_num_threads()

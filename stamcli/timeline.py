@@ -37,8 +37,9 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from .engine import Predictor, error_reason, single_threaded_decode
+from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
+from .parallel import single_threaded_decode
 from .video import Clip, FrameStream, sample_indices
 from .writers import error_record, make_record
 

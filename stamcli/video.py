@@ -46,6 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from .errors import VideoError  # noqa: E402
+from .parallel import one_torch_thread  # noqa: E402
 
 if _QUIET_LOG:  # cv2 may have been imported (and its logger set up) before this module
     try:
@@ -64,10 +65,6 @@ __all__ = ["Clip", "Views", "VideoInfo", "SEEK_MIN_GAP", "CROPS", "sample_indice
 #: At 150 a seek costs about as much as the frames it skips for the longest common GOP and
 #: saves 4-9x for short GOPs; Kinetics-length clips (250-300 frames) never seek for F >= 3.
 SEEK_MIN_GAP = 150
-
-#: ATen's OpenMP backend keeps the intra-op thread count per calling thread, so one thread can
-#: run on one core while others (the model) keep theirs.
-PER_THREAD_OMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 _MAX_PLAUSIBLE_FRAMES = 10**8  # ~39 days at 30 fps; a larger header count is garbage
 _PREFIX_CHECK = 8  # frames whose timestamps must be regular before we trust seeking
@@ -211,26 +208,6 @@ def preprocess_frame(bgr: np.ndarray, img_size: int = 224, resize_size: int | No
 
 
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run this thread's torch ops on one core, then restore its thread count (OpenMP builds).
-
-    Preprocessing is 16 small resizes per clip: splitting each over every core gains little on
-    an idle machine and loses a lot on a busy one (OpenMP threads wait for each other). Measured
-    on 2 shared cores: ``read_clip`` of a 10 s 360p H.264 clip took 0.85-0.94 s with 2 threads
-    and 0.33-0.49 s with 1.
-    """
-    previous = torch.get_num_threads()
-    if not PER_THREAD_OMP or previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _rotate(frame: np.ndarray, rotation: int) -> np.ndarray:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from stamcli.parallel import default_streams
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
@@ -34,6 +36,8 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
     assert s["model"]["matmul_gflops"] > 0
     for row in s["model"]["rows"]:
         assert row["batch_size"] == 2 and row["videos_per_s"] > 0 and row["gflop_per_video"] > 0
+        # measured as stam predict runs it (its default streams), and with one stream beside it
+        assert row["streams"] == default_streams(torch.device("cpu")) and row["one_stream_videos_per_s"] > 0
         assert row["gflops"] == pytest.approx(row["gflop_per_video"] * row["videos_per_s"])
         # one timed pass in --quick: the fraction is that pass's GFLOP/s over the ceiling measured before it
         assert row["ceiling_gflops"] > 0 and row["ceiling_fraction"] == pytest.approx(row["gflops"] / row["ceiling_gflops"])
@@ -51,6 +55,7 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert row["end_to_end_videos_per_s"] > 0
         assert row["of_model_only"] == pytest.approx(row["end_to_end_videos_per_s"] / row["model_only_videos_per_s"])
     for row in (small, longer):
+        assert row["one_stream_videos_per_s"] > 0
         assert row["speedup_vs_authors"] == pytest.approx(row["end_to_end_videos_per_s"] / row["authors_videos_per_s"])
         assert row["bound_speedup_vs_authors"] == pytest.approx(row["bound_videos_per_s"] / row["authors_videos_per_s"])
         # the bound is the machine's limit: a little noise aside, nothing runs faster
@@ -66,6 +71,7 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert "CUDA: skipped (no CUDA GPU" in result.stdout
     assert "| 6 s | " in result.stdout and "of ceiling" in result.stdout and "authors'-style" in result.stdout
     assert "as the authors run it" in result.stdout and "bound's speed-up" in result.stdout
+    assert "stamcli, 1 stream" in result.stdout and "`--streams 1`, videos/s" in result.stdout
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert "h264_160x90_25fps_6s_seed0.mp4" in cached and "h264_160x90_25fps_3s_seed2.mp4" in cached and len([n for n in cached if n.endswith(".pth")]) == 2
 

@@ -264,6 +264,7 @@ def test_torchrun_ranks_tag_their_shards_and_rank0_merges_with_resume(videos, ti
 
 def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos, tiny_checkpoint, monkeypatch):
     import stamcli.engine as engine
+    import stamcli.parallel as parallel
 
     seen = []
 
@@ -277,7 +278,7 @@ def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos,
     records = list(predictor.predict([str(videos / p) for p in GOOD]))
     assert [r["status"] for r in records] == ["ok"] * 5
     assert torch.get_num_threads() == 2
-    if engine.PER_THREAD_OMP:
+    if parallel.PER_THREAD_OMP:
         assert seen == [1] * 5
 
 
@@ -338,15 +339,15 @@ def test_bad_checkpoint_is_one_line_and_debug_shows_the_traceback(videos, tmp_pa
 
 
 def test_default_decode_workers_leave_the_cpu_to_the_model_and_feed_a_gpu(monkeypatch, tiny_checkpoint):
-    from stamcli import engine
+    from stamcli import parallel
 
-    monkeypatch.setattr(engine, "cpu_cores", lambda: 16)
-    assert engine.default_workers(torch.device("cpu")) == 4  # the model needs the cores
-    assert engine.default_workers(torch.device("cuda")) == 15  # decoding is the bottleneck
-    assert engine.default_workers() == 4
-    monkeypatch.setattr(engine, "cpu_cores", lambda: 1)
-    assert engine.default_workers(torch.device("cuda")) == engine.default_workers(torch.device("cpu")) == 1
-    monkeypatch.setattr(engine, "cpu_cores", lambda: 64)
-    assert engine.default_workers(torch.device("cuda")) == 32
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 16)
+    assert parallel.default_workers(torch.device("cpu")) == 4  # the model needs the cores
+    assert parallel.default_workers(torch.device("cuda")) == 15  # decoding is the bottleneck
+    assert parallel.default_workers() == 4
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 1)
+    assert parallel.default_workers(torch.device("cuda")) == parallel.default_workers(torch.device("cpu")) == 1
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 64)
+    assert parallel.default_workers(torch.device("cuda")) == 32
     assert Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu")).workers == 4
     assert Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu", workers=3)).workers == 3

@@ -670,7 +670,7 @@ def test_read_clip_preprocesses_on_one_torch_thread_and_restores_the_count(tmp_p
     """Small per-frame resizes on one core: no OpenMP team fighting the model's for the cores."""
     import torch
 
-    from stamcli import video
+    from stamcli import parallel, video
 
     path = write_index_video(tmp_path / "v.mp4", 20)
     seen = []
@@ -680,7 +680,7 @@ def test_read_clip_preprocesses_on_one_torch_thread_and_restores_the_count(tmp_p
     try:
         torch.set_num_threads(2)
         clip = video.read_clip(path, 4, 32)
-        expected = 1 if video.PER_THREAD_OMP else 2
+        expected = 1 if parallel.PER_THREAD_OMP else 2
         assert seen == [expected] * 4 and torch.get_num_threads() == 2
         assert [decode_clip_index(f) for f in clip.frames] == clip.indices
     finally:
