@@ -39,7 +39,7 @@ import torch
 
 from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
-from .parallel import single_threaded_decode
+from .parallel import ModelStreams, single_threaded_decode
 from .video import Clip, FrameStream, sample_indices
 from .writers import error_record, make_record
 
@@ -246,7 +246,7 @@ class TimelinePredictor:
     :meth:`predict` yields, per video in input order, its window records (``"type": "window"``)
     and then its video record (``"type": "video"``: the summary, or the error).  One thread decodes
     the videos one after another, a bounded number of windows ahead; windows are scored
-    ``--batch-size`` at a time, across videos.
+    ``--batch-size`` at a time, across videos, on the predictor's model streams.
 
     >>> timeline = TimelinePredictor(Predictor(stamcli.load_model("stam_16")), window_s=10, stride_s=5)
     >>> for record in timeline.predict(["match.mp4"]): print(record["start_s"], record["predictions"][0])
@@ -264,28 +264,32 @@ class TimelinePredictor:
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """Window records and a video record for each path (see the README for the schema)."""
-        batch_size = self.predictor.options.batch_size
-        items: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+        predictor = self.predictor
+        items: queue.Queue = queue.Queue(maxsize=(predictor.streams + 1) * predictor.options.batch_size)
         stop = threading.Event()
         model_threads = torch.get_num_threads()
         thread = threading.Thread(target=self._decode, args=(list(paths), items, stop), daemon=True,
                                   name="stam-timeline-decode")
         thread.start()
-        pending: list[_Item] = []
         try:
-            while True:
-                item = items.get()
-                if item is _END:
-                    yield from self._flush(pending)
-                    return
-                pending.append(item)
-                if sum(p.window is not None for p in pending) >= batch_size:
-                    yield from self._flush(pending)
-                    pending = []
+            with ModelStreams(predictor.streams, model=predictor.model) as streams:
+                for batch, probabilities in streams.map(self._score, self._batches(items)):
+                    yield from self._records(batch, probabilities)
         finally:
             stop.set()
             thread.join()
             torch.set_num_threads(model_threads)  # the default that threads started later inherit
+
+    def _batches(self, items: queue.Queue) -> Iterator[list[_Item]]:
+        """The decoded items in order, cut after every ``--batch-size`` windows (and at the end)."""
+        pending: list[_Item] = []
+        while (item := items.get()) is not _END:
+            pending.append(item)
+            if sum(p.window is not None for p in pending) >= self.predictor.options.batch_size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
 
     def _decode(self, paths: list[str], items: queue.Queue, stop: threading.Event) -> None:
         """The decode thread: every window of every video, then its end, then ``_END``."""
@@ -316,11 +320,16 @@ class TimelinePredictor:
         finally:
             put(_END)
 
-    def _flush(self, pending: list[_Item]) -> Iterator[dict]:
-        clips = [item.clip for item in pending if item.window is not None]
-        probabilities = iter(self.predictor.probabilities(clips)) if clips else iter(())
+    def _score(self, batch: list[_Item]) -> Optional[torch.Tensor]:
+        """The probabilities of the batch's windows (None when it has none); runs on a model stream."""
+        clips = [item.clip for item in batch if item.window is not None]
+        return self.predictor.probabilities(clips) if clips else None
+
+    def _records(self, batch: list[_Item], probabilities: Optional[torch.Tensor]) -> Iterator[dict]:
+        """The batch's records, in order: a record per window, a summary (or error) per finished video."""
+        probabilities = iter(probabilities if probabilities is not None else ())
         model = self.predictor.model.name
-        for item in pending:
+        for item in batch:
             if item.window is not None:
                 predictions = self.predictor.top_predictions(next(probabilities))
                 self._tops.setdefault(item.path, []).append((item.window, predictions[0]))

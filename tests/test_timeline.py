@@ -284,6 +284,23 @@ def test_jsonl_windows_and_summary(clips, tiny_checkpoint, tmp_path, scripted, c
     assert sum(c["seconds"] for c in b[-1]["coverage"]) == pytest.approx(4.0, abs=1e-9)
 
 
+def test_model_streams_give_the_same_timeline_in_the_same_order(clips, tiny_checkpoint, tmp_path):
+    runs = []
+    for streams in (1, 3):
+        out = tmp_path / f"streams{streams}.jsonl"
+        result = _predict(clips / "a.mp4", clips / "b.mp4", "-m", tiny_checkpoint, "--window", 2, "--stride", 1.5,
+                          "-b", 2, "--streams", streams, "-o", out, "-q")
+        assert result.exit_code == 0, result.output
+        runs.append([json.loads(line) for line in out.read_text().splitlines()])
+    one, three = runs
+    keys = [(r["path"], r["type"], r["window"], r["start_s"], r["end_s"]) for r in one]
+    assert [(r["path"], r["type"], r["window"], r["start_s"], r["end_s"]) for r in three] == keys
+    assert [k[1] for k in keys] == ["window"] * 4 + ["video"] + ["window"] * 3 + ["video"]
+    for a, b in zip(one, three):
+        assert [p["index"] for p in b["predictions"]] == [p["index"] for p in a["predictions"]]
+        assert [p["score"] for p in b["predictions"]] == pytest.approx([p["score"] for p in a["predictions"]], abs=1e-5)
+
+
 def test_csv_has_timeline_columns_and_reads_back(clips, tiny_checkpoint, tmp_path):
     out = tmp_path / "t.csv"
     result = _predict(clips / "a.mp4", "-m", tiny_checkpoint, "--window", 2.5, "-k", 1, "-o", out, "-q")
