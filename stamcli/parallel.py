@@ -6,9 +6,10 @@
   through the model at once, each on its share of the cores (one core each on up to 4 cores),
   instead of one batch spread over every core. A forward pass is hundreds of ops, and with every
   core on each op the cores wait for each other at the end of every op (layer norms, GELUs,
-  attention on 197 tokens). Measured on 2 shared cores (AMD EPYC), model only, fp32, batch 8:
-  2 streams of 1 thread ran 1.21x faster than 1 stream of 2 threads for ViT-Ti/16 x 16 frames
-  and 1.19x for stam_16; ``stam predict`` end to end on 10 s clips with ViT-Ti, 1.08-1.15x.
+  attention on 197 tokens). Measured on 2 shared cores (AMD EPYC), fp32, batch 8, interleaved
+  runs: 2 streams of 1 thread against 1 stream of 2 threads, model only, 1.12-1.21x for
+  ViT-Ti/16 x 16 frames and 1.10-1.19x for stam_16; ``stam predict`` with ViT-Ti, 1.10-1.25x.
+  Each stream holds a batch and its activations (stam_16 at batch 8: +292 MiB per stream).
   On a GPU there is one stream: large batches keep the device busy.
 
 ATen's OpenMP backend keeps the intra-op thread count per calling thread
