@@ -15,7 +15,7 @@ from stamcli.engine import PredictOptions, Predictor
 
 glibc = pytest.mark.skipif(allocator._glibc() is None, reason="needs Linux with glibc")
 
-# Page faults of each of 6 CPU forward passes of a one-block ViT-B STAM over 2 videos x 8 frames.
+# Page faults of each of 8 CPU forward passes of a one-block ViT-B STAM over 2 videos x 8 frames.
 _FAULTS = """
 import json, resource, sys, torch
 from stamcli import create_model
@@ -28,7 +28,7 @@ model = create_model("vit_base_patch16_224", frames=8, depth=1, temporal_layers=
 videos = torch.rand(2, 8, 3, 224, 224)
 counts = []
 with torch.inference_mode():
-    for _ in range(6):
+    for _ in range(8):
         before = faults()
         model(videos)
         counts.append(faults() - before)
@@ -49,9 +49,11 @@ def test_kept_memory_is_reused_without_page_faults():
     kept = _faults("keep")
     assert kept["applied"] is True
     # glibc's defaults hand the activations back and page-fault them in again on every pass (18,849
-    # pages of 4 KiB measured); kept, the passes after the first few reuse them
-    assert min(default["faults"][3:]) > 10_000
-    assert sum(kept["faults"][3:]) < 1_000
+    # pages of 4 KiB measured); kept, the passes after the first reuse them. A second OpenMP thread's
+    # arena may still grow once in a later pass (4,728 faults seen, in one pass of 8 at most)
+    assert min(default["faults"][2:]) > 10_000
+    assert max(sorted(kept["faults"][2:])[:-1]) < 1_000
+    assert sum(kept["faults"][2:]) < sum(default["faults"][2:]) / 10
 
 
 @glibc
