@@ -17,6 +17,8 @@ from stamcli import create_model
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+#: The environment for a child Python process that imports this checkout's stamcli and benchmarks.
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: float = 0.05,
@@ -24,8 +26,7 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: flo
     """Run ``command`` in a child process with this checkout's stamcli, press Ctrl-C (SIGINT) as
     soon as ``ready()`` (or after ``timeout_s``), and return its stderr. It must exit with code
     130 and print no traceback."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not ready():
         time.sleep(poll_s)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import CHILD_ENV, REPO
 from stamcli.parallel import default_streams
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env=CHILD_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "results.md").read_text() == result.stdout
@@ -78,7 +75,7 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
 
 def test_only_runs_the_chosen_sections(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", "cuda",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=ENV)
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=CHILD_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(json.loads((tmp_path / "results.json").read_text())["sections"]) == ["cuda"]
 
@@ -112,7 +109,7 @@ def test_bench_finetune_quick_mode_measures_both_ways_of_training(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_finetune.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ENV,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=CHILD_ENV,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())

@@ -24,11 +24,10 @@ from stamcli.cli import app
 from stamcli.train.config import FinetuneConfig
 from stamcli.train.data import ClipDataset
 from stamcli.train.finetune import finetune
-from conftest import interrupt_when
+from conftest import REPO, interrupt_when
 from synthetic import write_motion_dataset
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["down", "grow", "left", "right", "shrink", "up"]
 EPOCHS = 80
 

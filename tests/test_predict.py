@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SHARED, TINY_LABELS, interrupt_when
+from conftest import REPO, SHARED, TINY_LABELS, interrupt_when
 from synthetic import write_empty, write_text, write_truncated, write_video
 from stamcli import load_checkpoint
 from stamcli.cli import app
@@ -23,7 +23,6 @@ from stamcli.engine import PredictOptions, Predictor, resolve_device, resolve_pr
 from stamcli.video import read_clip
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _frames(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:

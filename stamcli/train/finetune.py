@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
+from ..allocator import keep_freed_memory
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..distributed import Distributed
-from ..allocator import keep_freed_memory
 from ..engine import PredictOptions, autocast_for, resolve_device, resolve_precision
 from ..errors import StamError, UsageError
 from ..model import STAM
