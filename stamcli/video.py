@@ -47,6 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from .errors import VideoError  # noqa: E402
 from .parallel import one_torch_thread  # noqa: E402
+from .sparse_decode import SparseDecoder, Unsupported, decoder_choice  # noqa: E402
 
 if _QUIET_LOG:  # cv2 may have been imported (and its logger set up) before this module
     try:
@@ -86,6 +87,7 @@ class Clip:
     width: int  #: as displayed (after rotation)
     height: int  #: as displayed (after rotation)
     rotation: int  #: clockwise degrees applied to decoded frames (0, 90, 180, 270)
+    decoder: str = "opencv"  #: what read the frames: "pyav" (:mod:`stamcli.sparse_decode`) or "opencv"
 
 
 @dataclass
@@ -418,25 +420,13 @@ def _region(crop: Crop, h: int, w: int) -> tuple[int, int, int, int]:
     return top, left, ch, cw
 
 
-def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, resize_size: int,
-                  seek_min_gap: float, check_end: bool, samplers: tuple = (None,), crops: int = 1,
-                  crop: Crop | None = None, regions: dict | None = None) -> tuple[list[int], torch.Tensor]:
-    """Decode the sampled frames of an ``n``-frame video; _PlanFailed if ``n`` proves wrong.
-
-    Each of ``samplers`` (None: :func:`sample_indices`) picks one clip's frames; every frame any
-    clip wants is decoded once and cut into ``crops`` crops.  Returns every clip's indices, clip
-    after clip, and the frames as ``(len(samplers) * crops, num_frames, 3, img_size, img_size)``
-    (view ``clip * crops + crop``).  ``regions`` caches ``crop``'s answers by frame size across
-    the reads of one clip."""
-    plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
-    regions = {} if regions is None else regions
+def _fill(plan: list[list[int]], frames: Iterator[tuple[int, np.ndarray]], num_frames: int, img_size: int,
+          resize_size: int, crops: int, crop: Crop | None, regions: dict) -> torch.Tensor:
+    """Preprocess each ``(index, upright BGR frame)`` of ``frames`` into every view whose clip of
+    ``plan`` samples it: ``(len(plan) * crops, num_frames, 3, img_size, img_size)`` uint8, view
+    ``clip * crops + crop``.  ``regions`` caches ``crop``'s answers by frame size."""
     out = torch.empty((len(plan) * crops, num_frames, 3, img_size, img_size), dtype=torch.uint8)
-    reader = _Reader(cap, info, seek_min_gap)
-    for k in sorted(set().union(*plan)):
-        reader.goto(k)
-        bgr = _retrieve_upright(cap, info.rotation)
-        if bgr is None:
-            raise _PlanFailed(f"frame {k} cannot be converted")
+    for k, bgr in frames:
         if crop is not None:
             if bgr.shape[:2] not in regions:
                 regions[bgr.shape[:2]] = _region(crop, *bgr.shape[:2])
@@ -447,20 +437,73 @@ def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, 
             for i, j in enumerate(indices):
                 if j == k:
                     out[c * crops : (c + 1) * crops, i] = views
+    return out
+
+
+def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, resize_size: int,
+                  seek_min_gap: float, check_end: bool, samplers: tuple = (None,), crops: int = 1,
+                  crop: Crop | None = None, regions: dict | None = None) -> tuple[list[int], torch.Tensor]:
+    """Decode the sampled frames of an ``n``-frame video with OpenCV; _PlanFailed if ``n`` proves wrong.
+
+    Each of ``samplers`` (None: :func:`sample_indices`) picks one clip's frames; every frame any
+    clip wants is decoded once and cut into ``crops`` crops (:func:`_fill`).  Returns every
+    clip's indices, clip after clip, and the views."""
+    plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
+    reader = _Reader(cap, info, seek_min_gap)
+
+    def frames():
+        for k in sorted(set().union(*plan)):
+            reader.goto(k)
+            bgr = _retrieve_upright(cap, info.rotation)
+            if bgr is None:
+                raise _PlanFailed(f"frame {k} cannot be converted")
+            yield k, bgr
+
+    out = _fill(plan, frames(), num_frames, img_size, resize_size, crops, crop, {} if regions is None else regions)
     if check_end:
         reader.check_end(n)
     return [k for indices in plan for k in indices], out
 
 
+def _read_sparse(path, num_frames: int, img_size: int, resize_size: int, threads: int, samplers: tuple = (None,),
+                 crops: int = 1, crop: Crop | None = None,
+                 regions: dict | None = None) -> tuple[VideoInfo, list[int], torch.Tensor]:
+    """:func:`_read_planned` with :class:`stamcli.sparse_decode.SparseDecoder` (exact frame count,
+    unneeded non-reference frames skipped); raises :class:`~stamcli.sparse_decode.Unsupported`."""
+    with SparseDecoder(path, threads) as decoder:
+        n = decoder.frame_count
+        plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
+        wanted = sorted(set().union(*plan))
+        rotation = 0
+
+        def frames():
+            nonlocal rotation
+            for k, bgr in decoder.frames(wanted):
+                rotation = decoder.rotation if decoder.rotation in _ROTATE else 0
+                yield k, _rotate(bgr, rotation)
+
+        out = _fill(plan, frames(), num_frames, img_size, resize_size, crops, crop, {} if regions is None else regions)
+    w, h = (decoder.height, decoder.width) if rotation in (90, 270) else (decoder.width, decoder.height)
+    info = VideoInfo(_one_line(path), n, decoder.fps, w, h, rotation, codec="")
+    return info, [k for indices in plan for k in indices], out
+
+
 def _read(path, num_frames: int, img_size: int, resize_size: int, threads: int, seek_min_gap: float,
-          **hooks) -> tuple[VideoInfo, int, list[int], torch.Tensor]:
+          **hooks) -> tuple[VideoInfo, int, list[int], torch.Tensor, str]:
     """Open, plan from the header, fall back to counting real frames; see :func:`read_clip`.
-    Returns the header, the decodable frame count and :func:`_read_planned`'s answer."""
+    Returns the header, the decodable frame count, :func:`_read_planned`'s answer and the
+    decoder that read the frames (``"pyav"``: :func:`_read_sparse`; ``"opencv"``)."""
     _check_file(path)
     name = _one_line(path)
     args = (num_frames, img_size, resize_size)
     hooks["regions"] = {}
     with one_torch_thread():  # preprocessing on one core (see one_torch_thread)
+        if decoder_choice() == "auto":
+            try:
+                info, indices, frames = _read_sparse(path, *args, threads, **hooks)
+                return info, info.frame_count, indices, frames, "pyav"
+            except Unsupported:
+                pass  # OpenCV reads it, as it always did
         try:
             with _capture(path, threads) as cap:
                 info = _header(cap, path)
@@ -484,7 +527,7 @@ def _read(path, num_frames: int, img_size: int, resize_size: int, threads: int, 
                         raise VideoError(f"cannot read video {name}: decoding is not repeatable ({exc})") from None
         except cv2.error as exc:
             raise VideoError(f"cannot read video {name}: OpenCV error: {_first_line(exc)}") from None
-    return info, n, indices, frames
+    return info, n, indices, frames, "opencv"
 
 
 def _check_sizes(num_frames: int, img_size: int, resize_size: int) -> None:
@@ -516,9 +559,9 @@ def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | 
     """
     resize_size = resize_size or resize_size_for(img_size)
     _check_sizes(num_frames, img_size, resize_size)
-    info, n, indices, frames = _read(path, num_frames, img_size, resize_size, threads, seek_min_gap,
-                                     samplers=(sampler,), crop=crop)
-    return Clip(frames=frames[0], indices=indices, **_facts(path, info, n))
+    info, n, indices, frames, decoder = _read(path, num_frames, img_size, resize_size, threads, seek_min_gap,
+                                              samplers=(sampler,), crop=crop)
+    return Clip(frames=frames[0], indices=indices, decoder=decoder, **_facts(path, info, n))
 
 
 def read_views(path, num_frames: int, img_size: int = 224, *, clips: int = 1, crops: int = 1,
@@ -540,9 +583,10 @@ def read_views(path, num_frames: int, img_size: int = 224, *, clips: int = 1, cr
     resize_size = resize_size or (resize_size_for(img_size) if crops == 1 else img_size)
     _check_sizes(num_frames, img_size, resize_size)
     samplers = tuple(_clip_sampler(c, clips) for c in range(clips))
-    info, n, indices, frames = _read(path, num_frames, img_size, resize_size, threads, seek_min_gap,
-                                     samplers=samplers, crops=crops)
-    return Views(frames=frames, indices=indices, clips=clips, crops=crops, **_facts(path, info, n))
+    info, n, indices, frames, decoder = _read(path, num_frames, img_size, resize_size, threads, seek_min_gap,
+                                              samplers=samplers, crops=crops)
+    return Views(frames=frames, indices=indices, clips=clips, crops=crops, decoder=decoder,
+                 **_facts(path, info, n))
 
 
 class FrameStream:

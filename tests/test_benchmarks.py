@@ -25,10 +25,11 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
     s = data["sections"]
     assert list(s) == ["decode", "model", "e2e", "memory", "cuda"]
 
-    assert [row["video"] for row in s["decode"]["rows"]] == ["1 s", "6 s"]
+    assert [row["video"] for row in s["decode"]["rows"]] == ["1 s", "3 s", "6 s"]
     for row in s["decode"]["rows"]:
-        assert row["ours_ms"] > 0 and row["full_decode_ms"] > 0
+        assert row["ours_ms"] > 0 and row["opencv_ms"] > 0 and row["full_decode_ms"] > 0
         assert row["speedup"] == pytest.approx(row["full_decode_ms"] / row["ours_ms"])
+        assert row["speedup_vs_opencv"] == pytest.approx(row["opencv_ms"] / row["ours_ms"])
 
     assert s["model"]["matmul_gflops"] > 0
     for row in s["model"]["rows"]:

@@ -88,8 +88,15 @@ class SpyCapture:
 
 
 @pytest.fixture
-def spy(monkeypatch):
-    """Patch cv2.VideoCapture for stamcli.video; ``spy.lies`` is applied to new captures."""
+def opencv_only(monkeypatch):
+    """Read with OpenCV alone (``STAM_DECODER=opencv``): for tests of the OpenCV path's own logic."""
+    monkeypatch.setenv("STAM_DECODER", "opencv")
+
+
+@pytest.fixture
+def spy(monkeypatch, opencv_only):
+    """Patch cv2.VideoCapture for stamcli.video (OpenCV alone reads); ``spy.lies`` is applied to
+    new captures."""
     real_cls = cv2.VideoCapture
 
     class Factory:
@@ -385,7 +392,7 @@ def test_seeks_by_time_never_mislabel_frames(vfr_video):
     assert [decode_clip_index(f) for f in frames] == indices
 
 
-def test_seek_refused_is_detected(long_mp4v, monkeypatch):
+def test_seek_refused_is_detected(long_mp4v, monkeypatch, opencv_only):
     class NoSeek(SpyCapture):
         def set(self, prop, value):
             return False if prop == cv2.CAP_PROP_POS_FRAMES else self.real.set(prop, value)
@@ -414,7 +421,7 @@ class EarlySeek(SpyCapture):
         return value + self.offset if prop == cv2.CAP_PROP_POS_FRAMES else value
 
 
-def test_seek_to_wrong_position_is_detected(long_mp4v, monkeypatch):
+def test_seek_to_wrong_position_is_detected(long_mp4v, monkeypatch, opencv_only):
     class WrongPos(SpyCapture):
         def get(self, prop):
             value = self.real.get(prop)
@@ -491,13 +498,13 @@ def test_reader_rate_checks_with_fake_capture():
         r.check_end(90)
 
 
-def test_seek_landing_elsewhere_is_detected(long_mp4v, monkeypatch):
+def test_seek_landing_elsewhere_is_detected(long_mp4v, monkeypatch, opencv_only):
     monkeypatch.setattr(video.cv2, "VideoCapture", lambda *a, **k: EarlySeek(_REAL_CAPTURE(*a, **k)))
     with pytest.raises(video._PlanFailed, match="landed elsewhere"):
         _planned(long_mp4v, 400)
 
 
-def test_seek_landing_elsewhere_falls_back(long_mp4v, monkeypatch):
+def test_seek_landing_elsewhere_falls_back(long_mp4v, monkeypatch, opencv_only):
     SpyCapture.instances = []
     monkeypatch.setattr(video.cv2, "VideoCapture", lambda *a, **k: EarlySeek(_REAL_CAPTURE(*a, **k)))
     clip = read_clip(long_mp4v, 8, seek_min_gap=0)

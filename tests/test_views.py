@@ -19,6 +19,7 @@ from stamcli import UsageError, load_checkpoint
 from stamcli import video
 from stamcli.cli import app
 from stamcli.engine import PredictOptions, Predictor
+from stamcli.sparse_decode import SparseDecoder
 from stamcli.video import Views, crop_offsets, preprocess_crops, read_clip, read_views, sample_indices
 
 runner = CliRunner()
@@ -75,10 +76,26 @@ class CountingCapture:
 _REAL_CAPTURE = cv2.VideoCapture
 
 
-@pytest.fixture
-def counting(monkeypatch):
+@pytest.fixture(params=["auto", "opencv"])
+def counting(monkeypatch, request):
+    """Counts videos opened and frames retrieved by either decoder (``STAM_DECODER`` = the param):
+    OpenCV captures, or :class:`stamcli.sparse_decode.SparseDecoder` reads and the frames they give."""
+    monkeypatch.setenv("STAM_DECODER", request.param)
     CountingCapture.opened = CountingCapture.retrieved = 0
     monkeypatch.setattr(video.cv2, "VideoCapture", CountingCapture)
+    enter, frames = SparseDecoder.__enter__, SparseDecoder.frames
+
+    def counted_enter(self):
+        CountingCapture.opened += 1
+        return enter(self)
+
+    def counted_frames(self, wanted):
+        for item in frames(self, wanted):
+            CountingCapture.retrieved += 1
+            yield item
+
+    monkeypatch.setattr(SparseDecoder, "__enter__", counted_enter)
+    monkeypatch.setattr(SparseDecoder, "frames", counted_frames)
     return CountingCapture
 
 

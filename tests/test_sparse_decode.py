@@ -1,0 +1,234 @@
+"""Tests for stamcli.sparse_decode: PyAV sparse decoding gives OpenCV's frames with less decoding,
+and every case it cannot do exactly goes back to OpenCV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from stamcli import sparse_decode, video
+from stamcli.errors import StamError
+from stamcli.sparse_decode import SparseDecoder, Unsupported
+from stamcli.video import read_clip, read_views, sample_indices
+from synthetic import decode_clip_index, decode_index, index_frame, write_index_video, write_video_av
+
+pytestmark = pytest.mark.skipif(not sparse_decode.available(), reason="PyAV missing or older than 14")
+
+
+@pytest.fixture(scope="module")
+def vids(tmp_path_factory):
+    return tmp_path_factory.mktemp("sparse")
+
+
+def facts(clip) -> tuple:
+    return clip.frame_count, clip.fps, clip.width, clip.height, clip.rotation, clip.indices
+
+
+def read_both(path, monkeypatch, reader=read_clip, **kw):
+    """``(auto, opencv)`` reads of ``path``."""
+    monkeypatch.setenv("STAM_DECODER", "opencv")
+    opencv = reader(path, **kw)
+    monkeypatch.setenv("STAM_DECODER", "auto")
+    return reader(path, **kw), opencv
+
+
+GOP30 = {"g": "30"}
+CASES = [  # name, writer options: all read by PyAV
+    ("h264.mp4", dict(codec="libx264")),  # B-frames, b-pyramid, one key frame
+    ("h264_gop30.mp4", dict(codec="libx264", options=GOP30)),  # several clean key frames
+    ("h264_open_gop.mp4", dict(codec="libx264", options={"g": "30", "x264-params": "open-gop=1"})),
+    ("h264_open_gop.mkv", dict(codec="libx264", options={"g": "30", "x264-params": "open-gop=1"})),
+    ("h264.mkv", dict(codec="libx264", options=GOP30)),
+    ("hevc.mp4", dict(codec="libx265", options={"x265-params": "log-level=error"})),  # B-frames, b-pyramid
+    ("mp4v.mp4", dict(fourcc="mp4v")),  # written by OpenCV
+    ("mjpg.avi", dict(fourcc="MJPG")),
+    ("xvid.avi", dict(fourcc="XVID")),
+    ("vp8.webm", dict(codec="libvpx")),
+    ("ffv1_bgr0.mkv", dict(codec="ffv1", pix_fmt="bgr0")),
+]
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
+def test_same_frames_and_facts_as_opencv(vids, monkeypatch, name, kw):
+    path = write_index_video(vids / name, 200, 48, 64, 25, **kw)
+    fast, opencv = read_both(path, monkeypatch, num_frames=8)
+    assert (fast.decoder, opencv.decoder) == ("pyav", "opencv")
+    assert facts(fast) == facts(opencv) == (200, 25.0, 64, 48, 0, sample_indices(200, 8))
+    assert [decode_clip_index(f) for f in fast.frames] == fast.indices
+    assert torch.equal(fast.frames, opencv.frames)
+
+
+def test_views_sampler_and_crop_match_opencv(vids, monkeypatch):
+    path = write_index_video(vids / "views.mp4", 120, 48, 64, 25, codec="libx264", options=GOP30)
+    fast, opencv = read_both(path, monkeypatch, reader=read_views, num_frames=4, clips=3, crops=3)
+    assert fast.decoder == "pyav" and fast.indices == opencv.indices
+    assert torch.equal(fast.frames, opencv.frames) and fast.frames.shape == (9, 4, 3, 224, 224)
+    asked = []
+
+    def crop(h, w):
+        asked.append((h, w))
+        return 4, 8, 32, 40
+
+    sampler = lambda n, f: [n - 1 - i for i in range(f)]  # noqa: E731 - backwards, as augmentation may
+    fast, opencv = read_both(path, monkeypatch, num_frames=5, sampler=sampler, crop=crop)
+    assert fast.decoder == "pyav" and fast.indices == opencv.indices == [119, 118, 117, 116, 115]
+    assert torch.equal(fast.frames, opencv.frames)
+    assert asked == [(48, 64), (48, 64)]  # once per read
+
+
+@pytest.mark.parametrize("ccw", [90, 180, 270])
+def test_rotation(vids, monkeypatch, ccw):
+    path = write_video_av(vids / f"rot{ccw}.mp4", [index_frame(i, 48, 64) for i in range(6)], 25, rotation=ccw)
+    fast, opencv = read_both(path, monkeypatch, num_frames=3)
+    assert fast.decoder == "pyav" and fast.rotation == (360 - ccw) % 360
+    assert facts(fast) == facts(opencv) and torch.equal(fast.frames, opencv.frames)
+    assert (fast.width, fast.height) == ((48, 64) if ccw != 180 else (64, 48))
+
+
+def test_variable_frame_rate_needs_no_fallback(vids, monkeypatch):
+    pts = list(range(30)) + [30 + 3 * i for i in range(150)]  # 30 fps, then 10 fps
+    path = write_index_video(vids / "vfr.mp4", 180, 48, 64, 30, codec="libx264", pts=pts, time_base=Fraction(1, 30))
+    fast, opencv = read_both(path, monkeypatch, num_frames=8)
+    assert fast.decoder == "pyav" and fast.frame_count == opencv.frame_count == 180
+    assert [decode_clip_index(f) for f in fast.frames] == fast.indices == sample_indices(180, 8)
+    assert torch.equal(fast.frames, opencv.frames)
+
+
+def test_unwanted_non_reference_frames_are_not_decoded(vids):
+    """x264's B-frames that nothing references are skipped: fewer frames come out of the decoder
+    than packets go in, and the wanted ones are exactly the frames a full decode gives."""
+    path = write_index_video(vids / "skip.mp4", 100, 48, 64, 25, codec="libx264")
+    with SparseDecoder(path, threads=1) as decoder:
+        wanted = sample_indices(100, 4)  # 12, 37, 62, 87
+        got = dict(decoder.frames(wanted))
+        assert sorted(got) == wanted and decoder.seeks == 0
+        assert decoder.packets_read >= 88  # the decoder reads up to frame 87 and its reorder delay
+        assert decoder.frames_decoded < decoder.packets_read - 20
+        every = dict(decoder.frames(list(range(100))))
+        assert decoder.frames_decoded == decoder.packets_read == 100
+    assert all((got[k] == every[k]).all() for k in wanted)
+    assert [decode_index(every[k]) for k in (0, 50, 99)] == [0, 50, 99]
+
+
+def test_seeks_to_clean_key_frames_only(vids):
+    path = write_index_video(vids / "gop30.mp4", 400, 48, 64, 25, codec="libx264", options=GOP30)
+    with SparseDecoder(path, threads=1) as decoder:
+        assert decoder.frame_count == 400 and len(decoder.clean_keys) >= 13
+        got = dict(decoder.frames([20, 390]))
+        assert decoder.seeks >= 1 and decoder.packets_read < 80  # not the 390 packets up to frame 390
+        assert sorted(got) == [20, 390]
+    with SparseDecoder(path, threads=1) as decoder:
+        decoder_every = dict(decoder.frames(list(range(400))))
+    assert (got[390] == decoder_every[390]).all() and (got[20] == decoder_every[20]).all()
+
+
+def test_open_gop_key_frames_are_not_seek_targets(vids):
+    """With open GOPs, frames after an I-frame in decode order may be shown before it (they
+    reference the previous GOP): seeking there would give broken frames, so such key frames are
+    not clean, and those leading frames come out right (they do not when every key frame is
+    taken for clean: checked by hand, all 8 wrong)."""
+    path = write_index_video(vids / "open.mkv", 300, 48, 64, 25, codec="libx264",
+                             options={"g": "30", "x264-params": "open-gop=1"})
+    with SparseDecoder(path, threads=1) as decoder:
+        pts = list(decoder.pts)
+        keys = [i for i, packet in enumerate(_packets(path)) if packet.is_keyframe]
+        leading = [i for i in keys if min(pts[i:]) < pts[i]]
+        assert len(leading) >= 3
+        assert decoder.clean_keys == [i for i in keys if i not in leading]
+        shown = sorted(pts)  # the frames decoded after a key frame but shown before it:
+        wanted = [shown.index(pts[j]) for i in leading for j in range(i + 1, i + 6) if pts[j] < pts[i]]
+        assert len(wanted) >= 3
+    for k in wanted:  # each read alone, so that the decoder would seek if it could
+        with SparseDecoder(path, threads=1) as decoder:
+            (index, frame), = decoder.frames([k])
+            assert index == k and decode_index(frame) == k
+
+
+def _packets(path):
+    import av
+
+    with av.open(str(path)) as container:
+        return [p for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def test_frame_threads_give_the_same_frames(vids, monkeypatch):
+    path = write_index_video(vids / "threads.mp4", 150, 48, 64, 25, codec="libx264", options=GOP30)
+    monkeypatch.setenv("STAM_DECODER", "auto")
+    one, auto = read_clip(path, 8, threads=1), read_clip(path, 8, threads=0)
+    assert one.decoder == auto.decoder == "pyav" and torch.equal(one.frames, auto.frames)
+
+
+# ---------------------------------------------------------------------------- going back to OpenCV
+
+
+@pytest.fixture(scope="module")
+def h264(vids):
+    return write_index_video(vids / "plain.mp4", 60, 48, 64, 25, codec="libx264")
+
+
+def test_stam_decoder_opencv_turns_it_off(h264, monkeypatch):
+    monkeypatch.setenv("STAM_DECODER", "OpenCV")
+    assert read_clip(h264, 4).decoder == "opencv"
+    monkeypatch.setenv("STAM_DECODER", "")
+    assert read_clip(h264, 4).decoder == "pyav"
+
+
+def test_unknown_stam_decoder_is_an_error(h264, monkeypatch):
+    monkeypatch.setenv("STAM_DECODER", "nvdec")
+    with pytest.raises(StamError, match=r"STAM_DECODER='nvdec' is not one of auto, opencv"):
+        read_clip(h264, 4)
+
+
+@pytest.mark.parametrize("why", ["no PyAV", "too large", "fails while decoding", "seek lands elsewhere"])
+def test_falls_back_to_opencv(h264, vids, monkeypatch, why):
+    monkeypatch.setenv("STAM_DECODER", "opencv")
+    expected = read_clip(h264, 4)
+    monkeypatch.setenv("STAM_DECODER", "auto")
+    if why == "no PyAV":
+        monkeypatch.setattr(sparse_decode, "av", None)
+    elif why == "too large":
+        monkeypatch.setattr(sparse_decode, "MAX_BYTES", 1000)
+    elif why == "fails while decoding":
+        real = SparseDecoder.frames
+
+        def failing(self, wanted):
+            yield next(real(self, wanted))
+            raise Unsupported("made up")
+
+        monkeypatch.setattr(SparseDecoder, "frames", failing)
+    else:
+        monkeypatch.setattr(SparseDecoder, "_start", lambda *a: (_ for _ in ()).throw(Unsupported("landed")))
+    clip = read_clip(h264, 4)
+    assert clip.decoder == "opencv" and facts(clip) == facts(expected) and torch.equal(clip.frames, expected.frames)
+
+
+def test_packets_without_timestamps_go_to_opencv(vids, monkeypatch):
+    """A raw H.264 stream has no container timestamps for PyAV to order frames by."""
+    src = write_index_video(vids / "for_raw.mp4", 40, 48, 64, 25, codec="libx264", options={"bf": "0"})
+    import av
+
+    raw = vids / "raw.h264"
+    with av.open(str(src)) as inp, av.open(str(raw), "w", format="h264") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                packet.pts = packet.dts = None
+                out.mux(packet)
+    with pytest.raises(Unsupported):
+        with SparseDecoder(raw) as decoder:
+            list(decoder.frames([0]))
+    monkeypatch.setenv("STAM_DECODER", "auto")
+    clip = read_clip(raw, 4)
+    assert clip.decoder == "opencv" and clip.frame_count == 40
+    assert [decode_clip_index(f) for f in clip.frames] == clip.indices
+
+
+def test_errors_are_still_opencv_s_messages(vids, monkeypatch):
+    bad = vids / "text.mp4"
+    bad.write_text("not a video\n")
+    monkeypatch.setenv("STAM_DECODER", "auto")
+    with pytest.raises(video.VideoError, match="not a video file"):
+        read_clip(bad, 4)
