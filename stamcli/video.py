@@ -1,16 +1,21 @@
 """Read a video into the ``F`` preprocessed frames STAM expects.
 
-:func:`read_clip` decodes with OpenCV's FFmpeg backend, picks ``F`` frames uniformly over the
-video (:func:`sample_indices`) and preprocesses them exactly as the authors' evaluation did:
-shorter side resized to 256 with an antialiased bilinear filter (PIL's), centre crop 224, RGB,
-``uint8`` (the model divides by 255).
+:func:`read_clip` picks ``F`` frames uniformly over the video (:func:`sample_indices`) and
+preprocesses them exactly as the authors' evaluation did: shorter side resized to 256 with an
+antialiased bilinear filter (PIL's), centre crop 224, RGB, ``uint8`` (the model divides by 255).
 
-Decoding does only what is needed.  Frames that are not sampled are skipped with ``grab()``
-(demux + decode, no colour conversion); only sampled frames are ``retrieve()``-d, and only the
-``F`` output frames are kept, so memory does not grow with video length.  When the gap to the
-next wanted frame is long, a seek is cheaper than grabbing through it (:data:`SEEK_MIN_GAP`).
+Decoding does only what is needed, by one of two decoders:
 
-Frame counts in headers are not trusted blindly: a plan made from the header count is checked
+* :mod:`stamcli.sparse_decode` (PyAV) first: exact frame counts from one pass over the packets,
+  unneeded non-reference frames skipped unseen, seeks to clean key frames.  It gives up
+  (:class:`~stamcli.sparse_decode.Unsupported`) on anything it cannot do exactly, and
+* OpenCV's FFmpeg backend then reads the file, as below (always, with ``STAM_DECODER=opencv``).
+  Frames that are not sampled are skipped with ``grab()`` (demux + decode, no colour
+  conversion); only sampled frames are ``retrieve()``-d, and only the ``F`` output frames are
+  kept, so memory does not grow with video length.  When the gap to the next wanted frame is
+  long, a seek is cheaper than grabbing through it (:data:`SEEK_MIN_GAP`).
+
+On the OpenCV path, frame counts in headers are not trusted blindly: a plan made from the header count is checked
 as it runs (every grab succeeds, seeks land where and when they should, the video ends exactly
 at the header count).  If anything disagrees, or the header has no plausible count, the real
 number of decodable frames is counted with a grab-only pass and the video is read again with
@@ -548,8 +553,9 @@ def read_clip(path, num_frames: int, img_size: int = 224, *, resize_size: int | 
               crop: Crop | None = None) -> Clip:
     """Decode ``num_frames`` uniformly sampled, preprocessed frames of the video at ``path``.
 
-    ``threads``: FFmpeg decoding threads (0: OpenCV's default).  ``seek_min_gap``: seek when
-    the next wanted frame is at least this far ahead (``math.inf``: never seek, 0: always).
+    ``threads``: FFmpeg decoding threads (0: FFmpeg's default).  ``seek_min_gap``: OpenCV seeks
+    when the next wanted frame is at least this far ahead (``math.inf``: never seek, 0: always;
+    the PyAV path chooses from the key frames it knows).  :attr:`Clip.decoder` says which read it.
     ``sampler(n, num_frames)`` picks the frames instead of :func:`sample_indices` (called again
     with the real ``n`` when the header count proves wrong).  ``crop(height, width)`` gives the
     ``(top, left, h, w)`` region of the upright frame to resize to ``img_size`` instead of the

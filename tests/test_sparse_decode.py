@@ -12,7 +12,8 @@ from stamcli import sparse_decode, video
 from stamcli.errors import StamError
 from stamcli.sparse_decode import SparseDecoder, Unsupported
 from stamcli.video import read_clip, read_views, sample_indices
-from synthetic import decode_clip_index, decode_index, index_frame, write_index_video, write_video_av
+from synthetic import (decode_clip_index, decode_index, index_frame, write_audio_only, write_index_video,
+                       write_video_av)
 
 pytestmark = pytest.mark.skipif(not sparse_decode.available(), reason="PyAV missing or older than 14")
 
@@ -56,6 +57,28 @@ def test_same_frames_and_facts_as_opencv(vids, monkeypatch, name, kw):
     fast, opencv = read_both(path, monkeypatch, num_frames=8)
     assert (fast.decoder, opencv.decoder) == ("pyav", "opencv")
     assert facts(fast) == facts(opencv) == (200, 25.0, 64, 48, 0, sample_indices(200, 8))
+    assert [decode_clip_index(f) for f in fast.frames] == fast.indices
+    assert torch.equal(fast.frames, opencv.frames)
+
+
+def test_a_video_with_sound(vids, monkeypatch):
+    """Kinetics clips have an audio track: its packets are not counted as frames."""
+    import av
+
+    video_only = write_index_video(vids / "silent.mp4", 100, 48, 64, 25, codec="libx264", options=GOP30)
+    tone = write_audio_only(vids / "tone.m4a", seconds=4.0)
+    path = vids / "with_sound.mp4"
+    with av.open(str(video_only)) as v, av.open(str(tone)) as a, av.open(str(path), "w") as out:
+        streams = {v.streams.video[0]: out.add_stream_from_template(v.streams.video[0]),
+                   a.streams.audio[0]: out.add_stream_from_template(a.streams.audio[0])}
+        packets = [p for src in (v, a) for p in src.demux() if p.size]
+        for packet in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
+            packet.stream = streams[packet.stream]
+            out.mux(packet)
+    with av.open(str(path)) as check:
+        assert (len(check.streams.video), len(check.streams.audio)) == (1, 1)
+    fast, opencv = read_both(path, monkeypatch, num_frames=8)
+    assert fast.decoder == "pyav" and facts(fast) == facts(opencv) and fast.frame_count == 100
     assert [decode_clip_index(f) for f in fast.frames] == fast.indices
     assert torch.equal(fast.frames, opencv.frames)
 
