@@ -168,12 +168,18 @@ class EmbeddingStore:
         self.embeddings = _open_memmap(self._emb_file, shape, self.output)
         self.frame_embeddings = _open_memmap(self._frames_file, frame_shape, self.output) if self.per_frame else None
         self.records = records
+        self._clear_unrecorded()  # rows a hard kill left half-done are not trusted
+
+    def _clear_unrecorded(self) -> None:
+        """Rows without an ``ok`` record go back to NaN: a hard kill, or a Ctrl-C landing between a
+        batch's rows and its records, may have left them written."""
         todo = np.ones(len(self.paths), bool)
-        todo[list(records)] = False
+        todo[list(self.done)] = False
         for array in (self.embeddings, self.frame_embeddings):
             if array is not None and todo.any():
-                array[todo] = np.nan  # rows a hard kill left half-done are not trusted
-                array.flush()
+                array[todo] = np.nan
+                if isinstance(array, np.memmap):
+                    array.flush()
 
     def _unpack_safetensors(self) -> None:
         """A finished .safetensors being resumed: its tensors become the work files again."""
@@ -226,7 +232,9 @@ class EmbeddingStore:
         os.replace(tmp, self.index)
 
     def close(self) -> None:
-        """Finish the files: the index in row order, the .safetensors written (a no-op in memory)."""
+        """Finish the files: rows without a record cleared, the index in row order, the
+        .safetensors written."""
+        self._clear_unrecorded()
         if self.output is None:
             return
         try:

@@ -288,3 +288,34 @@ def test_real_ctrl_c_leaves_a_consistent_pair_and_resume_completes_it(videos, ti
     expected = {name: _expected(tiny_checkpoint, str(videos / name))[0] for name in ("a.mp4", "b.avi")}
     for i in range(20):
         assert np.abs(final.embeddings[i] - expected["a.mp4" if i % 2 else "b.avi"]).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["emb.safetensors", "emb.npy", None])
+def test_ctrl_c_between_a_batchs_rows_and_its_records_leaves_no_unrecorded_row(videos, tiny_checkpoint, tmp_path,
+                                                                                 monkeypatch, name):
+    """Ctrl-C can land inside ``put``, after the rows are written and before their index lines:
+    such rows must not survive without a record (the real Ctrl-C test caught one)."""
+    real_put, calls = EmbeddingStore.put, []
+
+    def interrupted_put(self, rows, records, embeddings, frame_embeddings):
+        calls.append(rows)
+        if len(calls) == 3:  # the third batch: rows written, then the signal
+            for array, values in ((self.embeddings, embeddings), (self.frame_embeddings, frame_embeddings)):
+                array[list(rows)] = values
+            raise KeyboardInterrupt
+        real_put(self, rows, records, embeddings, frame_embeddings)
+
+    monkeypatch.setattr(EmbeddingStore, "put", interrupted_put)
+    paths = [str(videos / ("a.mp4" if i % 2 else "b.avi")) for i in range(6)]
+    output = None if name is None else tmp_path / name
+    result = embed(paths, load_checkpoint(tiny_checkpoint), PredictOptions(batch_size=1, workers=1, streams=1),
+                   output=output, per_frame=True)
+    assert result.interrupted and [r["row"] for r in result.records] == [0, 1]
+    if output is None:
+        emb, frames = result.embeddings, result.frame_embeddings
+    else:
+        saved = load_embeddings(output)
+        emb, frames = saved.embeddings, saved.frame_embeddings
+        assert [r["row"] for r in saved.records] == [0, 1]
+    assert not np.isnan(emb[:2]).any() and np.isnan(emb[2:]).all()
+    assert not np.isnan(frames[:2]).any() and np.isnan(frames[2:]).all()
