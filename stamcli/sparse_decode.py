@@ -5,8 +5,9 @@ OpenCV must decode every frame between a key frame and a wanted frame.  Many of 
 *non-reference* frames (most B-frames of an H.264 or HEVC stream: 110 of the 250 frames of a 10 s
 x264 clip): no other frame is predicted from them, so when they are not wanted themselves the
 decoder can drop them unseen (FFmpeg's ``skip_frame = NONREF``, switched per packet).  The wanted
-frames come out bit for bit the same.  Measured on 640x360 H.264 with 2 cores, 16 frames
-(``benchmarks``): a 10 s clip took about 20% less CPU time, a 1-minute video about 30% less.
+frames come out bit for bit the same.  Measured on 640x360 H.264 with 2 cores, 16 frames, one
+decoding thread (README, Results): 15-20% less CPU time than OpenCV on a 10 s clip, about half on
+a 1-minute video, about a quarter on a 10-minute one.
 
 How it works:
 
@@ -51,8 +52,9 @@ DECODERS = ("auto", "opencv")
 #: 360p H.264 video in 65 ms), and for a multi-gigabyte file OpenCV's few seeks read far less.
 MAX_BYTES = 1 << 30
 
-#: Seek to a clean key frame only if it skips at least this many packets; a seek costs about as
-#: much as decoding a frame or two (a flush and a new read position), shorter jumps decode through.
+#: Seek to a clean key frame only if it skips at least this many packets; shorter jumps decode
+#: through.  A seek flushes the decoder and moves the read position; the value is a choice, not a
+#: measurement (a 10 s clip with x264's default GOP of 250 frames has one key frame: nothing to seek to).
 SEEK_MIN_SKIP = 8
 
 
@@ -158,7 +160,7 @@ class SparseDecoder:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def _start(self, stream, target: int, current: int | None) -> Iterator:
+    def _start(self, stream, target: int, current: int | None) -> Iterator | None:
         """Packets from the last clean key frame at or before decode position ``target`` if that
         skips enough of them (or if nothing was decoded yet), else ``None`` (go on from ``current``)."""
         k = bisect_right(self.clean_keys, target) - 1

@@ -87,6 +87,14 @@ class SpyCapture:
         return self.lies[prop] if prop in self.lies else self.real.get(prop)
 
 
+@pytest.fixture(autouse=True, params=["auto", "opencv"])
+def decoder(request, monkeypatch):
+    """Every test runs with the default decoding (PyAV, OpenCV where PyAV gives up) and with
+    OpenCV alone (``STAM_DECODER=opencv``), so that both paths meet every case below."""
+    monkeypatch.setenv("STAM_DECODER", request.param)
+    return request.param
+
+
 @pytest.fixture
 def opencv_only(monkeypatch):
     """Read with OpenCV alone (``STAM_DECODER=opencv``): for tests of the OpenCV path's own logic."""
