@@ -14,7 +14,7 @@ every frame would not fit in memory for the 10-minute video), which only makes i
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from unittest import mock
 
 import numpy as np
 import torch
@@ -24,24 +24,10 @@ from stamcli.video import read_clip, resize_size_for, sample_indices
 from .common import Context, duration_text, make_video, median_time
 
 
-@contextmanager
-def decoder(name: str):
-    """``STAM_DECODER=name`` for the duration (``auto``: stamcli's default)."""
-    before = os.environ.get("STAM_DECODER")
-    os.environ["STAM_DECODER"] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["STAM_DECODER"]
-        else:
-            os.environ["STAM_DECODER"] = before
-
-
 def sampled_ms(path, frames: int, img: int, repeats: int, name: str) -> float:
     """Median ms of :func:`read_clip` with decoder ``name`` and one decoding thread, as each of
     ``stam predict``'s decode threads reads a video."""
-    with decoder(name):
+    with mock.patch.dict(os.environ, STAM_DECODER=name):
         return 1000 * median_time(lambda: read_clip(path, frames, img, threads=1), repeats)
 
 

@@ -81,7 +81,7 @@ class SparseDecoder:
     After :meth:`__enter__`: :attr:`frame_count` (exact), :attr:`fps` (the stream's average rate,
     as OpenCV reports it; 0.0 when unknown), :attr:`width` and :attr:`height` (coded size).
     :meth:`frames` yields the wanted frames; :attr:`rotation` (clockwise degrees to show a frame
-    upright) is known once the first frame is out.  What the last :meth:`frames` call did:
+    upright: 0, 90, 180 or 270; other angles count as 0) is known once the first frame is out.  What the last :meth:`frames` call did:
     :attr:`packets_read` (packets given to the decoder, skipped ones included),
     :attr:`frames_decoded` (frames that came out of it) and :attr:`seeks`.
     """
@@ -224,7 +224,8 @@ class SparseDecoder:
                             raise Unsupported("a decoded frame without a timestamp")
                         k = remaining.pop(frame.pts, None)
                         if k is not None:
-                            self.rotation = (-int(frame.rotation)) % 360
+                            rotation = (-int(frame.rotation)) % 360  # PyAV's is counter-clockwise
+                            self.rotation = rotation if rotation in (90, 180, 270) else 0  # as OpenCV's path
                             yield k, frame.to_ndarray(format="bgr24")
                     if packet is None and target_pts in remaining:
                         raise Unsupported(f"frame {remaining[target_pts]} never came out of the decoder")

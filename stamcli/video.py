@@ -425,13 +425,20 @@ def _region(crop: Crop, h: int, w: int) -> tuple[int, int, int, int]:
     return top, left, ch, cw
 
 
-def _fill(plan: list[list[int]], frames: Iterator[tuple[int, np.ndarray]], num_frames: int, img_size: int,
-          resize_size: int, crops: int, crop: Crop | None, regions: dict) -> torch.Tensor:
-    """Preprocess each ``(index, upright BGR frame)`` of ``frames`` into every view whose clip of
-    ``plan`` samples it: ``(len(plan) * crops, num_frames, 3, img_size, img_size)`` uint8, view
-    ``clip * crops + crop``.  ``regions`` caches ``crop``'s answers by frame size."""
+def _sampled_views(fetch: Callable[[list[int]], Iterator[tuple[int, np.ndarray]]], n: int, num_frames: int,
+                   img_size: int, resize_size: int, samplers: tuple = (None,), crops: int = 1,
+                   crop: Crop | None = None, regions: dict | None = None) -> tuple[list[int], torch.Tensor]:
+    """The views of an ``n``-frame video, whichever decoder reads it.
+
+    Each of ``samplers`` (None: :func:`sample_indices`) picks one clip's frames; ``fetch(wanted)``
+    yields ``(index, upright BGR frame)`` for the sorted union of them, each decoded once and cut
+    into ``crops`` crops.  Returns every clip's indices, clip after clip, and the views as
+    ``(len(samplers) * crops, num_frames, 3, img_size, img_size)`` uint8 (view ``clip * crops + crop``).
+    ``regions`` caches ``crop``'s answers by frame size across the reads of one clip."""
+    plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
+    regions = {} if regions is None else regions
     out = torch.empty((len(plan) * crops, num_frames, 3, img_size, img_size), dtype=torch.uint8)
-    for k, bgr in frames:
+    for k, bgr in fetch(sorted(set().union(*plan))):
         if crop is not None:
             if bgr.shape[:2] not in regions:
                 regions[bgr.shape[:2]] = _region(crop, *bgr.shape[:2])
@@ -442,55 +449,44 @@ def _fill(plan: list[list[int]], frames: Iterator[tuple[int, np.ndarray]], num_f
             for i, j in enumerate(indices):
                 if j == k:
                     out[c * crops : (c + 1) * crops, i] = views
-    return out
+    return [k for indices in plan for k in indices], out
 
 
 def _read_planned(cap, info: VideoInfo, n: int, num_frames: int, img_size: int, resize_size: int,
-                  seek_min_gap: float, check_end: bool, samplers: tuple = (None,), crops: int = 1,
-                  crop: Crop | None = None, regions: dict | None = None) -> tuple[list[int], torch.Tensor]:
-    """Decode the sampled frames of an ``n``-frame video with OpenCV; _PlanFailed if ``n`` proves wrong.
-
-    Each of ``samplers`` (None: :func:`sample_indices`) picks one clip's frames; every frame any
-    clip wants is decoded once and cut into ``crops`` crops (:func:`_fill`).  Returns every
-    clip's indices, clip after clip, and the views."""
-    plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
+                  seek_min_gap: float, check_end: bool, **hooks) -> tuple[list[int], torch.Tensor]:
+    """:func:`_sampled_views` decoded with OpenCV, planned for ``n`` frames; _PlanFailed if ``n``
+    proves wrong.  ``hooks``: ``samplers``, ``crops``, ``crop``, ``regions``."""
     reader = _Reader(cap, info, seek_min_gap)
 
-    def frames():
-        for k in sorted(set().union(*plan)):
+    def fetch(wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        for k in wanted:
             reader.goto(k)
             bgr = _retrieve_upright(cap, info.rotation)
             if bgr is None:
                 raise _PlanFailed(f"frame {k} cannot be converted")
             yield k, bgr
 
-    out = _fill(plan, frames(), num_frames, img_size, resize_size, crops, crop, {} if regions is None else regions)
+    indices, views = _sampled_views(fetch, n, num_frames, img_size, resize_size, **hooks)
     if check_end:
         reader.check_end(n)
-    return [k for indices in plan for k in indices], out
+    return indices, views
 
 
-def _read_sparse(path, num_frames: int, img_size: int, resize_size: int, threads: int, samplers: tuple = (None,),
-                 crops: int = 1, crop: Crop | None = None,
-                 regions: dict | None = None) -> tuple[VideoInfo, list[int], torch.Tensor]:
-    """:func:`_read_planned` with :class:`stamcli.sparse_decode.SparseDecoder` (exact frame count,
-    unneeded non-reference frames skipped); raises :class:`~stamcli.sparse_decode.Unsupported`."""
+def _read_sparse(path, num_frames: int, img_size: int, resize_size: int, threads: int,
+                 **hooks) -> tuple[VideoInfo, list[int], torch.Tensor]:
+    """:func:`_sampled_views` decoded with :class:`stamcli.sparse_decode.SparseDecoder` (exact
+    frame count, unneeded non-reference frames skipped), and the facts it found; raises
+    :class:`~stamcli.sparse_decode.Unsupported`."""
     with SparseDecoder(path, threads) as decoder:
-        n = decoder.frame_count
-        plan = [_sampled(sampler, n, num_frames) for sampler in samplers]
-        wanted = sorted(set().union(*plan))
-        rotation = 0
 
-        def frames():
-            nonlocal rotation
+        def fetch(wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
             for k, bgr in decoder.frames(wanted):
-                rotation = decoder.rotation if decoder.rotation in _ROTATE else 0
-                yield k, _rotate(bgr, rotation)
+                yield k, _rotate(bgr, decoder.rotation)
 
-        out = _fill(plan, frames(), num_frames, img_size, resize_size, crops, crop, {} if regions is None else regions)
-    w, h = (decoder.height, decoder.width) if rotation in (90, 270) else (decoder.width, decoder.height)
-    info = VideoInfo(_one_line(path), n, decoder.fps, w, h, rotation, codec="")
-    return info, [k for indices in plan for k in indices], out
+        n = decoder.frame_count
+        indices, views = _sampled_views(fetch, n, num_frames, img_size, resize_size, **hooks)
+    w, h = (decoder.height, decoder.width) if decoder.rotation in (90, 270) else (decoder.width, decoder.height)
+    return VideoInfo(_one_line(path), n, decoder.fps, w, h, decoder.rotation, codec=""), indices, views
 
 
 def _read(path, num_frames: int, img_size: int, resize_size: int, threads: int, seek_min_gap: float,
