@@ -23,6 +23,7 @@ from .allocator import keep_freed_memory
 from .errors import StamError, UsageError
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
+from .sparse_decode import decoder_choice
 from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
@@ -105,6 +106,7 @@ class PredictOptions:
                 raise UsageError(f"{name} must be at least 1")
         if self.crops not in CROPS:
             raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
+        decoder_choice()  # a bad STAM_DECODER stops the run here, not at every video
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 

@@ -35,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import StamError
+from .errors import UsageError
 
 try:  # PyAV is a dependency, but a platform without its wheels still has the OpenCV path
     import av
@@ -63,10 +63,10 @@ class Unsupported(Exception):
 
 
 def decoder_choice() -> str:
-    """The decoder ``STAM_DECODER`` asks for (``auto`` when unset); StamError for other values."""
+    """The decoder ``STAM_DECODER`` asks for (``auto`` when unset); UsageError for other values."""
     choice = os.environ.get("STAM_DECODER", "auto").strip().lower() or "auto"
     if choice not in DECODERS:
-        raise StamError(f"STAM_DECODER={choice!r} is not one of {', '.join(DECODERS)}")
+        raise UsageError(f"STAM_DECODER={choice!r} is not one of {', '.join(DECODERS)}")
     return choice
 
 

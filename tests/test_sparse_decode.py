@@ -7,8 +7,10 @@ from fractions import Fraction
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from stamcli import sparse_decode, video
+from stamcli.cli import app
 from stamcli.errors import StamError
 from stamcli.sparse_decode import SparseDecoder, Unsupported
 from stamcli.video import read_clip, read_views, sample_indices
@@ -202,6 +204,17 @@ def test_unknown_stam_decoder_is_an_error(h264, monkeypatch):
     monkeypatch.setenv("STAM_DECODER", "nvdec")
     with pytest.raises(StamError, match=r"STAM_DECODER='nvdec' is not one of auto, opencv"):
         read_clip(h264, 4)
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_unknown_stam_decoder_stops_a_run_before_any_video(h264, tiny_checkpoint, tmp_path, command):
+    """One usage error (exit 2), not an error record per video."""
+    output = tmp_path / ("tags.jsonl" if command == "predict" else "emb.npy")
+    result = CliRunner().invoke(app, [command, str(h264), "-m", str(tiny_checkpoint), "-o", str(output)],
+                                env={"STAM_DECODER": "nvdec"})
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == ["error: STAM_DECODER='nvdec' is not one of auto, opencv"]
+    assert "Traceback" not in result.output and not output.exists()
 
 
 @pytest.mark.parametrize("why", ["no PyAV", "too large", "fails while decoding", "seek lands elsewhere"])
