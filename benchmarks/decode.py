@@ -5,6 +5,10 @@ FFmpeg thread each: PyAV sparse decoding, :mod:`stamcli.sparse_decode`), and aga
 ``STAM_DECODER=opencv`` (OpenCV alone: grabs and verified seeks), side by side, on the 10 s, the
 1-minute and the 10-minute video.
 
+Timelines (``stam predict --window W --stride W/2``, W the short clip's length): ms per video
+of :class:`stamcli.timeline.TimelineReader` (every window's F frames, decoded once) with PyAV and
+with OpenCV alone, on the 1-minute and the 10-minute video.
+
 "Every frame" is the authors' pipeline: PyAV (default settings) decodes the whole video and
 every frame is converted to a PIL image; the sampled ones are then resized (PIL bilinear, shorter side 256)
 and centre-cropped. Unlike the authors' code it keeps only the sampled images (their list of
@@ -19,6 +23,7 @@ from unittest import mock
 import numpy as np
 import torch
 
+from stamcli.timeline import TimelineReader
 from stamcli.video import read_clip, resize_size_for, sample_indices
 
 from .common import Context, duration_text, make_video, median_time
@@ -29,6 +34,20 @@ def sampled_ms(path, frames: int, img: int, repeats: int, name: str) -> float:
     ``stam predict``'s decode threads reads a video."""
     with mock.patch.dict(os.environ, STAM_DECODER=name):
         return 1000 * median_time(lambda: read_clip(path, frames, img, threads=1), repeats)
+
+
+def timeline_ms(path, frames: int, img: int, window_s: float, repeats: int, name: str) -> tuple[float, dict]:
+    """Median ms of reading every window of a ``--window window_s --stride window_s/2`` timeline
+    with decoder ``name`` (the reader's default threads, as ``stam predict --window`` runs it),
+    and what the last read did."""
+    with mock.patch.dict(os.environ, STAM_DECODER=name):
+        def read() -> None:
+            reader = TimelineReader(path, frames, img, window_s, window_s / 2)
+            facts["windows"] = sum(1 for _ in reader)
+            facts.update(decoder=reader.decoder, decoded=reader.grabs, frame_count=reader.frame_count)
+
+        facts: dict = {}
+        return 1000 * median_time(read, repeats), facts
 
 
 def authors_clip(path, num_frames: int, img_size: int = 224) -> torch.Tensor:
@@ -71,7 +90,14 @@ def run(ctx: Context) -> dict:
         rows.append({"video": title, "path": path.name, "ours_ms": ours, "opencv_ms": opencv,
                      "full_decode_ms": full, "speedup": full / ours, "speedup_vs_opencv": opencv / ours,
                      "full_repeats": full_repeats, "ours_repeats": p.repeats + 2})
-    return {"frames": frames, "img_size": img, "rows": rows}
+    timelines = []
+    for title, path, repeats in ((duration_text(p.minute_s), minute, p.repeats), (p.long_title, ctx.long_video(), 1)):
+        ours, ours_facts = timeline_ms(path, frames, img, p.short_s, repeats, "auto")
+        opencv, opencv_facts = timeline_ms(path, frames, img, p.short_s, repeats, "opencv")
+        timelines.append({"video": title, "path": path.name, "windows": ours_facts["windows"], "ours_ms": ours,
+                          "opencv_ms": opencv, "speedup_vs_opencv": opencv / ours, "repeats": repeats,
+                          "ours": ours_facts, "opencv": opencv_facts})
+    return {"frames": frames, "img_size": img, "rows": rows, "window_s": p.short_s, "timelines": timelines}
 
 
 def markdown(r: dict) -> str:
@@ -84,4 +110,14 @@ def markdown(r: dict) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {row['video']} | {row['ours_ms']:.0f} | {row['opencv_ms']:.0f} | {row['full_decode_ms']:.0f} "
               f"| {row['speedup']:.1f}x | {row['speedup_vs_opencv']:.2f}x |" for row in r["rows"]]
+    window = f"{r['window_s']:g}"
+    lines += ["", f"Timelines (`--window {window} --stride {r['window_s'] / 2:g}`), F={r['frames']}: every window "
+              "of one video read once, ms per video (median of the runs), with the reader's default decoding "
+              "threads; frames decoded of the video's frames:", "",
+              "| video | windows | ours (PyAV, sparse) | frames decoded | OpenCV alone (every frame) "
+              "| frames decoded | speed-up | runs |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {t['video']} | {t['windows']} | {t['ours_ms']:.0f} | {t['ours']['decoded']} of "
+              f"{t['ours']['frame_count']} | {t['opencv_ms']:.0f} | {t['opencv']['decoded']} "
+              f"| {t['speedup_vs_opencv']:.2f}x | {t['repeats']} |" for t in r["timelines"]]
     return "\n".join(lines)

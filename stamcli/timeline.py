@@ -10,14 +10,24 @@ fps)`` frames long and window ``k`` starts at frame ``k * S`` with ``S = round(s
 window that reaches the end of the video, so the last window may be shorter (a tail) and a video
 shorter than one window gives one window over the whole video.  Times are ``frame / fps``.
 
-Decoding (:class:`TimelineReader`) walks each video once, frame after frame: every frame is
-grabbed, only the frames some open window samples are retrieved and preprocessed, and only
-those of windows still open are kept, so memory does not grow with the video's length.  A
-window is handed on as soon as its last frame is decoded.  Full windows do not depend on the
-header's frame count; the tail does, so the header count plans it and the real end of the
-stream confirms it.  When the stream ends elsewhere (the header lied), the window the stream
-ends in is truncated at the last decoded frame and uses the frames it had sampled, resampled
-uniformly to ``F``; later windows are dropped.
+Decoding (:class:`TimelineReader`) reads each video once, and only the frames of windows still
+open are kept, so memory does not grow with the video's length.  Two decoders, as for
+:func:`~stamcli.video.read_clip`:
+
+* PyAV first (:class:`~stamcli.video.SparseFrameStream`): a pass over the packets gives the
+  exact frame count, so all windows are planned up front; only their sampled frames, and the
+  frames those are predicted from, are decoded (the rest of x264's B-frames are dropped unseen).
+  A window is handed on as soon as its last sampled frame is out.  If PyAV gives up, also
+  part-way, OpenCV reads the video again and the windows already handed on are not repeated.
+* OpenCV (:class:`~stamcli.video.FrameStream`; always with ``STAM_DECODER=opencv``) walks the
+  video frame after frame: every frame is grabbed, only the frames some open window samples are
+  retrieved and preprocessed, and a window is handed on when its last frame is decoded.  Full
+  windows do not depend on the header's frame count; the tail does, so the header count plans
+  it and the real end of the stream confirms it.  When the stream ends elsewhere (the header
+  lied), the window the stream ends in is truncated at the last decoded frame and uses the
+  frames it had sampled, resampled uniformly to ``F``; later windows are dropped.
+
+Both give the same windows and the same frames, bit for bit, where the header is right.
 
 The video's own record ranks labels by the seconds they cover: each instant belongs to the
 window whose centre is nearest (:func:`segments`), and counts for that window's top-1 label, so
@@ -40,7 +50,8 @@ import torch
 from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
 from .parallel import ModelStreams, single_threaded_decode
-from .video import Clip, FrameStream, sample_indices
+from .sparse_decode import Unsupported, decoder_choice
+from .video import Clip, FrameStream, SparseFrameStream, VideoInfo, sample_indices
 from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "window_indices", "TimelineReader", "TimelinePredictor",
@@ -141,7 +152,8 @@ class TimelineReader:
     """The windows of one video with their ``F`` preprocessed frames, decoding it once.
 
     Iterating yields ``(Window, Clip)`` as each window fills.  Afterwards :attr:`frame_count`
-    is the number of decoded frames and :attr:`duration_s` the video's duration.
+    is the number of decodable frames, :attr:`duration_s` the video's duration and
+    :attr:`decoder` what read it (``"pyav"`` or ``"opencv"``, see the module docstring).
     :attr:`peak_buffered` is the most preprocessed frames held at once (it depends on the
     window, stride and ``F``, not on the video's length).
     """
@@ -156,18 +168,70 @@ class TimelineReader:
         self.peak_buffered = 0
         self.grabs = 0  # frames decoded
         self.retrieved = 0  # frames converted and preprocessed (those some window samples)
+        self.decoder: Optional[str] = None  # what decoded it: "pyav" or "opencv" (as Clip.decoder)
 
     @property
     def duration_s(self) -> float:
         return (self.frame_count or 0) / self.fps if self.fps > 0 else 0.0
 
     def __iter__(self) -> Iterator[tuple[Window, Clip]]:
+        handed = 0  # windows already yielded, should PyAV give up part-way
+        if decoder_choice() == "auto":
+            try:
+                for item in self._planned():
+                    yield item
+                    handed += 1
+                return
+            except Unsupported:
+                self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0
+        for item in self._streamed():
+            if item[0].index >= handed:
+                yield item
+
+    def _window_clip(self, window: Window, indices: list[int], buffer: dict, need: Counter, sampled,
+                     info: VideoInfo) -> Clip:
+        """The window's clip from the buffered frames; frames no open window samples any more are dropped."""
+        frames = torch.stack([buffer[j] for j in indices])
+        for j in sampled:
+            need[j] -= 1
+            if need[j] <= 0:
+                need.pop(j, None)
+                buffer.pop(j, None)
+        return Clip(path=os.fsdecode(self.path), frames=frames, indices=indices, frame_count=window.end - window.start,
+                    fps=info.fps, duration_s=window.end_s - window.start_s, width=info.width, height=info.height,
+                    rotation=info.rotation, decoder=self.decoder)
+
+    def _planned(self) -> Iterator[tuple[Window, Clip]]:
+        """PyAV (:class:`SparseFrameStream`): the exact frame count first, so every window is planned
+        up front and only their sampled frames (and what those are predicted from) are decoded.
+        A window is handed on as soon as its last sampled frame is out (windows stay in order)."""
+        with SparseFrameStream(self.path, self.img_size, threads=self.threads) as stream:
+            if stream.fps <= 0:
+                raise Unsupported("no frame rate")  # OpenCV's path explains it
+            self.decoder, self.fps, self.frame_count = "pyav", stream.fps, stream.frame_count
+            windows = plan_windows(stream.frame_count, stream.fps, self.window_s, self.stride_s)
+            plans = [window_indices(w, self.frames) for w in windows]
+            need = Counter(j for indices in plans for j in set(indices))
+            buffer: dict[int, torch.Tensor] = {}
+            ready = 0  # windows handed on
+            for k, frame in stream.frames(sorted(need)):
+                self.grabs, self.retrieved = stream.decoded, stream.retrieved
+                buffer[k] = frame
+                self.peak_buffered = max(self.peak_buffered, len(buffer))
+                while ready < len(windows) and max(plans[ready]) <= k:
+                    window, indices = windows[ready], plans[ready]
+                    ready += 1
+                    yield window, self._window_clip(window, indices, buffer, need, set(indices), stream.info)
+
+    def _streamed(self) -> Iterator[tuple[Window, Clip]]:
+        """OpenCV (:class:`FrameStream`): every frame decoded in turn, windows opened as the stream
+        reaches them and planned from the header's count, which the stream's end then checks."""
         with FrameStream(self.path, self.img_size, threads=self.threads) as stream:
             info = stream.info
             if info.fps <= 0:
                 raise VideoError(f"cannot read video {info.path}: its header has no frame rate, "
                                  "needed to place timeline windows in seconds")
-            self.fps = info.fps
+            self.decoder, self.fps = "opencv", info.fps
             length, stride = window_lengths(info.fps, self.window_s, self.stride_s)
             opened: list[_Open] = []  # by start, which is also the order they fill in
             need: Counter = Counter()  # frame -> open windows that sample it
@@ -183,18 +247,8 @@ class TimelineReader:
                 return need[i] > 0
 
             def close(window: _Open, end: int, indices: list[int]) -> tuple[Window, Clip]:
-                for j in window.wanted:
-                    need[j] -= 1
-                frames = torch.stack([buffer[j] for j in indices])
-                for j in window.wanted:
-                    if need[j] <= 0:
-                        need.pop(j, None)
-                        buffer.pop(j, None)
                 w = Window(window.index, window.start, end, info.fps)
-                clip = Clip(path=os.fsdecode(self.path), frames=frames, indices=indices, frame_count=end - w.start,
-                            fps=info.fps, duration_s=w.end_s - w.start_s, width=info.width, height=info.height,
-                            rotation=info.rotation)
-                return w, clip
+                return w, self._window_clip(w, indices, buffer, need, window.wanted, info)
 
             for i, frame in stream.frames(wanted):
                 self.grabs, self.retrieved = stream.grabs, stream.retrieved

@@ -61,7 +61,8 @@ if _QUIET_LOG:  # cv2 may have been imported (and its logger set up) before this
         pass
 
 __all__ = ["Clip", "Views", "VideoInfo", "SEEK_MIN_GAP", "CROPS", "sample_indices", "resize_size_for",
-           "crop_offsets", "preprocess_frame", "preprocess_crops", "probe", "read_clip", "read_views", "FrameStream"]
+           "crop_offsets", "preprocess_frame", "preprocess_crops", "probe", "read_clip", "read_views", "FrameStream",
+           "SparseFrameStream"]
 
 #: Seek instead of grabbing when the next wanted frame is at least this many frames ahead.
 #: Measured on a 640x360 600-frame clip, 2 CPU cores, OpenCV 5.0 / FFmpeg 8: one grab costs
@@ -483,10 +484,14 @@ def _read_sparse(path, num_frames: int, img_size: int, resize_size: int, threads
             for k, bgr in decoder.frames(wanted):
                 yield k, _rotate(bgr, decoder.rotation)
 
-        n = decoder.frame_count
-        indices, views = _sampled_views(fetch, n, num_frames, img_size, resize_size, **hooks)
+        indices, views = _sampled_views(fetch, decoder.frame_count, num_frames, img_size, resize_size, **hooks)
+    return _sparse_info(path, decoder), indices, views
+
+
+def _sparse_info(path, decoder: SparseDecoder) -> VideoInfo:
+    """What a :class:`SparseDecoder` found, as a header (exact count; rotation once a frame is out)."""
     w, h = (decoder.height, decoder.width) if decoder.rotation in (90, 270) else (decoder.width, decoder.height)
-    return VideoInfo(_one_line(path), n, decoder.fps, w, h, decoder.rotation, codec=""), indices, views
+    return VideoInfo(_one_line(path), decoder.frame_count, decoder.fps, w, h, decoder.rotation, codec="")
 
 
 def _read(path, num_frames: int, img_size: int, resize_size: int, threads: int, seek_min_gap: float,
@@ -644,3 +649,57 @@ class FrameStream:
                 index += 1
         except cv2.error as exc:
             raise VideoError(f"cannot read video {name}: OpenCV error: {_first_line(exc)}") from None
+
+
+class SparseFrameStream:
+    """The chosen frames of a whole video, decoded with PyAV: the fast path of timelines.
+
+    :class:`FrameStream` decodes every frame; this one knows the exact frame count before
+    decoding (:class:`~stamcli.sparse_decode.SparseDecoder`'s demux pass), so a reader can plan
+    what it needs up front, and it decodes only the frames :meth:`frames` is asked for and the
+    frames they are predicted from (unneeded non-reference frames are dropped unseen; clean key
+    frames are sought across long gaps).  ``with SparseFrameStream(path, 32) as stream``: then
+    :attr:`frame_count` and :attr:`fps` (0.0 when unknown) are known; :attr:`info` has the
+    rotation and displayed size once a frame is out.  Frames are the same as
+    :class:`FrameStream`'s, bit for bit.  Raises :class:`VideoError` (one line) for files the
+    file system cannot read and :class:`~stamcli.sparse_decode.Unsupported` for anything PyAV
+    cannot read exactly (:class:`FrameStream`'s turn), also part-way through :meth:`frames`.
+    """
+
+    def __init__(self, path, img_size: int = 224, *, resize_size: int | None = None, threads: int = 0):
+        self.path, self.img_size = path, img_size
+        self.resize_size = resize_size or resize_size_for(img_size)
+        self.retrieved = 0  #: frames preprocessed so far
+        self._decoder = SparseDecoder(path, threads)
+
+    def __enter__(self) -> "SparseFrameStream":
+        _check_file(self.path)
+        self._decoder.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._decoder.__exit__()
+
+    @property
+    def frame_count(self) -> int:
+        return self._decoder.frame_count
+
+    @property
+    def fps(self) -> float:
+        return self._decoder.fps
+
+    @property
+    def info(self) -> VideoInfo:
+        return _sparse_info(self.path, self._decoder)
+
+    @property
+    def decoded(self) -> int:
+        """Frames that came out of the decoder (wanted or not) in the last :meth:`frames` call."""
+        return self._decoder.frames_decoded
+
+    def frames(self, wanted: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(index, frame)`` for each of ``wanted`` (distinct indices in ``[0, frame_count)``) in
+        increasing order; ``frame`` is the preprocessed RGB ``(3, img_size, img_size)`` uint8 tensor."""
+        for k, bgr in self._decoder.frames(wanted):
+            self.retrieved += 1
+            yield k, preprocess_frame(_rotate(bgr, self._decoder.rotation), self.img_size, self.resize_size)

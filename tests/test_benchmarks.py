@@ -11,6 +11,7 @@ import torch
 
 from conftest import CHILD_ENV, REPO
 from stamcli.parallel import default_streams
+from stamcli.timeline import plan_windows
 
 
 
@@ -30,6 +31,14 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert row["ours_ms"] > 0 and row["opencv_ms"] > 0 and row["full_decode_ms"] > 0
         assert row["speedup"] == pytest.approx(row["full_decode_ms"] / row["ours_ms"])
         assert row["speedup_vs_opencv"] == pytest.approx(row["opencv_ms"] / row["ours_ms"])
+    timelines = s["decode"]["timelines"]
+    assert [t["video"] for t in timelines] == ["3 s", "6 s"] and s["decode"]["window_s"] == 1.0
+    for t, n in zip(timelines, (75, 150)):
+        assert t["windows"] == len(plan_windows(n, 25, 1.0, 0.5))
+        assert (t["ours"]["decoder"], t["opencv"]["decoder"]) == ("pyav", "opencv")
+        assert t["ours"]["frame_count"] == t["opencv"]["frame_count"] == t["opencv"]["decoded"] == n
+        assert 0 < t["ours"]["decoded"] < n  # x264's unsampled B-frames are skipped
+        assert t["speedup_vs_opencv"] == pytest.approx(t["opencv_ms"] / t["ours_ms"])
 
     assert s["model"]["matmul_gflops"] > 0
     for row in s["model"]["rows"]:

@@ -21,6 +21,7 @@ import stamcli.video as video
 from stamcli.cli import app
 from stamcli.engine import Predictor
 from stamcli.errors import UsageError, VideoError
+from stamcli.sparse_decode import SparseDecoder, Unsupported
 from stamcli.subtitles import format_subtitles, subtitle_cues
 from stamcli.timeline import (TimelinePredictor, TimelineReader, Window, check_timeline, plan_windows, segments,
                               window_indices, window_lengths)
@@ -62,6 +63,19 @@ class CountingCapture:
 
 
 _REAL_CAPTURE = cv2.VideoCapture
+
+
+@pytest.fixture(params=["auto", "opencv"])
+def decoder(request, monkeypatch):
+    """The default decoding (PyAV, OpenCV where PyAV gives up) and OpenCV alone (``STAM_DECODER=opencv``)."""
+    monkeypatch.setenv("STAM_DECODER", request.param)
+    return request.param
+
+
+@pytest.fixture
+def opencv_only(monkeypatch):
+    """OpenCV alone (``STAM_DECODER=opencv``): for tests of the OpenCV stream's own logic."""
+    monkeypatch.setenv("STAM_DECODER", "opencv")
 
 
 @pytest.fixture
@@ -128,7 +142,7 @@ def test_option_checks():
 # ---------------------------------------------------------------------------- the reader
 
 
-def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, counting):
+def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, opencv_only, counting):
     reader = TimelineReader(clips / "a.mp4", 4, 64, 2, 1.5)
     got = list(reader)
     planned = plan_windows(60, 10, 2, 1.5)
@@ -146,7 +160,7 @@ def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, counti
     assert len({i for w in planned for i in window_indices(w, 4)}) == 14 and reader.retrieved == 16
 
 
-def test_buffered_frames_do_not_grow_with_the_video(clips):
+def test_buffered_frames_do_not_grow_with_the_video(clips, decoder):
     peaks = []
     for name, n in (("b.mp4", 40), ("long.mp4", 160)):
         reader = TimelineReader(clips / name, 4, 32, 1, 0.5)
@@ -163,7 +177,7 @@ def test_buffered_frames_do_not_grow_with_the_video(clips):
     (25, [31, 35, 35, 39]),  # under-count: windows go on past the header's end
     (0, [31, 35, 35, 39]),  # no count at all
 ])
-def test_a_lying_header_count_still_gives_the_real_windows(clips, counting, lie, tail_ids):
+def test_a_lying_header_count_still_gives_the_real_windows(clips, opencv_only, counting, lie, tail_ids):
     counting.frame_count_lie = lie
     reader = TimelineReader(clips / "b.mp4", 4, 64, 1.5, 1)
     got = list(reader)
@@ -174,16 +188,91 @@ def test_a_lying_header_count_still_gives_the_real_windows(clips, counting, lie,
     assert reader.frame_count == 40 and counting.opened == 1
 
 
-def test_rotation_is_honoured(tmp_path):
+def test_rotation_is_honoured(tmp_path, decoder):
     src = quadrant_frame(48, 80)
     path = write_video_av(tmp_path / "rot.mp4", [src] * 6, 10, "libx264", rotation=90)
-    (window, clip), = list(TimelineReader(path, 2, 32, 5))
+    reader = TimelineReader(path, 2, 32, 5)
+    (window, clip), = list(reader)
+    assert reader.decoder == clip.decoder == {"auto": "pyav", "opencv": "opencv"}[decoder]
     upright = np.rot90(src, k=1)
     assert (clip.height, clip.width) == upright.shape[:2] and clip.rotation == 270
     assert quadrant_colors(clip.frames[0]) == quadrant_colors(upright[..., ::-1])
 
 
-def test_unreadable_videos_raise_one_line_errors(clips, tmp_path, counting):
+@pytest.fixture(scope="module")
+def h264(tmp_path_factory) -> Path:
+    """An index-encoded x264 video (B-frames, a clean key frame every 30 frames): 300 frames at 25 fps."""
+    return write_index_video(tmp_path_factory.mktemp("timeline_h264") / "h264.mp4", 300, fps=25, codec="libx264",
+                             options={"g": "30"})
+
+
+def _timeline(path, monkeypatch, choice: str, *args) -> tuple[TimelineReader, list]:
+    monkeypatch.setenv("STAM_DECODER", choice)
+    reader = TimelineReader(path, *args)
+    return reader, list(reader)
+
+
+def _same_windows(got, expected) -> None:
+    assert [w for w, _ in got] == [w for w, _ in expected]
+    for (_, a), (_, b) in zip(got, expected):
+        assert a.indices == b.indices == _ids(a)
+        assert torch.equal(a.frames, b.frames)  # bit for bit
+        facts = ("frame_count", "fps", "duration_s", "width", "height", "rotation")
+        assert [getattr(a, f) for f in facts] == [getattr(b, f) for f in facts]
+
+
+@pytest.mark.parametrize("window, stride, most_decoded", [  # x264 here decodes 187, 64, 35 and 70 of the 300
+    (2, 1, 215),  # overlapping windows: the sampled frames and the reference frames up to each
+    (1, 4, 75),  # 1 s of every 4 s: seeks to the key frame before each window
+    (12, None, 45),  # one window over the whole video: a seek to the key frame before each sampled frame
+    (5, 3.5, 85),
+])
+def test_pyav_plans_the_timeline_up_front_and_decodes_only_what_it_needs(h264, monkeypatch, window, stride,
+                                                                        most_decoded):
+    cv, expected = _timeline(h264, monkeypatch, "opencv", 4, 32, window, stride)
+    pyav, got = _timeline(h264, monkeypatch, "auto", 4, 32, window, stride)
+    assert (pyav.decoder, cv.decoder) == ("pyav", "opencv")
+    assert {clip.decoder for _, clip in got} == {"pyav"}
+    windows = plan_windows(300, 25, window, stride)
+    assert [w for w, _ in expected] == windows
+    _same_windows(got, expected)
+    assert (pyav.frame_count, pyav.fps, pyav.duration_s) == (cv.frame_count, cv.fps, cv.duration_s) == (300, 25.0, 12.0)
+    assert pyav.retrieved == len({j for w in windows for j in window_indices(w, 4)})  # the plan's frames, no more
+    assert cv.grabs == 300 and pyav.grabs <= most_decoded  # unsampled non-reference frames are never decoded
+    assert pyav.peak_buffered <= cv.peak_buffered
+
+
+def test_pyav_giving_up_part_way_hands_each_window_on_once(h264, monkeypatch):
+    _, expected = _timeline(h264, monkeypatch, "opencv", 4, 32, 2, 1)
+    real = SparseDecoder.frames
+
+    def gives_up(self, wanted):
+        for count, item in enumerate(real(self, wanted)):
+            if count == 20:
+                raise Unsupported("gave up for the test")
+            yield item
+
+    monkeypatch.setattr(SparseDecoder, "frames", gives_up)
+    reader, got = _timeline(h264, monkeypatch, "auto", 4, 32, 2, 1)
+    _same_windows(got, expected)  # every window once, in order
+    decoders = [clip.decoder for _, clip in got]
+    first = decoders.count("pyav")
+    assert 1 <= first < len(got) and decoders == ["pyav"] * first + ["opencv"] * (len(got) - first)
+    assert (reader.decoder, reader.frame_count, reader.grabs) == ("opencv", 300, 300)
+
+
+@pytest.mark.parametrize("lie", [60, 25, 0])
+def test_pyav_counts_the_frames_itself_so_a_lying_header_changes_nothing(clips, counting, lie):
+    counting.frame_count_lie = lie
+    reader = TimelineReader(clips / "b.mp4", 4, 64, 1.5, 1)
+    got = list(reader)
+    assert reader.decoder == "pyav" and counting.opened == 0
+    assert _spans(w for w, _ in got) == [(0, 15), (10, 25), (20, 35), (30, 40)]
+    assert _ids(got[3][1]) == got[3][1].indices == [31, 33, 36, 38]  # the tail sampled as plan_windows(40) says
+    assert reader.frame_count == 40
+
+
+def test_unreadable_videos_raise_one_line_errors(clips, tmp_path, opencv_only, counting):
     with pytest.raises(VideoError, match="the file is empty"):
         list(TimelineReader(write_empty(tmp_path / "e.mp4"), 4, 32, 1))
     counting.fps_lie = 0
@@ -252,7 +341,7 @@ WINDOW_KEYS = ["path", "status", "error", "predictions", "frames", "model", "dur
                "start_s", "end_s"]
 
 
-def test_jsonl_windows_and_summary(clips, tiny_checkpoint, tmp_path, scripted, counting):
+def test_jsonl_windows_and_summary(clips, tiny_checkpoint, tmp_path, scripted, opencv_only, counting):
     out = tmp_path / "t.jsonl"
     result = _predict(clips / "a.mp4", clips / "b.mp4", "-m", tiny_checkpoint, "--window", 2, "--stride", 1.5,
                       "-k", 2, "-b", 3, "-o", out)
