@@ -32,9 +32,10 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert row["speedup"] == pytest.approx(row["full_decode_ms"] / row["ours_ms"])
         assert row["speedup_vs_opencv"] == pytest.approx(row["opencv_ms"] / row["ours_ms"])
     timelines = s["decode"]["timelines"]
-    assert [t["video"] for t in timelines] == ["3 s", "6 s"] and s["decode"]["window_s"] == 1.0
-    for t, n in zip(timelines, (75, 150)):
-        assert t["windows"] == len(plan_windows(n, 25, 1.0, 0.5))
+    assert [(t["video"], t["window_s"], t["stride_s"]) for t in timelines] == [
+        ("3 s", 1.0, 0.5), ("3 s", 0.2, 3.0), ("6 s", 1.0, 0.5), ("6 s", 0.2, 3.0)]
+    for t, n in zip(timelines, (75, 75, 150, 150)):
+        assert t["windows"] == len(plan_windows(n, 25, t["window_s"], t["stride_s"]))
         assert (t["ours"]["decoder"], t["opencv"]["decoder"]) == ("pyav", "opencv")
         assert t["ours"]["frame_count"] == t["opencv"]["frame_count"] == t["opencv"]["decoded"] == n
         assert 0 < t["ours"]["decoded"] < n  # x264's unsampled B-frames are skipped
