@@ -26,7 +26,17 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: flo
     """Run ``command`` in a child process with this checkout's stamcli, press Ctrl-C (SIGINT) as
     soon as ``ready()`` (or after ``timeout_s``), and return its stderr. It must exit with code
     130 and print no traceback."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    # A shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that:
+    # Python then never raises KeyboardInterrupt and the run ends as if nothing was pressed. The
+    # child gets Ctrl-C as from a terminal if this process handles SIGINT while it starts.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not ready():
         time.sleep(poll_s)
