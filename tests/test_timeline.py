@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -240,6 +241,29 @@ def test_pyav_plans_the_timeline_up_front_and_decodes_only_what_it_needs(h264, m
     assert pyav.retrieved == len({j for w in windows for j in window_indices(w, 4)})  # the plan's frames, no more
     assert cv.grabs == 300 and pyav.grabs <= most_decoded  # unsampled non-reference frames are never decoded
     assert pyav.peak_buffered <= cv.peak_buffered
+
+
+TIMELINE_VIDEOS = {  # name: (file, write_index_video arguments)
+    "open_gop": ("open.mkv", dict(n=300, codec="libx264", options={"g": "30", "x264-params": "open-gop=1"})),
+    "vfr": ("vfr.mp4", dict(n=180, fps=30, codec="libx264", pts=list(range(30)) + [30 + 3 * i for i in range(150)],
+                            time_base=Fraction(1, 30))),  # 30 fps, then 10 fps
+    "mpeg4": ("mpeg4.mp4", dict(n=120)),  # OpenCV's mp4v: no B-frames
+    "hevc": ("hevc.mkv", dict(n=200, codec="libx265", options={"x265-params": "log-level=error"})),
+}
+
+
+@pytest.mark.parametrize("name", list(TIMELINE_VIDEOS))
+@pytest.mark.parametrize("window, stride", [(2, 1), (1, 3)])
+def test_pyav_and_opencv_timelines_agree(tmp_path, monkeypatch, name, window, stride):
+    file, kwargs = TIMELINE_VIDEOS[name]
+    kwargs = {"fps": 25, **kwargs}
+    path = write_index_video(tmp_path / file, kwargs.pop("n"), **kwargs)
+    cv, expected = _timeline(path, monkeypatch, "opencv", 4, 32, window, stride)
+    pyav, got = _timeline(path, monkeypatch, "auto", 4, 32, window, stride)
+    assert (pyav.decoder, cv.decoder) == ("pyav", "opencv")
+    _same_windows(got, expected)
+    assert [w for w, _ in got] == plan_windows(cv.frame_count, cv.fps, window, stride)
+    assert (pyav.frame_count, pyav.fps) == (cv.frame_count, cv.fps) and pyav.grabs < cv.grabs
 
 
 def test_pyav_giving_up_part_way_hands_each_window_on_once(h264, monkeypatch):
