@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from stamcli.engine import PredictOptions, Predictor, autocast_for
+from stamcli.device import autocast_for
+from stamcli.engine import PredictOptions, Predictor
 from stamcli.parallel import cpu_cores, default_workers
 from stamcli.video import read_clip
 

@@ -13,13 +13,13 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
 from .allocator import keep_freed_memory
+from .device import autocast_for, resolve_device, resolve_precision
 from .errors import StamError, UsageError
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
@@ -29,49 +29,7 @@ from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 R = TypeVar("R")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU; ``cuda`` without one is an error."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"invalid device {spec!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StamError(f"device {spec!r} asked for, but no CUDA GPU is available (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise StamError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
-    elif device.type != "cpu":
-        raise UsageError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on a CUDA GPU that supports it (else fp16), fp32 on the CPU."""
-    precision = (precision or "auto").lower()
-    if precision not in PRECISIONS:
-        raise UsageError(f"invalid precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and device.type != "cuda":
-        raise StamError("fp16 needs a CUDA device; on the CPU use fp32 or bf16")
-    return precision
-
-
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context for ``precision`` (a no-op for fp32)."""
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
 @dataclass

@@ -168,7 +168,7 @@ def test_both_transformers_run_fused_attention(monkeypatch):
     autocast, gradients) nn.MultiheadAttention calls scaled_dot_product_attention too."""
     import torch.nn.functional as F
 
-    from stamcli.engine import autocast_for
+    from stamcli.device import autocast_for
 
     model = make_tiny_model(depth=2, temporal_layers=3)
     real_sdpa, real_layer, calls = F.scaled_dot_product_attention, torch._transformer_encoder_layer_fwd, []

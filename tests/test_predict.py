@@ -19,7 +19,8 @@ from conftest import REPO, SHARED, TINY_LABELS, interrupt_when
 from synthetic import write_empty, write_text, write_truncated, write_video
 from stamcli import load_checkpoint
 from stamcli.cli import app
-from stamcli.engine import PredictOptions, Predictor, resolve_device, resolve_precision
+from stamcli.device import resolve_device, resolve_precision
+from stamcli.engine import PredictOptions, Predictor
 from stamcli.video import read_clip
 
 runner = CliRunner()

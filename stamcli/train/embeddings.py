@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..distributed import Distributed
-from ..engine import autocast_for
+from ..device import autocast_for
 from ..model import STAM
 from .data import ClipDataset, Example
 

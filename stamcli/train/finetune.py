@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Sampler
 from ..allocator import keep_freed_memory
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..distributed import Distributed
-from ..engine import PredictOptions, autocast_for, resolve_device, resolve_precision
+from ..device import autocast_for, resolve_device, resolve_precision
+from ..engine import PredictOptions
 from ..errors import StamError, UsageError
 from ..model import STAM
 from .config import FinetuneConfig, load_run_config, new_run_dir, save_config
