@@ -15,9 +15,10 @@ from __future__ import annotations
 import statistics
 import time
 
-from stamcli.engine import PredictOptions
+from stamcli.jobs import PredictOptions
 from stamcli.parallel import cpu_cores
-from stamcli.tagging import TaggingJob, run_tagging
+from stamcli.jobs import TaggingJob
+from stamcli.tagging import run_tagging
 from stamcli.video import read_clip
 
 from . import baseline

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 _LAZY = {
     "STAM": "model", "STAMConfig": "model", "create_model": "model",
     "load_checkpoint": "checkpoints", "read_checkpoint_metadata": "checkpoints", "save_checkpoint": "checkpoints",
-    "Predictor": "engine", "PredictOptions": "engine", "predict": "engine",
-    "TaggingJob": "tagging", "run_tagging": "tagging",
-    "embed": "embedding", "load_embeddings": "embedding", "EmbedJob": "embedding", "run_embedding": "embedding",
+    "Predictor": "engine", "predict": "engine",
+    "PredictOptions": "jobs", "TaggingJob": "jobs", "EmbedJob": "jobs", "EvaluationJob": "jobs", "ExportJob": "jobs",
+    "run_tagging": "tagging",
+    "embed": "embedding", "load_embeddings": "embedding", "run_embedding": "embedding",
     "TimelinePredictor": "timeline",
     "FinetuneConfig": "train.config", "finetune": "train.finetune", "evaluate": "train.evaluate",
     "export_model": "export", "read_export_metadata": "export",

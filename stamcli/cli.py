@@ -234,7 +234,7 @@ def predict_command(
         output=str(output) if output else None, format=fmt, labels=str(labels) if labels else None,
         preview=str(preview) if preview is not None else None, window=window, stride=stride,
         options=PredictOptions(
-            frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
+            num_frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
             streams=streams, clips=clips, crops=crops,
         ),
     )
@@ -306,7 +306,7 @@ def embed_command(
         **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
                             trust_checkpoint),
         output=str(output), per_frame=per_frame,
-        options=PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
+        options=PredictOptions(num_frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
                                streams=streams),
     )
     _run_video_job(run_embedding, job, quiet, verb=("embedding", "embedded"))
@@ -416,9 +416,9 @@ def evaluate_command(
     from .engine import PredictOptions
     from .train.evaluate import evaluate
 
-    options = PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
+    options = PredictOptions(num_frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
                              streams=streams, clips=clips, crops=crops)
-    options.check()
+    options = options.resolve()
     loaded = load_model(model, weights_dir=weights_dir, offline=offline)
     report = evaluate(data, loaded, options, output=output, skip_bad=skip_bad)
     table = Table(title=f"{escape(loaded.name)} on {escape(str(data))}")

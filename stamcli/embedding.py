@@ -39,7 +39,7 @@ from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import StamError, UsageError
 from .model import STAM
-from .tagging import VideoJob
+from .jobs import EmbedJob
 from .writers import csv_cell, csv_line
 
 SUFFIXES = (".npy", ".safetensors")
@@ -108,13 +108,13 @@ def read_index(path: Union[str, Path]) -> dict[int, dict]:
 class EmbeddingStore:
     """The output arrays (``N`` rows, NaN until computed) and the index, written batch by batch."""
 
-    def __init__(self, output: Optional[Union[str, Path]], paths: Sequence[str], *, dim: int, frames: int,
+    def __init__(self, output: Optional[Union[str, Path]], paths: Sequence[str], *, dim: int, num_frames: int,
                  per_frame: bool, model: str, resume: bool = False):
-        self.paths, self.per_frame, self.model, self.frames = list(paths), per_frame, model, frames
+        self.paths, self.per_frame, self.model, self.num_frames = list(paths), per_frame, model, num_frames
         self.output = None if output is None else check_output(output)
         self.index = None if self.output is None else index_path(self.output)
         self.records: dict[int, dict] = {}
-        shape, frame_shape = (len(self.paths), dim), (len(self.paths), frames, dim)
+        shape, frame_shape = (len(self.paths), dim), (len(self.paths), num_frames, dim)
         if self.output is None:
             self.embeddings = np.full(shape, np.nan, np.float32)
             self.frame_embeddings = np.full(frame_shape, np.nan, np.float32) if per_frame else None
@@ -251,7 +251,7 @@ class EmbeddingStore:
         tensors = {"embeddings": np.ascontiguousarray(self.embeddings)}
         if self.frame_embeddings is not None:
             tensors["frame_embeddings"] = np.ascontiguousarray(self.frame_embeddings)
-        metadata = {"model": self.model, "frames": str(self.frames), "index": self.index.name}
+        metadata = {"model": self.model, "frames": str(self.num_frames), "index": self.index.name}
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, self.output)
@@ -321,7 +321,7 @@ def embed(
     """
     predictor = Predictor(model, options)
     paths = [os.fspath(path) for path in paths]
-    store = EmbeddingStore(output, paths, dim=model.embed_dim, frames=predictor.frames, per_frame=per_frame,
+    store = EmbeddingStore(output, paths, dim=model.embed_dim, num_frames=predictor.num_frames, per_frame=per_frame,
                            model=model.name, resume=resume)
     skipped = len(store.done)
     todo = [row for row in range(len(paths)) if row not in store.done]
@@ -331,11 +331,12 @@ def embed(
     if on_start:
         on_start(len(todo))
     try:
-        for batch, computed in predictor.computed([paths[row] for row in todo], predictor.embeddings):
+        for batch, computed in predictor.compute_batches([paths[row] for row in todo], predictor.embeddings):
             records = [_record(next(rows), item, model.name) for item in batch]
-            video, frames = computed or (None, None)
-            store.put([r["row"] for r in records], records, None if video is None else video.numpy(),
-                      None if frames is None or not per_frame else frames.numpy())
+            video_embeddings, frame_embeddings = computed or (None, None)
+            store.put([r["row"] for r in records], records,
+                      None if video_embeddings is None else video_embeddings.numpy(),
+                      None if frame_embeddings is None or not per_frame else frame_embeddings.numpy())
             for record in records:
                 stats.add(record)
                 if on_record:
@@ -385,14 +386,6 @@ def load_embeddings(output: Union[str, Path]) -> Embeddings:
     return Embeddings(tensors["embeddings"], tensors.get("frame_embeddings"), records)
 
 
-@dataclass(kw_only=True)
-class EmbedJob(VideoJob):
-    """Everything ``stam embed`` was asked to do (the input and model options mean what they do for predict)."""
-
-    output: str
-    per_frame: bool = False
-
-
 def run_embedding(
     job: EmbedJob,
     *,
@@ -404,7 +397,7 @@ def run_embedding(
         raise UsageError("stam embed does not run under torchrun: start one process per --shard I/N, "
                          "each with its own --output")
     check_output(job.output)
-    job.options.check()  # bad options fail before a model is loaded or downloaded
+    options = job.options.resolve()  # checked once, before a model is loaded or downloaded
     videos = job.videos()
-    return embed(videos, job.load_model(), job.options, output=job.output, per_frame=job.per_frame,
+    return embed(videos, job.load_model(), options, output=job.output, per_frame=job.per_frame,
                  resume=job.resume, on_start=on_start, on_record=on_record)

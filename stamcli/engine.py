@@ -20,53 +20,16 @@ import torch
 
 from .allocator import keep_freed_memory
 from .device import autocast_for, resolve_device, resolve_precision
-from .errors import StamError, UsageError
+from .errors import StamError
+from .jobs import PredictOptions
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
-from .sparse_decode import decoder_choice
-from .video import CROPS, Clip, read_clip, read_views
+from .video import Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-
-@dataclass
-class PredictOptions:
-    """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for.
-
-    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.video.read_views`): the model
-    sees every view and the softmax is averaged over them.
-    """
-
-    frames: Optional[int] = None
-    top_k: int = 5
-    batch_size: int = 8
-    device: str = "auto"
-    precision: str = "auto"
-    workers: Optional[int] = None
-    streams: Optional[int] = None
-    clips: int = 1
-    crops: int = 1
-
-    @property
-    def views(self) -> int:
-        """Views per video the model runs on."""
-        return self.clips * self.crops
-
-    def check(self) -> tuple[torch.device, str]:
-        """Validate the options; the device and the precision they resolve to."""
-        for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
-                            ("--frames", self.frames), ("--workers", self.workers), ("--streams", self.streams),
-                            ("--clips", self.clips)):
-            if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1")
-        if self.crops not in CROPS:
-            raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
-        decoder_choice()  # a bad STAM_DECODER stops the run here, not at every video
-        device = resolve_device(self.device)
-        return device, resolve_precision(self.precision, device)
 
 
 def error_reason(err: BaseException) -> str:
@@ -84,13 +47,13 @@ class Predictor:
     """
 
     def __init__(self, model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False):
-        self.options = options or PredictOptions()
+        self.options = (options or PredictOptions()).resolve()  # checked once: a resolved copy is kept as it is
         self.keep_clips = keep_clips
-        self.device, self.precision = self.options.check()
+        self.device, self.precision = torch.device(self.options.device), self.options.precision
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults on reused activations (stamcli.allocator)
         self.model = model.to(self.device).eval()
-        self.frames = self.options.frames or model.config.frames
+        self.num_frames = self.options.num_frames or model.config.frames
         self.top_k = min(self.options.top_k, model.config.num_classes)
         self.workers = self.options.workers or default_workers(self.device)
         self.streams = self.options.streams or default_streams(self.device)
@@ -128,10 +91,11 @@ class Predictor:
         """Video embeddings ``(len(clips), D)`` and frame embeddings ``(len(clips), F, D)`` from one forward
         pass (:meth:`~stamcli.model.STAM.embed_with_frames`), float32 on the CPU (the mean over views
         for :class:`~stamcli.video.Views`)."""
-        video, frames = self._run_model(lambda videos: self.model.embed_with_frames(videos.flatten(0, 1)), clips)
+        video_embeddings, frame_embeddings = self._run_model(
+            lambda videos: self.model.embed_with_frames(videos.flatten(0, 1)), clips)
         count = len(clips)
-        return (video.float().view(count, -1, *video.shape[1:]).mean(dim=1).cpu(),
-                frames.float().view(count, -1, *frames.shape[1:]).mean(dim=1).cpu())
+        return (video_embeddings.float().view(count, -1, *video_embeddings.shape[1:]).mean(dim=1).cpu(),
+                frame_embeddings.float().view(count, -1, *frame_embeddings.shape[1:]).mean(dim=1).cpu())
 
     def top_predictions(self, probabilities: torch.Tensor) -> list[dict]:
         """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first."""
@@ -139,7 +103,7 @@ class Predictor:
         labels = self.model.labels
         return [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
 
-    def record(self, item: "ScoredVideo") -> dict:
+    def record(self, item: "VideoItem") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
         views = {"clips": self.options.clips, "crops": self.options.crops} if self.options.views > 1 else {}
         if item.probabilities is None:
@@ -153,8 +117,8 @@ class Predictor:
     def _decode(self, path: str) -> Clip:
         threads = 1 if self.workers > 1 else 0
         if self.options.views == 1:
-            return read_clip(path, self.frames, self.model.config.img_size, threads=threads)
-        return read_views(path, self.frames, self.model.config.img_size, clips=self.options.clips,
+            return read_clip(path, self.num_frames, self.model.config.img_size, threads=threads)
+        return read_views(path, self.num_frames, self.model.config.img_size, clips=self.options.clips,
                           crops=self.options.crops, threads=threads)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
@@ -162,13 +126,13 @@ class Predictor:
         for item in self.scores(paths):
             yield self.record(item)
 
-    def scores(self, paths: Iterable[str]) -> Iterator["ScoredVideo"]:
+    def scores(self, paths: Iterable[str]) -> Iterator["VideoItem"]:
         """Every class probability of each video, in order. Decoding runs ahead in worker threads.
 
         With ``keep_clips`` each item also holds its :class:`~stamcli.video.Clip` (the sampled frames,
         e.g. for a preview); otherwise the frames are dropped once the batch is scored.
         """
-        for batch, probabilities in self.computed(paths, self.probabilities):
+        for batch, probabilities in self.compute_batches(paths, self.probabilities):
             probabilities = iter(probabilities if probabilities is not None else ())
             for item in batch:
                 if item.error is None:
@@ -177,19 +141,19 @@ class Predictor:
                         item.clip = None
             yield from batch
 
-    def computed(self, paths: Iterable[str], compute: Callable[[list[Clip]], R]
-                 ) -> Iterator[tuple[list["ScoredVideo"], Optional[R]]]:
+    def compute_batches(self, paths: Iterable[str], compute: Callable[[list[Clip]], R]
+                        ) -> Iterator[tuple[list["VideoItem"], Optional[R]]]:
         """Each batch of :meth:`batches` with ``compute(clips)`` of its readable clips (None when it has
         none), in order; on the CPU up to :attr:`streams` batches are computed at once."""
 
-        def run(batch: list[ScoredVideo]) -> Optional[R]:
+        def run(batch: list[VideoItem]) -> Optional[R]:
             clips = [item.clip for item in batch if item.error is None]
             return compute(clips) if clips else None
 
         with ModelStreams(self.streams, model=self.model) as streams:
             yield from streams.map(run, self.batches(paths))
 
-    def batches(self, paths: Iterable[str]) -> Iterator[list["ScoredVideo"]]:
+    def batches(self, paths: Iterable[str]) -> Iterator[list["VideoItem"]]:
         """The videos decoded, in order, ``batch_size`` at a time: each item holds its clip or its error.
 
         Decoding runs a bounded number of videos ahead in worker threads while the caller computes.
@@ -215,26 +179,26 @@ class Predictor:
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
     @staticmethod
-    def _decoded(path: str, future: Future) -> "ScoredVideo":
+    def _decoded(path: str, future: Future) -> "VideoItem":
         try:
             clip = future.result()
         except Exception as err:  # one bad video never stops the run
-            return ScoredVideo(path, None, error_reason(err))
-        return ScoredVideo(path, None, None, clip.frame_count, clip.fps, clip.duration_s, clip)
+            return VideoItem(path, error=error_reason(err))
+        return VideoItem(path, frame_count=clip.frame_count, fps=clip.fps, duration_s=clip.duration_s, clip=clip)
 
 
 @dataclass
-class ScoredVideo:
+class VideoItem:
     """A video on its way through a :class:`Predictor`: its clip once decoded (:meth:`Predictor.batches`),
     its class probabilities ``(classes,)`` once scored (:meth:`Predictor.scores`), or why it could not be read."""
 
     path: str
-    probabilities: Optional[torch.Tensor]
-    error: Optional[str]
+    error: Optional[str] = None  #: why the video could not be read (None: it was)
     frame_count: Optional[int] = None
     fps: Optional[float] = None
     duration_s: Optional[float] = None
     clip: Optional[Clip] = None  #: the decoded frames (kept by :meth:`Predictor.scores` only with ``keep_clips``)
+    probabilities: Optional[torch.Tensor] = None  #: set by :meth:`Predictor.scores`
 
 
 def predict(

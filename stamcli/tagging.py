@@ -8,69 +8,22 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 from .distributed import Distributed
-from .engine import Predictor, PredictOptions, Throughput
+from .engine import Predictor, Throughput
 from .errors import UsageError
-from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
+from .inputs import shard
+from .jobs import TaggingJob
 from .preview import PreviewWriter
 from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
 from .video import Clip
 from .writers import open_writer, read_records
-from .zoo import model_for_frames
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "stam_16"
-
-
-@dataclass(kw_only=True)
-class VideoJob:
-    """What every per-video command (``predict``, ``embed``) is asked: which videos, which model, how to run it."""
-
-    paths: Sequence[str]
-    model: Optional[str] = None  # zoo name or checkpoint file; None: chosen by --frames (stam_16)
-    recursive: bool = True
-    extensions: Sequence[str] = DEFAULT_EXTENSIONS
-    resume: bool = False
-    shard: Optional[str] = None  # "I/N"
-    labels: Optional[str] = None
-    arch: Optional[str] = None
-    weights_dir: Optional[str] = None
-    mirror: Optional[str] = None
-    offline: Optional[bool] = None
-    trust_checkpoint: bool = False
-    options: PredictOptions = field(default_factory=PredictOptions)
-
-    def videos(self) -> list[str]:
-        """The input videos, in order, and only this machine's ``--shard`` of them."""
-        videos = collect_videos(self.paths, recursive=self.recursive, extensions=tuple(self.extensions))
-        return shard(videos, parse_shard(self.shard)) if self.shard else videos
-
-    def load_model(self, progress: bool = True):
-        """The model (``--model``, else the zoo model for ``--frames``), downloaded if missing."""
-        from . import load_model
-
-        return load_model(
-            model_name_for(self), weights_dir=self.weights_dir, labels=self.labels, arch=self.arch,
-            trust_checkpoint=self.trust_checkpoint, offline=self.offline, mirror=self.mirror, progress=progress,
-        )
-
-
-@dataclass(kw_only=True)
-class TaggingJob(VideoJob):
-    """Everything ``stam predict`` was asked to do."""
-
-    output: Optional[str] = None  # None: a table on stdout
-    format: Optional[str] = None  # None: from the output's extension
-    preview: Optional[str] = None  # folder for a contact sheet per ok video (stamcli.preview)
-    window: Optional[float] = None  # timeline: seconds per window (None: one record per video)
-    stride: Optional[float] = None  # timeline: seconds between window starts (None: the window)
-
 
 @dataclass
 class TaggingSummary:
@@ -81,15 +34,6 @@ class TaggingSummary:
     videos_per_s: float
     output: Optional[str]
     interrupted: bool = False
-
-
-def model_name_for(job: VideoJob) -> str:
-    """``--model`` when given, else the zoo model trained for ``--frames`` (stam_16 by default)."""
-    if job.model:
-        return job.model
-    if job.options.frames:
-        return model_for_frames(job.options.frames).name
-    return DEFAULT_MODEL
 
 
 def _part_path(output: str, rank: int, world: int) -> str:
@@ -151,12 +95,12 @@ def run_tagging(
     """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
     (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record)."""
     dist = Distributed.from_env()
-    job.options.device = dist.device_for(job.options.device)
-    job.options.check()  # bad options fail before a model is loaded or downloaded
+    # checked once, before a model is loaded or downloaded; the caller's options are left as they are
+    options = replace(job.options, device=dist.device_for(job.options.device)).resolve()
     check_timeline(job.window, job.stride)
     if job.window is not None and job.preview is not None:
         raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
-    if job.window is not None and job.options.views > 1:
+    if job.window is not None and options.views > 1:
         raise UsageError("--clips/--crops cannot be combined with --window: each window is one clip")
     fmt = output_format(job.output, job.format)
     if fmt in SUBTITLE_FORMATS and dist.active:
@@ -165,7 +109,7 @@ def run_tagging(
     if fmt in SUBTITLE_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
     model = job.load_model(progress=dist.rank == 0)
-    predictor = Predictor(model, job.options, keep_clips=job.preview is not None)
+    predictor = Predictor(model, options, keep_clips=job.preview is not None)
     timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
     previews = PreviewWriter(job.preview) if job.preview is not None else None
     stats = Throughput()

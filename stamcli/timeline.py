@@ -314,7 +314,7 @@ class TimelinePredictor:
 
     def reader(self, path: str) -> TimelineReader:
         model = self.predictor.model
-        return TimelineReader(path, self.predictor.frames, model.config.img_size, self.window_s, self.stride_s)
+        return TimelineReader(path, self.predictor.num_frames, model.config.img_size, self.window_s, self.stride_s)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """Window records and a video record for each path (see the README for the schema)."""

@@ -124,7 +124,7 @@ def test_streams_must_be_at_least_one():
     with pytest.raises(ValueError, match="at least 1"):
         ModelStreams(0)
     with pytest.raises(UsageError, match="--streams must be at least 1"):
-        PredictOptions(streams=0).check()
+        PredictOptions(streams=0).resolve()
 
 
 # --------------------------------------------------------------------------- through the Predictor

@@ -231,7 +231,7 @@ def test_a_batch_of_videos_runs_videos_times_views_inputs(vids, counting):
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(UsageError, match=message):
-        PredictOptions(device="cpu", **kwargs).check()
+        PredictOptions(device="cpu", **kwargs).resolve()
 
 
 # ---------------------------------------------------------------------------- CLI
