@@ -30,17 +30,18 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from numpy.lib.format import open_memmap
 
 from .distributed import Distributed
-from .engine import Predictor, PredictOptions, Throughput
+from .engine import Predictor, VideoItem
 from .errors import StamError, UsageError
+from .jobs import EmbedJob, PredictOptions
 from .model import STAM
-from .jobs import EmbedJob
-from .writers import csv_cell, csv_line
+from .runner import RunSummary, VideoResult, run_loop
+from .writers import csv_cell, csv_line, error_record, make_record
 
 SUFFIXES = (".npy", ".safetensors")
 INDEX_COLUMNS = ("row", "path", "status", "error", "model", "frames", "duration_s", "fps")
@@ -281,25 +282,65 @@ def _open_memmap(path: Path, shape, output) -> np.memmap:
 # --------------------------------------------------------------------------- running
 
 @dataclass
-class EmbeddingResult:
+class EmbeddingResult(RunSummary):
     """What :func:`embed` did. ``embeddings``/``frame_embeddings`` are the arrays when no output file
     was given (``None`` otherwise: read them with :func:`load_embeddings`)."""
 
-    ok: int
-    failed: int
-    skipped: int  # already done (resume)
-    elapsed_s: float
-    videos_per_s: float
-    output: Optional[str]
-    interrupted: bool = False
     records: list[dict] = field(default_factory=list)  # the index, in row order
     embeddings: Optional[np.ndarray] = None
     frame_embeddings: Optional[np.ndarray] = None
 
 
-def _record(row: int, item, model: str) -> dict:
-    return {"row": row, "path": item.path, "status": "ok" if item.error is None else "error", "error": item.error,
-            "model": model, "frames": item.frame_count, "duration_s": item.duration_s, "fps": item.fps}
+def _record(item: VideoItem, model: str) -> dict:
+    """The record of a decoded (or unreadable) video, without predictions."""
+    if item.error is not None:
+        return error_record(item.path, item.error, model=model)
+    return make_record(item.path, frames=item.frame_count, model=model, duration_s=item.duration_s, fps=item.fps)
+
+
+class EmbeddingSource:
+    """The video embedding and frame embeddings of each video from a local
+    :class:`~stamcli.engine.Predictor`, one batch per forward pass (:meth:`Predictor.embeddings`)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def results(self, videos: Sequence[str]) -> Iterator[list[VideoResult]]:
+        index, model = 0, self.predictor.model.name
+        for batch, computed in self.predictor.compute_batches(videos, self.predictor.embeddings):
+            video_embeddings, frame_embeddings = computed or (None, None)
+            results, ok = [], 0
+            for item in batch:
+                result = VideoResult(index, _record(item, model))
+                if item.error is None:
+                    result.embedding, result.frame_embeddings = video_embeddings[ok].numpy(), frame_embeddings[ok].numpy()
+                    ok += 1
+                results.append(result)
+                index += 1
+            yield results
+
+
+class EmbeddingSink:
+    """Stores each batch in an :class:`EmbeddingStore`: the result for video ``i`` of the run goes to
+    row ``rows[i]``; closing the sink finishes the store's files."""
+
+    def __init__(self, store: EmbeddingStore, rows: Sequence[int]):
+        self.store, self.rows = store, rows
+
+    def write(self, results: Sequence[VideoResult]) -> None:
+        rows = [self.rows[result.index] for result in results]
+        records = [{"row": row, **{name: result.record.get(name) for name in INDEX_COLUMNS[1:]}}
+                   for row, result in zip(rows, results)]
+        ok = [result for result in results if result.record["status"] == "ok"]
+        embeddings = np.stack([result.embedding for result in ok]) if ok else None
+        frame_embeddings = np.stack([result.frame_embeddings for result in ok]) if ok and self.store.per_frame else None
+        self.store.put(rows, records, embeddings, frame_embeddings)
+
+    def __enter__(self) -> "EmbeddingSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()
 
 
 def embed(
@@ -315,6 +356,7 @@ def embed(
 ) -> EmbeddingResult:
     """Embed the videos ``paths`` (row ``i`` for ``paths[i]``) into ``output`` (``.npy`` or ``.safetensors``,
     plus the index CSV), or into arrays returned in memory when ``output`` is None (see the module docstring).
+    ``on_start(total)`` and ``on_record(record)`` drive a progress display (:func:`stamcli.runner.run_loop`).
 
     >>> result = embed(["a.mp4", "b.mp4"], stamcli.load_model("stam_16"))
     >>> result.embeddings.shape   # (2, 768)
@@ -323,33 +365,13 @@ def embed(
     paths = [os.fspath(path) for path in paths]
     store = EmbeddingStore(output, paths, dim=model.embed_dim, num_frames=predictor.num_frames, per_frame=per_frame,
                            model=model.name, resume=resume)
-    skipped = len(store.done)
     todo = [row for row in range(len(paths)) if row not in store.done]
-    rows = iter(todo)
-    stats = Throughput()
-    interrupted = False
-    if on_start:
-        on_start(len(todo))
-    try:
-        for batch, computed in predictor.compute_batches([paths[row] for row in todo], predictor.embeddings):
-            records = [_record(next(rows), item, model.name) for item in batch]
-            video_embeddings, frame_embeddings = computed or (None, None)
-            store.put([r["row"] for r in records], records,
-                      None if video_embeddings is None else video_embeddings.numpy(),
-                      None if frame_embeddings is None or not per_frame else frame_embeddings.numpy())
-            for record in records:
-                stats.add(record)
-                if on_record:
-                    on_record(record)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        store.close()
+    summary = run_loop(EmbeddingSource(predictor), [paths[row] for row in todo], EmbeddingSink(store, todo),
+                       skipped=len(paths) - len(todo), output=None if output is None else str(output),
+                       on_start=on_start, on_record=on_record)
     in_memory = output is None
     return EmbeddingResult(
-        ok=stats.ok, failed=stats.failed, skipped=skipped, elapsed_s=stats.elapsed, videos_per_s=stats.videos_per_s,
-        output=None if output is None else str(output), interrupted=interrupted,
-        records=[store.records[row] for row in sorted(store.records)],
+        **vars(summary), records=[store.records[row] for row in sorted(store.records)],
         embeddings=store.embeddings if in_memory else None,
         frame_embeddings=store.frame_embeddings if in_memory else None,
     )

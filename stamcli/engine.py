@@ -10,7 +10,6 @@ an error record for a video that cannot be read, and records come out in the ord
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import torch
 
 from .allocator import keep_freed_memory
-from .device import autocast_for, resolve_device, resolve_precision
+from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
 from .model import STAM
@@ -208,26 +207,3 @@ def predict(
 ) -> list[dict]:
     """Tag ``paths`` with ``model``; a list of records (see the README for the schema)."""
     return list(Predictor(model, options).predict(paths))
-
-
-class Throughput:
-    """Counts for the end-of-run summary."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.ok = 0
-        self.failed = 0
-
-    def add(self, record: dict) -> None:
-        if record["status"] == "ok":
-            self.ok += 1
-        else:
-            self.failed += 1
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def videos_per_s(self) -> float:
-        return (self.ok + self.failed) / self.elapsed if self.elapsed > 0 else 0.0

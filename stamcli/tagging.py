@@ -1,39 +1,33 @@
-"""A whole ``stam predict`` run: inputs -> (shard, resume) -> Predictor -> writer, with progress.
+"""A whole ``stam predict`` run: inputs -> (shard, resume) -> a result source -> writers, with progress.
 
 Kept apart from the CLI so that Python users get the same behaviour as the command:
-``run_tagging(TaggingJob(paths=["videos/"], output="tags.csv"))``.
+``run_tagging(TaggingJob(paths=["videos/"], output="tags.csv"))``. The loop that writes the
+results and reports progress is :func:`stamcli.runner.run_loop`; this module supplies its source
+(:class:`PredictorSource`: the local model, per video or per timeline window) and its sink
+(:class:`RecordSink`: the result writer and the contact sheets), and merges the ranks' files under
+torchrun.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 from .distributed import Distributed
-from .engine import Predictor, Throughput
+from .engine import Predictor
 from .errors import UsageError
 from .inputs import shard
-from .jobs import TaggingJob
+from .jobs import PredictOptions, TaggingJob
 from .preview import PreviewWriter
+from .runner import RunSummary, VideoResult, run_loop
 from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
-from .video import Clip
-from .writers import open_writer, read_records
+from .writers import ResultWriter, open_writer, read_records
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class TaggingSummary:
-    ok: int
-    failed: int
-    skipped: int  # already done (--resume)
-    elapsed_s: float
-    videos_per_s: float
-    output: Optional[str]
-    interrupted: bool = False
 
 
 def _part_path(output: str, rank: int, world: int) -> str:
@@ -72,30 +66,53 @@ def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed) -> No
         part.unlink(missing_ok=True)
 
 
-def _tagged(
-    predictor: Predictor, timeline: Optional[TimelinePredictor], paths: list[str]
-) -> Iterator[tuple[dict, Optional[Clip]]]:
-    """``(record, clip)`` in output order: each whole-video record with its clip (kept for a preview),
-    or a timeline record with ``None``."""
-    if timeline is not None:
-        for record in timeline.predict(paths):
-            yield record, None
-        return
-    for item in predictor.scores(paths):
-        yield predictor.record(item), item.clip
+class PredictorSource:
+    """The records of a local :class:`~stamcli.engine.Predictor`: one per video, or with a
+    :class:`~stamcli.timeline.TimelinePredictor` each video's window records and then its video
+    record. Each record is its own batch (written as soon as it is known), with the decoded clip
+    when the predictor keeps clips (for a preview)."""
+
+    def __init__(self, predictor: Predictor, timeline: Optional[TimelinePredictor] = None):
+        self.predictor, self.timeline = predictor, timeline
+
+    def results(self, videos: Sequence[str]) -> Iterator[list[VideoResult]]:
+        if self.timeline is not None:
+            index = 0
+            for record in self.timeline.predict(videos):
+                yield [VideoResult(index, record)]
+                if record.get("type") != "window":  # a video's own record ends its results
+                    index += 1
+            return
+        for index, item in enumerate(self.predictor.scores(videos)):
+            yield [VideoResult(index, self.predictor.record(item), clip=item.clip)]
 
 
-def run_tagging(
-    job: TaggingJob,
-    *,
-    on_start: Optional[Callable[[int], None]] = None,
-    on_record: Optional[Callable[[dict], None]] = None,
-    console=None,
-) -> TaggingSummary:
-    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
-    (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record)."""
-    dist = Distributed.from_env()
-    # checked once, before a model is loaded or downloaded; the caller's options are left as they are
+class RecordSink:
+    """Writes each result's record with ``writer`` and, with ``previews``, the contact sheet of its clip."""
+
+    def __init__(self, writer: ResultWriter, previews: Optional[PreviewWriter] = None):
+        self.writer, self.previews = writer, previews
+        self._stack = ExitStack()
+
+    def write(self, results: Sequence[VideoResult]) -> None:
+        for result in results:
+            self.writer.write(result.record)
+            if self.previews is not None and result.clip is not None:
+                self.previews.write(result.clip, result.record)
+
+    def __enter__(self) -> "RecordSink":
+        self._stack.enter_context(self.writer)
+        if self.previews is not None:
+            self._stack.enter_context(self.previews)
+        return self
+
+    def __exit__(self, *exc) -> Optional[bool]:
+        return self._stack.__exit__(*exc)
+
+
+def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions, Optional[str]]:
+    """The job's options checked and resolved (a copy) and its output format, before any model is loaded."""
+    # under torchrun, auto/cuda means this rank's GPU
     options = replace(job.options, device=dist.device_for(job.options.device)).resolve()
     check_timeline(job.window, job.stride)
     if job.window is not None and job.preview is not None:
@@ -105,6 +122,21 @@ def run_tagging(
     fmt = output_format(job.output, job.format)
     if fmt in SUBTITLE_FORMATS and dist.active:
         raise UsageError(f"--format {fmt} cannot run under torchrun; run it in one process (or use --shard)")
+    return options, fmt
+
+
+def run_tagging(
+    job: TaggingJob,
+    *,
+    on_start: Optional[Callable[[int], None]] = None,
+    on_record: Optional[Callable[[dict], None]] = None,
+    console=None,
+) -> RunSummary:
+    """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
+    (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record).
+    ``console``: where the table goes when there is no output file. ``job`` is left as it was."""
+    dist = Distributed.from_env()
+    options, fmt = _checked_options(job, dist)
     videos, target = _plan(job, dist)
     if fmt in SUBTITLE_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
@@ -112,37 +144,22 @@ def run_tagging(
     predictor = Predictor(model, options, keep_clips=job.preview is not None)
     timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
     previews = PreviewWriter(job.preview) if job.preview is not None else None
-    stats = Throughput()
-    interrupted = False
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
     resume_target = job.resume and not dist.active
+    done_before = _done_paths(job, fmt) if dist.active else set()
     if job.window is not None or fmt in SUBTITLE_FORMATS:
         writer = open_timeline_writer(target, fmt, videos, top_k=predictor.top_k, resume=resume_target,
                                       console=console, timeline=job.window is not None)
     else:
         writer = open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console)
-    with writer, nullcontext() if previews is None else previews:
-        done = _done_paths(job, fmt) if dist.active else writer.done_paths
-        todo = [video for video in videos if video not in done]
-        if on_start:
-            on_start(len(todo))
-        try:
-            for record, clip in _tagged(predictor, timeline, todo):
-                writer.write(record)
-                if previews is not None and clip is not None:
-                    previews.write(clip, record)
-                if on_record:
-                    on_record(record)
-                if record.get("type") != "window":  # counts are per video
-                    stats.add(record)
-        except KeyboardInterrupt:
-            interrupted = True
-    if dist.active and not interrupted:
+    sink = RecordSink(writer, previews)
+    done = done_before if dist.active else writer.done_paths
+    todo = [video for video in videos if video not in done]
+    summary = run_loop(PredictorSource(predictor, timeline), todo, sink, skipped=len(videos) - len(todo),
+                       output=job.output, on_start=on_start, on_record=on_record)
+    if dist.active and not summary.interrupted:
         dist.barrier()
         if dist.rank == 0:
             _merge_parts(job, fmt, predictor.top_k, dist)
         dist.barrier()
-    return TaggingSummary(
-        ok=stats.ok, failed=stats.failed, skipped=len(videos) - len(todo), elapsed_s=stats.elapsed,
-        videos_per_s=stats.videos_per_s, output=job.output, interrupted=interrupted,
-    )
+    return summary
