@@ -1,8 +1,11 @@
 """The ``stam`` command: a thin Typer layer over the Python API.
 
-Each command parses its options, calls the API and renders the result with rich. User errors
-(:class:`~stamcli.errors.StamError`) are printed on one line with exit code 1; ``--debug`` shows
-the traceback instead. Usage errors exit with 2 (Click's convention).
+Every command has the same shape: it builds the job object of its library call from its options
+(:mod:`stamcli.jobs`; :class:`~stamcli.train.config.FinetuneConfig` for finetune), calls that one
+function and renders the result with rich. Options that several commands share are declared once
+below, with one help text each, and every default ``--help`` shows is read from the job classes.
+User errors (:class:`~stamcli.errors.StamError`) are printed on one line with exit code 1;
+``--debug`` shows the traceback instead. Usage errors exit with 2 (Click's convention).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, List, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -21,6 +24,8 @@ from rich.table import Table
 
 from . import __version__
 from .errors import StamError, UsageError
+from .jobs import DEFAULT_MODEL, EmbedJob, EvaluationJob, ExportJob, PredictOptions, TaggingJob
+from .train.config import FinetuneConfig
 
 app = typer.Typer(
     name="stam",
@@ -33,6 +38,17 @@ app = typer.Typer(
 stderr = Console(stderr=True)
 _state = {"debug": False}
 
+# The defaults each command shows and uses: those of its job class (placeholders for required fields).
+PREDICT = PredictOptions()
+TAGGING = TaggingJob(paths=())
+EMBEDDING = EmbedJob(paths=(), output="")
+EVALUATION = EvaluationJob(data="", model="")
+EXPORT = ExportJob(model="", output="")
+FINETUNE = FinetuneConfig()
+
+# --------------------------------------------------------------------------- shared options
+# Declared once: an option means the same, and says the same in --help, in every command that has it.
+
 WeightsDirOption = Annotated[
     Optional[Path],
     typer.Option("--weights-dir", help="Where zoo checkpoints live (default: $STAM_WEIGHTS_DIR or ./weights)."),
@@ -41,13 +57,72 @@ MirrorOption = Annotated[
     Optional[str],
     typer.Option("--mirror", help="Fetch URL/<file name> instead of the authors' host (env: STAM_MIRROR)."),
 ]
-
+OfflineOption = Annotated[
+    Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
+]
+ArchOption = Annotated[
+    Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
+]
+TrustCheckpointOption = Annotated[
+    bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
+]
+LabelsOption = Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")]
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help=f"Zoo name or checkpoint file (finetune: also a timm ViT name, for a new "
+                                       f"model). predict and embed run {DEFAULT_MODEL}, or stam_<N> for --frames N."),
+]
+FramesOption = Annotated[
+    Optional[int], typer.Option("--frames", "-f", min=1, help="Frames sampled per video (default: the model's own).")
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per batch.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOption = Annotated[
+    str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+]
+DecoderOption = Annotated[
+    Optional[str],
+    typer.Option("--decoder", help="auto (PyAV, else OpenCV), pyav or opencv (default: $STAM_DECODER or auto)."),
+]
+WorkersOption = Annotated[
+    Optional[int],
+    typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs); CPUs - 1 with a GPU)."),
+]
+StreamsOption = Annotated[
+    Optional[int],
+    typer.Option("--streams", min=1, help="Batches computed at once, each on CPUs/streams threads (default: "
+                                          "min(4, CPUs) on the CPU; 1 on a GPU)."),
+]
 ClipsOption = Annotated[
     int, typer.Option("--clips", min=1, help="Temporal views per video, softmax averaged (model cost x clips).")
 ]
 CropsOption = Annotated[
     int, typer.Option("--crops", help="Spatial views per clip: 1 (centre) or 3 (left/centre/right).")
 ]
+SkipBadOption = Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")]
+# the inputs of the per-video commands (predict, embed)
+PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
+RecursiveOption = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
+ExtOption = Annotated[
+    Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Skip videos already done in --output; retry failed ones.")
+]
+ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+def _text(value: Any) -> Any:
+    """Paths as text (job fields hold strings); anything else as it is."""
+    return str(value) if isinstance(value, Path) else value
+
+
+def _model_fields(*, model, labels=None, arch=None, weights_dir=None, mirror=None, offline=None,
+                  trust_checkpoint=False) -> dict:
+    """The :class:`~stamcli.jobs.ModelJob` fields: which model, and how it is found."""
+    return dict(model=model, labels=_text(labels), arch=_text(arch), weights_dir=_text(weights_dir), mirror=mirror,
+                offline=offline, trust_checkpoint=trust_checkpoint)
 
 
 def _version(value: bool) -> None:
@@ -119,7 +194,7 @@ def models_command(weights_dir: WeightsDirOption = None) -> None:
 @app.command("download-weights")
 @user_errors
 def download_weights_command(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Zoo models to fetch (default: stam_16).")] = None,
+    names: Annotated[Optional[List[str]], typer.Argument(help=f"Zoo models to fetch (default: {DEFAULT_MODEL}).")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Fetch every zoo model.")] = False,
     weights_dir: WeightsDirOption = None,
     mirror: MirrorOption = None,
@@ -129,7 +204,7 @@ def download_weights_command(
     from .weights import download_weights
     from .zoo import available_models, get_model_info
 
-    wanted = available_models() if all_models else (names or ["stam_16"])
+    wanted = available_models() if all_models else (names or [DEFAULT_MODEL])
     for name in wanted:
         get_model_info(name)  # unknown names fail before any download starts
     for name in wanted:
@@ -137,129 +212,21 @@ def download_weights_command(
         stderr.print(f"[green]{name}[/]: {escape(str(path))}", highlight=False)
 
 
-# --------------------------------------------------------------------------- predict
+# --------------------------------------------------------------------------- predict / embed
 
-# Options shared by predict and embed (same names, meanings and help).
-PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
-FramesOption = Annotated[
-    Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per video; alone, picks stam_<N>.")
-]
-ModelOption = Annotated[
-    Optional[str], typer.Option("--model", "-m", help="Zoo name or checkpoint file (default: stam_16).")
-]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-PrecisionOption = Annotated[
-    str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
-]
-RecursiveOption = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
-ExtOption = Annotated[
-    Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
-]
-WorkersOption = Annotated[
-    Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads (default: min(4, CPUs); CPUs - 1 with a GPU).")
-]
-StreamsOption = Annotated[
-    Optional[int],
-    typer.Option("--streams", min=1, help="Batches computed at once, each on CPUs/streams threads (default: "
-                                          "min(4, CPUs) on the CPU; 1 on a GPU)."),
-]
-ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="Skip videos already done in --output; retry failed ones.")
-]
-ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
-ArchOption = Annotated[
-    Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
-]
-OfflineOption = Annotated[
-    Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
-]
-TrustCheckpointOption = Annotated[
-    bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
-]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+def _extensions(ext: Optional[str]) -> tuple[str, ...]:
+    from .inputs import parse_extensions
+
+    return parse_extensions(ext) if ext else tuple(TAGGING.extensions)
 
 
-@app.command("predict")
-@user_errors
-def predict_command(
-    paths: PathsArgument,
-    frames: FramesOption = None,
-    model: ModelOption = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = 5,
-    batch_size: BatchSizeOption = 8,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
-    output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
-    ] = None,
-    fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json, jsonl, srt or vtt (default: from --output's extension).")
-    ] = None,
-    recursive: RecursiveOption = True,
-    ext: ExtOption = None,
-    workers: WorkersOption = None,
-    streams: StreamsOption = None,
-    resume: ResumeOption = False,
-    shard_spec: ShardOption = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")] = None,
-    arch: ArchOption = None,
-    weights_dir: WeightsDirOption = None,
-    mirror: MirrorOption = None,
-    offline: OfflineOption = None,
-    trust_checkpoint: TrustCheckpointOption = False,
-    quiet: QuietOption = False,
-    preview: Annotated[
-        Optional[Path], typer.Option("--preview", help="Folder for a PNG contact sheet per video, with its labels.")
-    ] = None,
-    window: Annotated[
-        Optional[float], typer.Option("--window", help="Timeline: tag sliding windows of this many seconds.")
-    ] = None,
-    stride: Annotated[
-        Optional[float], typer.Option("--stride", help="Timeline: seconds between window starts (--window).")
-    ] = None,
-    clips: ClipsOption = 1,
-    crops: CropsOption = 1,
-) -> None:
-    """Tag videos with their top-k action labels.
-
-    Example: stam predict ./videos --frames 16 --output tags.csv
-    """
-    from .engine import PredictOptions
-    from .tagging import TaggingJob, run_tagging
-
-    job = TaggingJob(
-        **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
-                            trust_checkpoint),
-        output=str(output) if output else None, format=fmt, labels=str(labels) if labels else None,
-        preview=str(preview) if preview is not None else None, window=window, stride=stride,
-        options=PredictOptions(
-            num_frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
-            streams=streams, clips=clips, crops=crops,
-        ),
-    )
-    _run_video_job(run_tagging, job, quiet, console=Console())
-
-
-def _video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
-                      trust_checkpoint) -> dict:
-    """The :class:`~stamcli.tagging.VideoJob` fields from the input and model options predict and embed share."""
-    from .inputs import DEFAULT_EXTENSIONS, parse_extensions
-
-    return dict(
-        paths=paths, model=model, recursive=recursive, extensions=parse_extensions(ext) if ext else DEFAULT_EXTENSIONS,
-        resume=resume, shard=shard_spec, arch=str(arch) if arch else None,
-        weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror, offline=offline,
-        trust_checkpoint=trust_checkpoint,
-    )
-
-
-def _run_video_job(run: Callable, job, quiet: bool, verb: tuple[str, str] = ("tagging", "tagged"), **kwargs) -> None:
+def _run_video_job(run: Callable, job, *, quiet: bool, verb: tuple[str, str], console: Optional[Console] = None) -> None:
     """``run(job)`` behind a progress bar, then its summary; exit 0, 1 (a video failed) or 130 (interrupted)."""
     from .progress import TaggingProgress
 
+    extra = {} if console is None else {"console": console}
     with TaggingProgress(stderr, enabled=not quiet, verb=verb) as progress:
-        summary = run(job, on_start=progress.start, on_record=progress.advance, **kwargs)
+        summary = run(job, on_start=progress.start, on_record=progress.advance, **extra)
     if not quiet:
         progress.print_summary(summary)
     if summary.interrupted:
@@ -267,7 +234,65 @@ def _run_video_job(run: Callable, job, quiet: bool, verb: tuple[str, str] = ("ta
     raise typer.Exit(1 if summary.failed else 0)
 
 
-# --------------------------------------------------------------------------- embed
+@app.command("predict")
+@user_errors
+def predict_command(
+    paths: PathsArgument,
+    num_frames: FramesOption = PREDICT.num_frames,
+    model: ModelOption = TAGGING.model,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = PREDICT.top_k,
+    batch_size: BatchSizeOption = PREDICT.batch_size,
+    device: DeviceOption = PREDICT.device,
+    precision: PrecisionOption = PREDICT.precision,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
+    ] = TAGGING.output,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, srt or vtt (default: from --output's extension).")
+    ] = TAGGING.format,
+    recursive: RecursiveOption = TAGGING.recursive,
+    ext: ExtOption = None,
+    workers: WorkersOption = PREDICT.workers,
+    streams: StreamsOption = PREDICT.streams,
+    decoder: DecoderOption = PREDICT.decoder,
+    resume: ResumeOption = TAGGING.resume,
+    shard: ShardOption = TAGGING.shard,
+    labels: LabelsOption = TAGGING.labels,
+    arch: ArchOption = TAGGING.arch,
+    weights_dir: WeightsDirOption = TAGGING.weights_dir,
+    mirror: MirrorOption = TAGGING.mirror,
+    offline: OfflineOption = TAGGING.offline,
+    trust_checkpoint: TrustCheckpointOption = TAGGING.trust_checkpoint,
+    quiet: QuietOption = False,
+    preview: Annotated[
+        Optional[Path], typer.Option("--preview", help="Folder for a PNG contact sheet per video, with its labels.")
+    ] = TAGGING.preview,
+    window: Annotated[
+        Optional[float], typer.Option("--window", help="Timeline: tag sliding windows of this many seconds.")
+    ] = TAGGING.window,
+    stride: Annotated[
+        Optional[float], typer.Option("--stride", help="Timeline: seconds between window starts (--window).")
+    ] = TAGGING.stride,
+    clips: ClipsOption = PREDICT.clips,
+    crops: CropsOption = PREDICT.crops,
+) -> None:
+    """Tag videos with their top-k action labels.
+
+    Example: stam predict ./videos --frames 16 --output tags.csv
+    """
+    from .tagging import run_tagging
+
+    job = TaggingJob(
+        **_model_fields(model=model, labels=labels, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
+                        trust_checkpoint=trust_checkpoint),
+        paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
+        output=_text(output), format=fmt, preview=_text(preview), window=window, stride=stride,
+        options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
+                               precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
+                               decoder=decoder),
+    )
+    _run_video_job(run_tagging, job, quiet=quiet, verb=("tagging", "tagged"), console=Console())
+
 
 @app.command("embed")
 @user_errors
@@ -276,100 +301,132 @@ def embed_command(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Embeddings file: .npy or .safetensors (+ an index .csv beside it).")
     ],
-    per_frame: Annotated[bool, typer.Option("--per-frame", help="Also write every frame's embedding.")] = False,
-    frames: FramesOption = None,
-    model: ModelOption = None,
-    batch_size: BatchSizeOption = 8,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
-    recursive: RecursiveOption = True,
+    per_frame: Annotated[
+        bool, typer.Option("--per-frame", help="Also write every frame's embedding.")
+    ] = EMBEDDING.per_frame,
+    num_frames: FramesOption = PREDICT.num_frames,
+    model: ModelOption = EMBEDDING.model,
+    batch_size: BatchSizeOption = PREDICT.batch_size,
+    device: DeviceOption = PREDICT.device,
+    precision: PrecisionOption = PREDICT.precision,
+    recursive: RecursiveOption = EMBEDDING.recursive,
     ext: ExtOption = None,
-    workers: WorkersOption = None,
-    streams: StreamsOption = None,
-    resume: ResumeOption = False,
-    shard_spec: ShardOption = None,
-    arch: ArchOption = None,
-    weights_dir: WeightsDirOption = None,
-    mirror: MirrorOption = None,
-    offline: OfflineOption = None,
-    trust_checkpoint: TrustCheckpointOption = False,
+    workers: WorkersOption = PREDICT.workers,
+    streams: StreamsOption = PREDICT.streams,
+    decoder: DecoderOption = PREDICT.decoder,
+    resume: ResumeOption = EMBEDDING.resume,
+    shard: ShardOption = EMBEDDING.shard,
+    arch: ArchOption = EMBEDDING.arch,
+    weights_dir: WeightsDirOption = EMBEDDING.weights_dir,
+    mirror: MirrorOption = EMBEDDING.mirror,
+    offline: OfflineOption = EMBEDDING.offline,
+    trust_checkpoint: TrustCheckpointOption = EMBEDDING.trust_checkpoint,
     quiet: QuietOption = False,
 ) -> None:
     """Write each video's embedding (the temporal class token), row i for video i of an index CSV.
 
     Example: stam embed ./videos --output emb.npy --per-frame
     """
-    from .embedding import EmbedJob, run_embedding
-    from .engine import PredictOptions
+    from .embedding import run_embedding
 
     job = EmbedJob(
-        **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
-                            trust_checkpoint),
+        **_model_fields(model=model, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
+                        trust_checkpoint=trust_checkpoint),
+        paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
         output=str(output), per_frame=per_frame,
-        options=PredictOptions(num_frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
-                               streams=streams),
+        options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
+                               workers=workers, streams=streams, decoder=decoder),
     )
-    _run_video_job(run_embedding, job, quiet, verb=("embedding", "embedded"))
+    _run_video_job(run_embedding, job, quiet=quiet, verb=("embedding", "embedded"))
 
 
 # --------------------------------------------------------------------------- finetune / evaluate
 
+LoaderWorkersOption = Annotated[
+    int, typer.Option("--workers", "-w", help="Data loading processes (0: in the training process).")
+]
+
+
+def _given_options(ctx: typer.Context, *, leave_out: tuple[str, ...]) -> dict:
+    """The options given on the command line (not left at their defaults), by parameter name, in
+    declaration order; paths as text."""
+    # by name: Typer carries its own copy of Click, whose ParameterSource is another enum
+    return {param.name: _text(ctx.params[param.name]) for param in ctx.command.params
+            if param.name not in leave_out and ctx.get_parameter_source(param.name).name == "COMMANDLINE"}
+
+
 @app.command("finetune")
 @user_errors
 def finetune_command(
+    ctx: typer.Context,
     data: Annotated[Optional[str], typer.Argument(help="CSV of path,label or a folder of class folders.")] = None,
-    val: Annotated[Optional[str], typer.Option("--val", help="Validation data (default: a split of DATA).")] = None,
-    val_split: Annotated[Optional[float], typer.Option("--val-split", help="Held-out fraction (0.1).")] = None,
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Zoo name, checkpoint file or timm ViT name (stam_16).")
-    ] = None,
+    val: Annotated[
+        Optional[str], typer.Option("--val", help="Validation data (default: a split of DATA).")
+    ] = FINETUNE.val,
+    val_split: Annotated[
+        float, typer.Option("--val-split", help="Held-out fraction of DATA without --val.")
+    ] = FINETUNE.val_split,
+    model: ModelOption = FINETUNE.model,
     backbone_weights: Annotated[
         Optional[str], typer.Option("--backbone-weights", help="Local timm weights for a new model's ViT.")
-    ] = None,
-    frames: Annotated[Optional[int], typer.Option("--frames", "-f", help="Frames per clip (model's own).")] = None,
-    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size (model's own).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (10).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Clips per batch (8).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (1e-4).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (0.05).")] = None,
-    warmup: Annotated[Optional[float], typer.Option("--warmup", help="Warm-up epochs (1).")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="(0.1).")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Batches per optimiser step (1).")] = None,
-    clip_grad: Annotated[Optional[float], typer.Option("--clip-grad", help="Max gradient norm (1.0; 0: off).")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto, fp32, bf16 or fp16.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Data loading processes (2).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", help="Early stop after N flat epochs (0: off).")] = None,
+    ] = FINETUNE.backbone_weights,
+    frames: FramesOption = FINETUNE.frames,
+    img_size: Annotated[
+        Optional[int], typer.Option("--img-size", help="Input size (default: the model's own).")
+    ] = FINETUNE.img_size,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs.")] = FINETUNE.epochs,
+    batch_size: BatchSizeOption = FINETUNE.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = FINETUNE.lr,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = FINETUNE.weight_decay,
+    warmup: Annotated[float, typer.Option("--warmup", help="Warm-up epochs.")] = FINETUNE.warmup,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", help="Label smoothing of the loss.")
+    ] = FINETUNE.label_smoothing,
+    grad_accum: Annotated[
+        int, typer.Option("--grad-accum", help="Batches per optimiser step.")
+    ] = FINETUNE.grad_accum,
+    clip_grad: Annotated[
+        float, typer.Option("--clip-grad", help="Max gradient norm (0: off).")
+    ] = FINETUNE.clip_grad,
+    precision: PrecisionOption = FINETUNE.precision,
+    device: DeviceOption = FINETUNE.device,
+    workers: LoaderWorkersOption = FINETUNE.workers,
+    decoder: DecoderOption = FINETUNE.decoder,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = FINETUNE.seed,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Early stop after N epochs without improvement (0: off).")
+    ] = FINETUNE.patience,
     freeze_backbone: Annotated[
-        Optional[bool], typer.Option("--freeze-backbone/--train-backbone", help="Train only the temporal part.")
-    ] = None,
-    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips (off).")] = None,
-    skip_bad: Annotated[Optional[bool], typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run folder (runs/finetune/<name>).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name (DATA's name).")] = None,
+        bool, typer.Option("--freeze-backbone/--train-backbone", help="Train only the temporal part.")
+    ] = FINETUNE.freeze_backbone,
+    hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = FINETUNE.hflip,
+    skip_bad: SkipBadOption = FINETUNE.skip_bad,
+    output: Annotated[
+        Optional[str], typer.Option("--output", "-o", help="Run folder (default: runs/finetune/<name>).")
+    ] = FINETUNE.output,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: DATA's name).")] = FINETUNE.name,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags win.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run folder.")] = None,
-    weights_dir: WeightsDirOption = None,
-    mirror: MirrorOption = None,
-    offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
+    weights_dir: WeightsDirOption = FINETUNE.weights_dir,
+    mirror: MirrorOption = FINETUNE.mirror,
+    offline: OfflineOption = FINETUNE.offline,
 ) -> None:
     """Fine-tune STAM on your labelled clips.
+
+    Options come from the defaults, then --config FILE.yaml, then the flags given.
 
     Example: stam finetune clips.csv --model stam_16 --epochs 5 --frames 16
     """
     from .train.config import resolve_config
     from .train.finetune import finetune
 
-    flags = {key: value for key, value in locals().items() if key not in ("config", "resume", "finetune", "resolve_config")}
-    flags["weights_dir"] = str(weights_dir) if weights_dir else None
+    given = _given_options(ctx, leave_out=("config", "resume"))
     if resume:
-        given = [key for key, value in flags.items() if value is not None]
         if given:
             raise UsageError(f"--resume continues a run with its saved options; drop: {', '.join(given)}")
         result = finetune(resume=resume, on_epoch=_print_epoch)
     else:
-        result = finetune(resolve_config(flags, config), on_epoch=_print_epoch)
+        result = finetune(resolve_config(given, config), on_epoch=_print_epoch)
     if result.interrupted:
         stderr.print(f"[yellow]interrupted[/]: saved {result.run_dir}/last.safetensors; continue with: "
                      f"stam finetune --resume {escape(str(result.run_dir))}", highlight=False)
@@ -392,36 +449,40 @@ def _print_epoch(row: dict) -> None:
 @user_errors
 def evaluate_command(
     data: Annotated[str, typer.Argument(help="CSV of path,label or a folder of class folders.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file or zoo name.")],
+    model: ModelOption,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Report JSON (+ confusion CSV/PNG, misclassified CSV).")
-    ] = None,
-    frames: Annotated[Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per clip (model's own).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per forward pass.")] = 8,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads.")] = None,
-    streams: StreamsOption = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")] = False,
-    weights_dir: WeightsDirOption = None,
-    offline: Annotated[Optional[bool], typer.Option("--offline/--online", help="Never download weights.")] = None,
-    clips: ClipsOption = 1,
-    crops: CropsOption = 1,
+    ] = EVALUATION.output,
+    num_frames: FramesOption = PREDICT.num_frames,
+    batch_size: BatchSizeOption = PREDICT.batch_size,
+    device: DeviceOption = PREDICT.device,
+    precision: PrecisionOption = PREDICT.precision,
+    workers: WorkersOption = PREDICT.workers,
+    streams: StreamsOption = PREDICT.streams,
+    decoder: DecoderOption = PREDICT.decoder,
+    skip_bad: SkipBadOption = EVALUATION.skip_bad,
+    arch: ArchOption = EVALUATION.arch,
+    weights_dir: WeightsDirOption = EVALUATION.weights_dir,
+    mirror: MirrorOption = EVALUATION.mirror,
+    offline: OfflineOption = EVALUATION.offline,
+    trust_checkpoint: TrustCheckpointOption = EVALUATION.trust_checkpoint,
+    clips: ClipsOption = PREDICT.clips,
+    crops: CropsOption = PREDICT.crops,
 ) -> None:
     """Measure a model on labelled clips: top-1, top-5, per-class accuracy, confusion matrix.
 
     Example: stam evaluate val.csv --model runs/finetune/clips/best.safetensors -o report.json
     """
-    from . import load_model
-    from .engine import PredictOptions
-    from .train.evaluate import evaluate
+    from .train.evaluate import run_evaluation
 
-    options = PredictOptions(num_frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
-                             streams=streams, clips=clips, crops=crops)
-    options = options.resolve()
-    loaded = load_model(model, weights_dir=weights_dir, offline=offline)
-    report = evaluate(data, loaded, options, output=output, skip_bad=skip_bad)
-    table = Table(title=f"{escape(loaded.name)} on {escape(str(data))}")
+    report = run_evaluation(EvaluationJob(
+        **_model_fields(model=model, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
+                        trust_checkpoint=trust_checkpoint),
+        data=data, output=_text(output), skip_bad=skip_bad,
+        options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
+                               workers=workers, streams=streams, clips=clips, crops=crops, decoder=decoder),
+    ))
+    table = Table(title=f"{escape(report['model'])} on {escape(str(data))}")
     for column in ("videos", "top-1", "top-5", "mean class accuracy", "unreadable"):
         table.add_column(column, justify="right")
     table.add_row(str(report["videos"]), f"{100 * report['top1']:.2f}%", f"{100 * report['top5']:.2f}%",
@@ -440,42 +501,32 @@ def export_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.pt/.ts: TorchScript, .onnx: ONNX).")],
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="torchscript or onnx (default: from --output's extension).")
-    ] = None,
-    frames: Annotated[
-        Optional[int], typer.Option("--frames", "-f", min=1, help="Fixed frame count of the export (model's own).")
-    ] = None,
-    opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset (14 or later).")] = 17,
+    ] = EXPORT.format,
+    num_frames: FramesOption = EXPORT.num_frames,
+    opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset (14 or later).")] = EXPORT.opset,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Run the exported file and compare it with PyTorch.")
-    ] = True,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names, one per line.")] = None,
-    arch: Annotated[
-        Optional[Path], typer.Option("--arch", help="Architecture JSON for an authors'-format checkpoint.")
-    ] = None,
-    weights_dir: WeightsDirOption = None,
-    mirror: MirrorOption = None,
-    offline: Annotated[
-        Optional[bool], typer.Option("--offline/--online", help="Never download weights (env: STAM_OFFLINE).")
-    ] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
-    ] = False,
+    ] = EXPORT.verify,
+    labels: LabelsOption = EXPORT.labels,
+    arch: ArchOption = EXPORT.arch,
+    weights_dir: WeightsDirOption = EXPORT.weights_dir,
+    mirror: MirrorOption = EXPORT.mirror,
+    offline: OfflineOption = EXPORT.offline,
+    trust_checkpoint: TrustCheckpointOption = EXPORT.trust_checkpoint,
 ) -> None:
     """Export a model as TorchScript or ONNX: fixed frame count, dynamic batch, labels inside.
 
     Example: stam export stam_16 --format onnx --output stam_16.onnx
     """
-    from . import load_model
-    from .export import export_model, format_for_export, require_onnx
+    from .export import run_export
 
-    kind = format_for_export(output, fmt)
-    if kind == "onnx":
-        require_onnx()  # before a model is loaded or downloaded
-    loaded = load_model(model, weights_dir=weights_dir, labels=labels, arch=arch, trust_checkpoint=trust_checkpoint,
-                        offline=offline, mirror=mirror)
-    result = export_model(loaded, output, kind, frames=frames, opset=opset, verify=verify)
+    result = run_export(ExportJob(
+        **_model_fields(model=model, labels=labels, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
+                        trust_checkpoint=trust_checkpoint),
+        output=str(output), format=fmt, num_frames=num_frames, opset=opset, verify=verify,
+    ))
     checked = "" if result.max_abs_diff is None else f"; max abs logit difference from PyTorch {result.max_abs_diff:.2g}"
-    stderr.print(f"[green]{result.format}[/]: {escape(str(result.path))} (input: batch x {result.frames} x 3 x "
+    stderr.print(f"[green]{result.format}[/]: {escape(str(result.path))} (input: batch x {result.num_frames} x 3 x "
                  f"{result.img_size} x {result.img_size}{checked})", highlight=False)
 
 

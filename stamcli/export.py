@@ -3,7 +3,7 @@
 The exported model takes ``videos``, float32 ``(batch, F, 3, S, S)`` RGB in [0, 1] (preprocessed
 as ``stam predict`` does, see :func:`stamcli.video.read_clip`), and returns ``logits``
 ``(batch, classes)``. The batch is dynamic; the frame count ``F`` and the size ``S`` are fixed
-at export (``frames`` resamples the temporal position embedding once, as
+at export (``num_frames`` resamples the temporal position embedding once, as
 :meth:`stamcli.model.STAM.set_frames` does). The labels, the architecture and the preprocessing
 travel inside the file as one JSON document (:func:`export_metadata`): in a TorchScript file as
 the extra file ``stamcli.json``, in an ONNX file as the ``stamcli`` entry of ``metadata_props``.
@@ -33,10 +33,11 @@ from torch import nn
 
 from .checkpoints import preprocessing_of
 from .errors import StamError, UsageError
+from .jobs import DEFAULT_OPSET, ExportJob
 from .model import STAM
 
 __all__ = ["EXPORT_FORMATS", "VERIFY_ATOL", "DEFAULT_OPSET", "ExportResult", "export_model", "export_metadata",
-           "format_for_export", "read_export_metadata", "require_onnx"]
+           "format_for_export", "read_export_metadata", "require_onnx", "run_export"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 _SUFFIXES = {".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript", ".onnx": "onnx"}
@@ -44,7 +45,6 @@ METADATA_KEY = "stamcli"  #: ONNX metadata_props key; the TorchScript extra file
 EXTRA_FILE = "stamcli.json"
 FORMAT_NAME = "stamcli-export"
 FORMAT_VERSION = 1
-DEFAULT_OPSET = 17  #: first opset with a LayerNormalization operator
 VERIFY_ATOL = 1e-4  #: largest absolute logit difference from PyTorch that verification accepts
 TRACE_BATCH = 2  #: batch size of the example input the model is traced with
 ONNX_HINT = 'ONNX export needs the onnx and onnxruntime packages: pip install "stamcli[onnx]"'
@@ -56,7 +56,7 @@ class ExportResult:
 
     path: Path
     format: str
-    frames: int
+    num_frames: int
     img_size: int
     max_abs_diff: Optional[float]  #: largest logit difference from PyTorch (None: not verified)
 
@@ -103,11 +103,11 @@ def export_metadata(model: STAM) -> dict[str, Any]:
     }
 
 
-def _check_videos(videos: torch.Tensor, frames: int, size: int) -> torch.Tensor:
-    """``videos`` unchanged when it is ``(batch, frames, 3, size, size)``; a clear error otherwise."""
-    if videos.dim() != 5 or videos.size(1) != frames or videos.size(2) != 3 or videos.size(3) != size \
+def _check_videos(videos: torch.Tensor, num_frames: int, size: int) -> torch.Tensor:
+    """``videos`` unchanged when it is ``(batch, num_frames, 3, size, size)``; a clear error otherwise."""
+    if videos.dim() != 5 or videos.size(1) != num_frames or videos.size(2) != 3 or videos.size(3) != size \
             or videos.size(4) != size:
-        raise ValueError("expected videos of shape (batch, " + str(frames) + ", 3, " + str(size) + ", "
+        raise ValueError("expected videos of shape (batch, " + str(num_frames) + ", 3, " + str(size) + ", "
                          + str(size) + "), float32 in [0, 1], got " + str(videos.shape))
     return videos
 
@@ -125,11 +125,11 @@ class _Exported(nn.Module):
     def __init__(self, model: STAM, check: bool):
         super().__init__()
         self.model, self.check = model, _scripted_check() if check else None
-        self.frames, self.size = model.config.frames, model.config.img_size
+        self.num_frames, self.size = model.config.frames, model.config.img_size
 
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         if self.check is not None:
-            videos = self.check(videos, self.frames, self.size)
+            videos = self.check(videos, self.num_frames, self.size)
         return self.model(videos)
 
 
@@ -158,9 +158,14 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-def _example(batch: int, frames: int, size: int, seed: int) -> torch.Tensor:
+def _example(batch: int, num_frames: int, size: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand((batch, frames, 3, size, size), generator=generator)
+    return torch.rand((batch, num_frames, 3, size, size), generator=generator)
+
+
+def _check_num_frames(num_frames: Optional[int]) -> None:
+    if num_frames is not None and num_frames < 1:
+        raise UsageError("--frames must be at least 1")
 
 
 def _first_line(err: BaseException) -> str:
@@ -206,20 +211,19 @@ def export_model(
     path: Union[str, Path],
     format: Optional[str] = None,
     *,
-    frames: Optional[int] = None,
+    num_frames: Optional[int] = None,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
 ) -> ExportResult:
     """Write ``model`` to ``path`` as TorchScript or ONNX (``format``: from the extension when None).
 
-    ``frames``: the fixed frame count of the exported model (its own by default). ``opset``:
+    ``num_frames``: the fixed frame count of the exported model (its own by default). ``opset``:
     the ONNX opset. The model is exported in float32 on the CPU from a copy, so ``model`` itself
     is left as it was. The file is written atomically. Unless ``verify`` is False, it is then run
     at batch size 1 on a random input and must match PyTorch within :data:`VERIFY_ATOL`.
     """
     fmt = format_for_export(path, format)
-    if frames is not None and frames < 1:
-        raise UsageError("--frames must be at least 1")
+    _check_num_frames(num_frames)
     if fmt == "onnx":
         require_onnx()
     path = Path(path)
@@ -227,9 +231,9 @@ def export_model(
         raise UsageError(f"--output {path} is a directory; give a file name")
     model = copy.deepcopy(model).float().cpu().eval()
     model.frame_chunk = None  # one spatial pass: a traced chunk loop would fix the batch size
-    if frames is not None:
-        model.set_frames(frames)
-    size, frames = model.config.img_size, model.config.frames
+    if num_frames is not None:
+        model.set_frames(num_frames)
+    size, num_frames = model.config.img_size, model.config.frames
     meta = json.dumps(export_metadata(model))
     module = _Exported(model, check=fmt == "torchscript").eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,12 +241,12 @@ def export_model(
     try:
         with _quiet_export(), _standard_ops(), torch.no_grad():
             if fmt == "torchscript":
-                _export_torchscript(module, _example(TRACE_BATCH, frames, size, 0), tmp, meta)
+                _export_torchscript(module, _example(TRACE_BATCH, num_frames, size, 0), tmp, meta)
             else:
-                _export_onnx(module, _example(TRACE_BATCH, frames, size, 0), tmp, meta, opset)
+                _export_onnx(module, _example(TRACE_BATCH, num_frames, size, 0), tmp, meta, opset)
         diff = None
         if verify:
-            videos = _example(1, frames, size, 1)
+            videos = _example(1, num_frames, size, 1)
             with torch.no_grad():
                 expected = model(videos)
             diff = (run_exported(tmp, videos, fmt) - expected).abs().max().item()
@@ -256,7 +260,18 @@ def export_model(
         raise StamError(f"{fmt} export failed: {_first_line(err)} (run with --debug for details)") from err
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(path, fmt, frames, size, diff)
+    return ExportResult(path, fmt, num_frames, size, diff)
+
+
+def run_export(job: ExportJob) -> ExportResult:
+    """``stam export``: the format checked (and ONNX's packages) before the model is loaded or
+    downloaded, then :func:`export_model`."""
+    fmt = format_for_export(job.output, job.format)
+    if fmt == "onnx":
+        require_onnx()
+    _check_num_frames(job.num_frames)
+    return export_model(job.load_model(), job.output, fmt, num_frames=job.num_frames, opset=job.opset,
+                        verify=job.verify)
 
 
 def read_export_metadata(path: Union[str, Path]) -> dict[str, Any]:

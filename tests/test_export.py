@@ -79,8 +79,8 @@ def test_torchscript_rejects_a_wrong_frame_count(torchscript_file):
 
 
 def test_frames_are_fixed_at_export_without_touching_the_model(model, tmp_path):
-    result = export_model(model, tmp_path / "f8.pt", frames=8)  # format from the extension
-    assert (result.format, result.frames) == ("torchscript", 8)
+    result = export_model(model, tmp_path / "f8.pt", num_frames=8)  # format from the extension
+    assert (result.format, result.num_frames) == ("torchscript", 8)
     assert model.config.frames == 4 and model.temporal.pos_embed.shape[1] == 5  # the caller's model unchanged
     videos = _videos(2, frames=8)
     expected = _reference(model, videos)  # the model interpolates its position embedding the same way

@@ -48,6 +48,7 @@ class FinetuneConfig:
     weights_dir: Optional[str] = None
     mirror: Optional[str] = None
     offline: Optional[bool] = None
+    decoder: Optional[str] = None  # auto, pyav or opencv; None: $STAM_DECODER, else auto
 
     def check(self) -> None:
         if not self.data:

@@ -8,13 +8,21 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..engine import PredictOptions, Predictor
+from ..engine import Predictor
 from ..errors import StamError
+from ..jobs import EvaluationJob, PredictOptions
 from ..model import STAM
 from .data import Example, read_examples, validate
 from .metrics import evaluate_predictions, write_report
 
 log = logging.getLogger(__name__)
+
+
+def run_evaluation(job: EvaluationJob) -> dict:
+    """``stam evaluate``: the options checked before the model is loaded (or downloaded), then
+    :func:`evaluate`. ``job`` is left as it was."""
+    options = job.options.resolve()
+    return evaluate(job.data, job.load_model(), options, output=job.output, skip_bad=job.skip_bad)
 
 
 def evaluate(

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..allocator import keep_freed_memory
 from ..checkpoints import load_checkpoint, save_checkpoint
-from ..distributed import Distributed
 from ..device import autocast_for, resolve_device, resolve_precision
-from ..engine import PredictOptions
+from ..distributed import Distributed
 from ..errors import StamError, UsageError
+from ..jobs import PredictOptions
 from ..model import STAM
 from .config import FinetuneConfig, load_run_config, new_run_dir, save_config
 from .data import ClipDataset, class_names, read_examples, stratified_split, validate
@@ -339,7 +339,7 @@ def _final_report(run: _Run) -> None:
     if not run.val_examples or not run.dist.is_main:
         return
     options = PredictOptions(device=str(run.device), precision=run.precision, batch_size=run.config.batch_size,
-                             workers=max(1, run.config.workers))
+                             workers=max(1, run.config.workers), decoder=run.config.decoder)
     evaluate_examples(run.val_examples, load_checkpoint(run.run_dir / "best.safetensors"), options,
                       output=run.run_dir / "val_report.json", source=run.config.val or run.config.data)
 
