@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY, make_tiny_model, save_authors_checkpoint
+from conftest import CHILD_ENV, TINY, make_tiny_model, save_authors_checkpoint
 from stamcli import StamError, __version__, load_model
 from stamcli.cli import app
 
@@ -117,3 +117,157 @@ def test_public_api_names_resolve_lazily():
     from stamcli.train.finetune import finetune
 
     assert stamcli.finetune is finetune
+
+
+# --------------------------------------------------------------------------- one CLI pattern
+
+import dataclasses  # noqa: E402
+
+import typer  # noqa: E402
+
+from stamcli.jobs import EmbedJob, EvaluationJob, ExportJob, PredictOptions, TaggingJob  # noqa: E402
+from stamcli.train.config import FinetuneConfig  # noqa: E402
+
+ALL = {"models", "download-weights", "predict", "embed", "evaluate", "export", "finetune"}
+MODEL_LOADING = {"predict", "embed", "evaluate", "export"}
+RUNS_MODEL = {"predict", "embed", "evaluate", "finetune"}
+#: option -> the commands that share it (one declaration, one help text)
+SHARED = {
+    "--device": RUNS_MODEL, "--precision": RUNS_MODEL, "--batch-size": RUNS_MODEL, "--decoder": RUNS_MODEL,
+    "--model": RUNS_MODEL, "--frames": RUNS_MODEL | {"export"}, "--offline": MODEL_LOADING | {"finetune"},
+    "--arch": MODEL_LOADING, "--trust-checkpoint": MODEL_LOADING, "--weights-dir": ALL,
+    "--mirror": ALL - {"models"}, "--workers": {"predict", "embed", "evaluate"},
+    "--streams": {"predict", "embed", "evaluate"}, "--quiet": {"predict", "embed"}, "--labels": {"predict", "export"},
+    "--skip-bad": {"evaluate", "finetune"}, "--clips": {"predict", "evaluate"}, "--crops": {"predict", "evaluate"},
+    "--recursive": {"predict", "embed"}, "--ext": {"predict", "embed"}, "--shard": {"predict", "embed"},
+}
+
+
+def _commands() -> dict:
+    return typer.main.get_command(app).commands
+
+
+def _option(command, flag: str):
+    return next((p for p in command.params if flag in p.opts), None)
+
+
+def test_shared_options_say_the_same_in_every_command():
+    commands = _commands()
+    assert set(commands) == ALL
+    for flag, names in SHARED.items():
+        helps = {}
+        for name in names:
+            option = _option(commands[name], flag)
+            assert option is not None, f"stam {name} has no {flag}"
+            helps[name] = option.help
+        assert len(set(helps.values())) == 1, (flag, helps)
+        assert next(iter(helps.values())), flag
+    # finetune's --workers counts data-loading processes (0 allowed): another option under the same name
+    assert _option(commands["finetune"], "--workers").help != _option(commands["predict"], "--workers").help
+
+
+def _field_default(cls, name):
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+JOB_CLASSES = {"predict": (PredictOptions, TaggingJob), "embed": (PredictOptions, EmbedJob),
+               "evaluate": (PredictOptions, EvaluationJob), "export": (ExportJob,), "finetune": (FinetuneConfig,)}
+
+
+@pytest.mark.parametrize("name", sorted(JOB_CLASSES))
+def test_help_defaults_are_the_job_classes_defaults(name):
+    command = _commands()[name]
+    compared = 0
+    for param in command.params:
+        cls = next((c for c in JOB_CLASSES[name] if param.name in {f.name for f in dataclasses.fields(c)}), None)
+        if cls is None or (name, param.name) == ("finetune", "data"):  # DATA: given, or from --config
+            continue
+        default = _field_default(cls, param.name)
+        if default is dataclasses.MISSING:
+            assert param.required, (name, param.name)
+            continue
+        assert param.default == default, (name, param.name, param.default, default)
+        compared += 1
+    assert compared >= {"predict": 20, "embed": 16, "evaluate": 14, "export": 9, "finetune": 28}[name], compared
+    if name == "finetune":  # and --help shows them
+        lines = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "250"}).output.splitlines()
+        for flag, value in (("--epochs", FinetuneConfig.epochs), ("--lr", FinetuneConfig.lr),
+                            ("--workers", FinetuneConfig.workers), ("--val-split", FinetuneConfig.val_split)):
+            row = next(line for line in lines if line.strip("│ ").startswith(f"{flag} "))
+            assert f"[default: {value}]" in row, row
+
+
+def test_each_command_builds_its_job_and_calls_one_function(monkeypatch, tmp_path):
+    import stamcli.embedding as embedding
+    import stamcli.export as export
+    import stamcli.tagging as tagging
+    import stamcli.train.evaluate as evaluate
+    import stamcli.train.finetune as finetune
+    from stamcli.export import ExportResult
+    from stamcli.runner import RunSummary
+
+    calls = []
+
+    def fake(result):
+        def call(job, **kwargs):
+            calls.append(job)
+            return result
+        return call
+
+    summary = RunSummary(ok=1, failed=0, skipped=0, elapsed_s=1.0, videos_per_s=1.0, output=None)
+    monkeypatch.setattr(tagging, "run_tagging", fake(summary))
+    result = runner.invoke(app, ["predict", "a.mp4", "b/", "--frames", "8", "-k", "3", "--device", "cpu",
+                                 "--decoder", "pyav", "--shard", "1/2", "--ext", "mp4,avi", "-o", "t.csv",
+                                 "--labels", "l.txt", "--offline", "--window", "4", "-q"])
+    assert result.exit_code == 0, result.output
+    assert calls.pop() == TaggingJob(
+        paths=["a.mp4", "b/"], model=None, labels="l.txt", offline=True, extensions=("mp4", "avi"), shard="1/2",
+        output="t.csv", window=4.0,
+        options=PredictOptions(num_frames=8, top_k=3, device="cpu", decoder="pyav"))
+
+    monkeypatch.setattr(embedding, "run_embedding", fake(summary))
+    result = runner.invoke(app, ["embed", "a.mp4", "-o", "e.npy", "--per-frame", "-m", "m.safetensors", "-b", "2",
+                                 "--decoder", "opencv", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert calls.pop() == EmbedJob(paths=["a.mp4"], model="m.safetensors", output="e.npy", per_frame=True,
+                                   options=PredictOptions(batch_size=2, device="cpu", decoder="opencv"))
+
+    report = {"model": "m", "videos": 2, "top1": 0.5, "top5": 1.0, "mean_class_accuracy": 0.5, "failed": []}
+    monkeypatch.setattr(evaluate, "run_evaluation", fake(report))
+    result = runner.invoke(app, ["evaluate", "val.csv", "-m", "m.pth", "--arch", "a.json", "--clips", "2",
+                                 "--device", "cpu", "--decoder", "opencv", "--skip-bad"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "50.00%" in result.output
+    assert calls.pop() == EvaluationJob(data="val.csv", model="m.pth", arch="a.json", skip_bad=True,
+                                        options=PredictOptions(clips=2, device="cpu", decoder="opencv"))
+
+    monkeypatch.setattr(export, "run_export", fake(ExportResult(tmp_path / "m.pt", "torchscript", 8, 32, None)))
+    result = runner.invoke(app, ["export", "stam_8", "-o", str(tmp_path / "m.pt"), "--frames", "8", "--no-verify"],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "input: batch x 8 x 3 x 32 x 32)" in result.output
+    assert calls.pop() == ExportJob(model="stam_8", output=str(tmp_path / "m.pt"), num_frames=8, verify=False)
+
+    # finetune: the config file, then only the flags given (a default never overrides the file)
+    from stamcli.train.finetune import FinetuneResult
+
+    monkeypatch.setattr(finetune, "finetune", fake(FinetuneResult(tmp_path, 3, 2, 0.5, False, False)))
+    config = tmp_path / "c.yaml"
+    config.write_text("workers: 0\nfreeze-backbone: true\nepochs: 7\nmodel: base.safetensors\n")
+    result = runner.invoke(app, ["finetune", "clips.csv", "--config", str(config), "--epochs", "3", "--decoder",
+                                 "opencv", "--weights-dir", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert calls.pop() == FinetuneConfig(data="clips.csv", model="base.safetensors", workers=0, freeze_backbone=True,
+                                         epochs=3, decoder="opencv", weights_dir=str(tmp_path / "w"))
+    result = runner.invoke(app, ["finetune", "--resume", str(tmp_path), "--epochs", "3", "--train-backbone"])
+    assert result.exit_code == 2 and "drop: epochs, freeze_backbone" in result.output
+    assert not calls
+
+
+def test_the_command_line_starts_without_torch():
+    code = "import sys, stamcli.cli; print(sorted({'torch', 'cv2', 'numpy'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=CHILD_ENV)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

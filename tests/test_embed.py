@@ -319,3 +319,17 @@ def test_ctrl_c_between_a_batchs_rows_and_its_records_leaves_no_unrecorded_row(v
         assert [r["row"] for r in saved.records] == [0, 1]
     assert not np.isnan(emb[:2]).any() and np.isnan(emb[2:]).all()
     assert not np.isnan(frames[:2]).any() and np.isnan(frames[2:]).all()
+
+
+def test_run_embedding_leaves_the_callers_job_as_it_was(videos, tiny_checkpoint, tmp_path):
+    import copy
+
+    from stamcli.embedding import run_embedding
+    from stamcli.jobs import EmbedJob
+
+    job = EmbedJob(paths=[str(videos / "a.mp4"), str(videos / "b.avi")], model=str(tiny_checkpoint),
+                   output=str(tmp_path / "e.npy"), options=PredictOptions(device="cpu", precision="auto", streams=1))
+    before = copy.deepcopy(job)
+    result = run_embedding(job)
+    assert (result.ok, result.failed, result.skipped) == (2, 0, 0) and load_embeddings(tmp_path / "e.npy").paths == job.paths
+    assert job == before and job.options.precision == "auto"  # resolved (to fp32) in a copy only

@@ -351,3 +351,24 @@ def test_default_decode_workers_leave_the_cpu_to_the_model_and_feed_a_gpu(monkey
     assert parallel.default_workers(torch.device("cuda")) == 32
     assert Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu")).workers == 4
     assert Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu", workers=3)).workers == 3
+
+
+def test_run_tagging_checks_the_options_once_and_leaves_the_callers_job_as_it_was(videos, tiny_checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    import copy
+
+    import stamcli.device
+    from stamcli.jobs import TaggingJob
+    from stamcli.tagging import run_tagging
+
+    checks = []
+    real = stamcli.device.resolve_device
+    monkeypatch.setattr(stamcli.device, "resolve_device", lambda spec: checks.append(spec) or real(spec))
+
+    job = TaggingJob(paths=[str(videos / "a.mp4"), str(videos / "sub")], model=str(tiny_checkpoint),
+                     output=str(tmp_path / "t.jsonl"), options=PredictOptions(device="cpu", precision="auto", workers=1))
+    before = copy.deepcopy(job)
+    summary = run_tagging(job)
+    assert (summary.ok, summary.failed, summary.interrupted) == (4, 0, False)
+    assert job == before and job.options.precision == "auto"  # resolved (to fp32) in a copy only
+    assert checks == ["cpu"]  # once per run, not again by the Predictor
