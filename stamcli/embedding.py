@@ -53,7 +53,7 @@ def index_path(output: Union[str, Path]) -> Path:
     return Path(output).with_suffix(".csv")
 
 
-def frames_path(output: Union[str, Path]) -> Path:
+def frame_embeddings_path(output: Union[str, Path]) -> Path:
     """Where the frame embeddings of a ``.npy`` output go: ``emb.npy`` -> ``emb.frames.npy``."""
     output = Path(output)
     return output.with_name(f"{output.stem}.frames.npy")
@@ -123,9 +123,9 @@ class EmbeddingStore:
         self._safetensors = self.output.suffix.lower() == ".safetensors"
         if self._safetensors:
             work = lambda name: self.output.with_name(f".{self.output.name}.{name}.npy")  # noqa: E731
-            self._emb_file, self._frames_file = work("embeddings"), work("frame_embeddings")
+            self._emb_file, self._frame_embeddings_file = work("embeddings"), work("frame_embeddings")
         else:
-            self._emb_file, self._frames_file = self.output, frames_path(self.output)
+            self._emb_file, self._frame_embeddings_file = self.output, frame_embeddings_path(self.output)
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             if resume:
@@ -144,9 +144,9 @@ class EmbeddingStore:
 
     def _fresh(self, shape, frame_shape) -> None:
         self.embeddings = _nan_memmap(self._emb_file, shape)
-        self.frame_embeddings = _nan_memmap(self._frames_file, frame_shape) if self.per_frame else None
+        self.frame_embeddings = _nan_memmap(self._frame_embeddings_file, frame_shape) if self.per_frame else None
         if not self.per_frame:
-            self._frames_file.unlink(missing_ok=True)  # a stale file of an earlier --per-frame run
+            self._frame_embeddings_file.unlink(missing_ok=True)  # a stale file of an earlier --per-frame run
 
     def _resume(self, shape, frame_shape) -> None:
         records = read_index(self.index) if self.index.exists() else {}
@@ -163,11 +163,11 @@ class EmbeddingStore:
             if record["model"] != self.model:
                 raise UsageError(f"{self.output} was made with model {record['model']}, not {self.model}: "
                                  "resume with the same model (or drop --resume)")
-        if self._frames_file.exists() != self.per_frame:
-            made = "with" if self._frames_file.exists() else "without"
+        if self._frame_embeddings_file.exists() != self.per_frame:
+            made = "with" if self._frame_embeddings_file.exists() else "without"
             raise UsageError(f"{self.output} was made {made} --per-frame: resume it the same way, or drop --resume")
         self.embeddings = _open_memmap(self._emb_file, shape, self.output)
-        self.frame_embeddings = _open_memmap(self._frames_file, frame_shape, self.output) if self.per_frame else None
+        self.frame_embeddings = _open_memmap(self._frame_embeddings_file, frame_shape, self.output) if self.per_frame else None
         self.records = records
         self._clear_unrecorded()  # rows a hard kill left half-done are not trusted
 
@@ -191,7 +191,7 @@ class EmbeddingStore:
             tensors = load_file(self.output)
         except (SafetensorError, OSError, ValueError) as err:
             raise StamError(f"cannot read {self.output}: {err}") from None
-        for name, target in (("embeddings", self._emb_file), ("frame_embeddings", self._frames_file)):
+        for name, target in (("embeddings", self._emb_file), ("frame_embeddings", self._frame_embeddings_file)):
             if name in tensors:
                 array = open_memmap(target, "w+", np.float32, tensors[name].shape)
                 array[:] = tensors[name]
@@ -258,7 +258,7 @@ class EmbeddingStore:
         os.replace(tmp, self.output)
         self.embeddings = self.frame_embeddings = None  # release the maps before removing their files
         self._emb_file.unlink(missing_ok=True)
-        self._frames_file.unlink(missing_ok=True)
+        self._frame_embeddings_file.unlink(missing_ok=True)
 
 
 def _nan_memmap(path: Path, shape) -> np.memmap:
@@ -399,9 +399,9 @@ def load_embeddings(output: Union[str, Path]) -> Embeddings:
     records = read_index(index_path(output))
     records = [records[row] for row in sorted(records)]
     if output.suffix.lower() == ".npy":
-        frames = frames_path(output)
-        return Embeddings(np.load(output, mmap_mode="r"), np.load(frames, mmap_mode="r") if frames.exists() else None,
-                          records)
+        per_frame = frame_embeddings_path(output)
+        return Embeddings(np.load(output, mmap_mode="r"),
+                          np.load(per_frame, mmap_mode="r") if per_frame.exists() else None, records)
     from safetensors.numpy import load_file
 
     tensors = load_file(output)
