@@ -220,13 +220,12 @@ def _extensions(ext: Optional[str]) -> tuple[str, ...]:
     return parse_extensions(ext) if ext else tuple(TAGGING.extensions)
 
 
-def _run_video_job(run: Callable, job, *, quiet: bool, verb: tuple[str, str], console: Optional[Console] = None) -> None:
+def _run_video_job(run: Callable, job, *, quiet: bool, verb: tuple[str, str]) -> None:
     """``run(job)`` behind a progress bar, then its summary; exit 0, 1 (a video failed) or 130 (interrupted)."""
-    from .progress import TaggingProgress
+    from .progress import RunProgress
 
-    extra = {} if console is None else {"console": console}
-    with TaggingProgress(stderr, enabled=not quiet, verb=verb) as progress:
-        summary = run(job, on_start=progress.start, on_record=progress.advance, **extra)
+    with RunProgress(stderr, enabled=not quiet, verb=verb) as progress:
+        summary = run(job, on_start=progress.start, on_record=progress.advance)
     if not quiet:
         progress.print_summary(summary)
     if summary.interrupted:
@@ -291,7 +290,8 @@ def predict_command(
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
                                decoder=decoder),
     )
-    _run_video_job(run_tagging, job, quiet=quiet, verb=("tagging", "tagged"), console=Console())
+    # without --output the table goes to stdout
+    _run_video_job(functools.partial(run_tagging, console=Console()), job, quiet=quiet, verb=("tagging", "tagged"))
 
 
 @app.command("embed")

@@ -29,7 +29,7 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.completed / elapsed:.2f} videos/s", style="cyan")
 
 
-class TaggingProgress:
+class RunProgress:
     """A progress bar with videos/s and ETA; ``start(total)`` then ``advance(record)`` per video.
 
     ``verb`` names the work in the bar and the summary: ``("tagging", "tagged")``, ``("embedding", "embedded")``.
@@ -47,7 +47,7 @@ class TaggingProgress:
         )
         self._task = None
 
-    def __enter__(self) -> "TaggingProgress":
+    def __enter__(self) -> "RunProgress":
         self._progress.__enter__()
         return self
 

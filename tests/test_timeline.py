@@ -585,10 +585,10 @@ def test_progress_shows_where_in_a_long_video_and_counts_videos():
 
     from rich.console import Console
 
-    from stamcli.progress import TaggingProgress
+    from stamcli.progress import RunProgress
 
     console = Console(file=io.StringIO(), width=150, force_terminal=True)
-    with TaggingProgress(console) as progress:
+    with RunProgress(console) as progress:
         progress.start(2)
         task = progress._progress.tasks[0]
         progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "window", "start_s": 3600.0,
