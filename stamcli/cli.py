@@ -24,6 +24,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import StamError, UsageError
+from .inputs import parse_extensions
 from .jobs import DEFAULT_MODEL, EmbedJob, EvaluationJob, ExportJob, PredictOptions, TaggingJob
 from .train.config import FinetuneConfig
 
@@ -215,8 +216,6 @@ def download_weights_command(
 # --------------------------------------------------------------------------- predict / embed
 
 def _extensions(ext: Optional[str]) -> tuple[str, ...]:
-    from .inputs import parse_extensions
-
     return parse_extensions(ext) if ext else tuple(TAGGING.extensions)
 
 

@@ -74,6 +74,7 @@ class PredictorSource:
 
     def __init__(self, predictor: Predictor, timeline: Optional[TimelinePredictor] = None):
         self.predictor, self.timeline = predictor, timeline
+        self.top_k = predictor.top_k  #: labels per record (the writer's columns)
 
     def results(self, videos: Sequence[str]) -> Iterator[list[VideoResult]]:
         if self.timeline is not None:
@@ -125,6 +126,13 @@ def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions
     return options, fmt
 
 
+def _source(job: TaggingJob, options: PredictOptions, model) -> PredictorSource:
+    """What produces the records of ``job``: the local model, per video or per window."""
+    predictor = Predictor(model, options, keep_clips=job.preview is not None)
+    return PredictorSource(predictor, None if job.window is None else TimelinePredictor(predictor, job.window,
+                                                                                        job.stride))
+
+
 def run_tagging(
     job: TaggingJob,
     *,
@@ -140,26 +148,24 @@ def run_tagging(
     videos, target = _plan(job, dist)
     if fmt in SUBTITLE_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
-    model = job.load_model(progress=dist.rank == 0)
-    predictor = Predictor(model, options, keep_clips=job.preview is not None)
-    timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
+    source = _source(job, options, job.load_model(progress=dist.rank == 0))
     previews = PreviewWriter(job.preview) if job.preview is not None else None
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
     resume_target = job.resume and not dist.active
     done_before = _done_paths(job, fmt) if dist.active else set()
     if job.window is not None or fmt in SUBTITLE_FORMATS:
-        writer = open_timeline_writer(target, fmt, videos, top_k=predictor.top_k, resume=resume_target,
+        writer = open_timeline_writer(target, fmt, videos, top_k=source.top_k, resume=resume_target,
                                       console=console, timeline=job.window is not None)
     else:
-        writer = open_writer(target, fmt, top_k=predictor.top_k, resume=resume_target, console=console)
+        writer = open_writer(target, fmt, top_k=source.top_k, resume=resume_target, console=console)
     sink = RecordSink(writer, previews)
     done = done_before if dist.active else writer.done_paths
     todo = [video for video in videos if video not in done]
-    summary = run_loop(PredictorSource(predictor, timeline), todo, sink, skipped=len(videos) - len(todo),
+    summary = run_loop(source, todo, sink, skipped=len(videos) - len(todo),
                        output=job.output, on_start=on_start, on_record=on_record)
     if dist.active and not summary.interrupted:
         dist.barrier()
         if dist.rank == 0:
-            _merge_parts(job, fmt, predictor.top_k, dist)
+            _merge_parts(job, fmt, source.top_k, dist)
         dist.barrier()
     return summary
