@@ -61,7 +61,9 @@ def test_temporal_order_is_learned_and_the_run_folder_is_complete(motion, tmp_pa
     # slower: about 40% after 24 epochs here.)
     result = finetune(_config(motion, tmp_path, epochs=EPOCHS, lr=1e-3, freeze_backbone=True))
     run = result.run_dir
-    assert result.best_top1 >= 0.9, f"validation top-1 {result.best_top1:.3f}"
+    # Order-blind, the classes come in time-reversed pairs: 1/2 at best. The authors' post-norm encoder
+    # from scratch ends between 0.81 and 0.9 depending on the CPU's float kernels.
+    assert result.best_top1 >= 0.75, f"validation top-1 {result.best_top1:.3f}"
     assert sorted(p.name for p in run.iterdir()) == sorted([
         "best.safetensors", "last.safetensors", "last_state.pt", "config.yaml", "metrics.csv", "cache",
         "training_curves.png", "val_report.json", "val_report_confusion.csv", "val_report_confusion.png",
