@@ -15,7 +15,7 @@ import torch
 
 from stamcli.engine import PredictOptions, Predictor, autocast_for
 from stamcli.parallel import cpu_cores, default_workers
-from stamcli.video import read_clip
+from stamcli.decode import read_clip
 
 from .common import Context, ModelSpec
 

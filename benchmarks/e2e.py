@@ -18,7 +18,7 @@ import time
 from stamcli.engine import PredictOptions
 from stamcli.parallel import cpu_cores
 from stamcli.tagging import TaggingJob, run_tagging
-from stamcli.video import read_clip
+from stamcli.decode import read_clip
 
 from . import baseline
 from .common import Context, ModelSpec, duration_text, median_time, save_authors_checkpoint

@@ -20,11 +20,10 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import torch
 
 from .allocator import keep_freed_memory
+from .decode import CROPS, Clip, ClipSpec, resolve_decoder
 from .errors import StamError, UsageError
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
-from .sparse_decode import decoder_choice
-from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -78,8 +77,9 @@ def autocast_for(device: torch.device, precision: str):
 class PredictOptions:
     """How :class:`Predictor` runs. ``frames=None`` uses the frame count the model was trained for.
 
-    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.video.read_views`): the model
-    sees every view and the softmax is averaged over them.
+    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.decode.read_views`): the model
+    sees every view and the softmax is averaged over them.  ``decoder``: ``auto``, ``pyav`` or
+    ``opencv`` (:mod:`stamcli.decode.decoders`); None: ``STAM_DECODER``, else ``auto``.
     """
 
     frames: Optional[int] = None
@@ -91,6 +91,7 @@ class PredictOptions:
     streams: Optional[int] = None
     clips: int = 1
     crops: int = 1
+    decoder: Optional[str] = None
 
     @property
     def views(self) -> int:
@@ -106,7 +107,7 @@ class PredictOptions:
                 raise UsageError(f"{name} must be at least 1")
         if self.crops not in CROPS:
             raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
-        decoder_choice()  # a bad STAM_DECODER stops the run here, not at every video
+        resolve_decoder(self.decoder)  # a bad --decoder / STAM_DECODER stops the run here, not at every video
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 
@@ -136,6 +137,9 @@ class Predictor:
         self.top_k = min(self.options.top_k, model.config.num_classes)
         self.workers = self.options.workers or default_workers(self.device)
         self.streams = self.options.streams or default_streams(self.device)
+        #: how each video is read (picklable: decode workers in other processes can use it)
+        self.clip_spec = ClipSpec(self.frames, model.config.img_size, self.options.clips, self.options.crops,
+                                  resolve_decoder(self.options.decoder), threads=1 if self.workers > 1 else 0)
 
     # ------------------------------------------------------------------ model side
 
@@ -160,7 +164,7 @@ class Predictor:
     def probabilities(self, clips: list[Clip]) -> torch.Tensor:
         """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU.
 
-        A :class:`~stamcli.video.Views` of ``V`` views runs as ``V`` inputs of the model, and its
+        A :class:`~stamcli.decode.Views` of ``V`` views runs as ``V`` inputs of the model, and its
         probabilities are the mean of their softmaxes (all clips must have the same ``V``).
         """
         logits = self._run_model(lambda videos: self.model(videos.flatten(0, 1)), clips)
@@ -169,7 +173,7 @@ class Predictor:
     def embeddings(self, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor]:
         """Video embeddings ``(len(clips), D)`` and frame embeddings ``(len(clips), F, D)`` from one forward
         pass (:meth:`~stamcli.model.STAM.embed_with_frames`), float32 on the CPU (the mean over views
-        for :class:`~stamcli.video.Views`)."""
+        for :class:`~stamcli.decode.Views`)."""
         video, frames = self._run_model(lambda videos: self.model.embed_with_frames(videos.flatten(0, 1)), clips)
         count = len(clips)
         return (video.float().view(count, -1, *video.shape[1:]).mean(dim=1).cpu(),
@@ -193,11 +197,7 @@ class Predictor:
     # ------------------------------------------------------------------ decode side
 
     def _decode(self, path: str) -> Clip:
-        threads = 1 if self.workers > 1 else 0
-        if self.options.views == 1:
-            return read_clip(path, self.frames, self.model.config.img_size, threads=threads)
-        return read_views(path, self.frames, self.model.config.img_size, clips=self.options.clips,
-                          crops=self.options.crops, threads=threads)
+        return self.clip_spec.read(path)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """One output record per path, in order (see the README for the schema)."""
@@ -207,7 +207,7 @@ class Predictor:
     def scores(self, paths: Iterable[str]) -> Iterator["ScoredVideo"]:
         """Every class probability of each video, in order. Decoding runs ahead in worker threads.
 
-        With ``keep_clips`` each item also holds its :class:`~stamcli.video.Clip` (the sampled frames,
+        With ``keep_clips`` each item also holds its :class:`~stamcli.decode.Clip` (the sampled frames,
         e.g. for a preview); otherwise the frames are dropped once the batch is scored.
         """
         for batch, probabilities in self.computed(paths, self.probabilities):

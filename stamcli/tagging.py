@@ -19,7 +19,7 @@ from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .preview import PreviewWriter
 from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
-from .video import Clip
+from .decode import Clip
 from .writers import open_writer, read_records
 from .zoo import model_for_frames
 

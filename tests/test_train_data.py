@@ -15,7 +15,7 @@ import torch
 from stamcli.errors import StamError, VideoError
 from stamcli.train.data import (ClipDataset, Example, Problem, check_classes, check_examples, class_names,
                                 jittered_indices, random_resized_crop, read_examples, stratified_split, validate)
-from stamcli.video import read_clip, sample_indices
+from stamcli.decode import read_clip, sample_indices
 from synthetic import (MOTION_CLASSES, decode_clip_index, motion_frames, quadrant_colors, quadrant_frame,
                        write_index_video, write_motion_dataset, write_motion_video, write_text, write_truncated,
                        write_video, write_video_av)
@@ -328,10 +328,9 @@ def test_read_clip_sampler_gives_exactly_those_frames(tmp_path):
 
 
 @pytest.mark.parametrize("decoder", ["opencv", "auto"])
-def test_read_clip_sampler_is_used_after_a_lying_header(tmp_path, monkeypatch, decoder):
+def test_read_clip_sampler_is_used_after_a_lying_header(tmp_path, decoder):
     """OpenCV plans from the header's 60 frames and asks again with the real count; PyAV's
     count is exact, so it asks once."""
-    monkeypatch.setenv("STAM_DECODER", decoder)
     full = write_index_video(tmp_path / "t60.avi", 60, 48, 64, fourcc="MJPG")
     path = write_truncated(full, tmp_path / "t60_cut.avi", 0.6)
     calls = []
@@ -340,7 +339,7 @@ def test_read_clip_sampler_is_used_after_a_lying_header(tmp_path, monkeypatch, d
         calls.append(n)
         return [n - 2, 0, n // 2]
 
-    clip = read_clip(path, 3, 32, sampler=sampler)
+    clip = read_clip(path, 3, 32, sampler=sampler, decoder=decoder)
     real = clip.frame_count
     assert 0 < real < 60 and calls == ([60, real] if decoder == "opencv" else [real])
     assert clip.decoder == ("opencv" if decoder == "opencv" else "pyav")
