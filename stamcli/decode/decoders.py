@@ -1,12 +1,8 @@
 """Which backend decodes a video: the decoder choice, and the one fallback from PyAV to OpenCV.
 
-========  ==================================================================================
-decoder   backends
-========  ==================================================================================
-``auto``  PyAV where it can read the video exactly, else OpenCV (the default)
-``pyav``  PyAV only: a video it cannot read exactly is a :class:`~stamcli.errors.VideoError`
-``opencv`` OpenCV only
-========  ==================================================================================
+* ``auto``: PyAV where it can read the video exactly, else OpenCV (the default);
+* ``pyav``: PyAV only; a video it cannot read exactly is a one-line :class:`~stamcli.errors.VideoError`;
+* ``opencv``: OpenCV only.
 
 The choice comes from the caller (``--decoder``, :attr:`PredictOptions.decoder
 <stamcli.engine.PredictOptions>`, :attr:`FinetuneConfig.decoder <stamcli.train.config.FinetuneConfig>`),
