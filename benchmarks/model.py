@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stamcli.allocator import keep_freed_memory
 from stamcli.parallel import ModelStreams, cpu_cores, default_streams
-from stamcli.video import read_clip
+from stamcli.decode import read_clip
 
 from . import baseline
 from .common import Context, ModelSpec, median_time

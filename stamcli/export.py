@@ -1,7 +1,7 @@
 """Export a STAM model for serving without stamcli: TorchScript or ONNX.
 
 The exported model takes ``videos``, float32 ``(batch, F, 3, S, S)`` RGB in [0, 1] (preprocessed
-as ``stam predict`` does, see :func:`stamcli.video.read_clip`), and returns ``logits``
+as ``stam predict`` does, see :func:`stamcli.decode.read_clip`), and returns ``logits``
 ``(batch, classes)``. The batch is dynamic; the frame count ``F`` and the size ``S`` are fixed
 at export (``num_frames`` resamples the temporal position embedding once, as
 :meth:`stamcli.model.STAM.set_frames` does). The labels, the architecture and the preprocessing

@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import StamError
 from .plots import write_png
-from .video import Clip, Views
+from .decode import Clip, Views
 
 COLUMNS = 8  #: tiles per row (fewer when the clip has fewer frames)
 MIN_TILE = 128  #: smallest tile side in pixels; smaller inputs are enlarged by an integer factor
@@ -104,7 +104,7 @@ def contact_sheet(clip: Clip, predictions: Sequence[dict], title: Optional[str] 
     """The sheet of ``clip``'s frames with ``predictions`` (``label``/``score`` dicts, best first), BGR uint8.
 
     ``title`` (default: the clip's path) heads the caption; a long one keeps its end.  Of test-time
-    :class:`~stamcli.video.Views`, the sheet shows the first temporal clip's centre crop.
+    :class:`~stamcli.decode.Views`, the sheet shows the first temporal clip's centre crop.
     """
     frames, indices = clip.frames.numpy(), clip.indices  # (F, 3, S, S) RGB
     if isinstance(clip, Views):

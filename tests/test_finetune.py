@@ -165,6 +165,21 @@ def test_bad_data_is_reported_before_training(tmp_path, motion):
     assert not (tmp_path / "r").exists()
 
 
+def test_the_config_s_decoder_checks_the_data(tmp_path, motion):
+    """A raw H.264 stream: OpenCV reads it, PyAV alone cannot (no timestamps)."""
+    from stamcli.errors import StamError
+    from synthetic import write_raw_h264
+
+    train = tmp_path / "raw.csv"
+    good = next((Path(motion[0]).parent / "left").glob("*.avi"))
+    train.write_text(f"path,label\n{good},left\n{write_raw_h264(tmp_path / 'raw.h264', 8)},right\n")
+    config = FinetuneConfig(data=str(train), model=str(motion[2]), output=str(tmp_path / "r"), device="cpu",
+                            decoder="pyav")
+    with pytest.raises(StamError, match=r"raw\.h264: unreadable video: PyAV cannot read it exactly"):
+        finetune(config)
+    assert not (tmp_path / "r").exists()
+
+
 def test_distributed_training_with_torchrun_on_cpu(motion, tmp_path):
     train, val, base = motion
     out = tmp_path / "ddp"

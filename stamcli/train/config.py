@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from ..decode import resolve_decoder
 from ..errors import StamError, UsageError
 
 
@@ -43,6 +44,7 @@ class FinetuneConfig:
     freeze_backbone: bool = False
     hflip: bool = False
     skip_bad: bool = False
+    decoder: Optional[str] = None  # auto, pyav or opencv; None: STAM_DECODER, else auto
     output: Optional[str] = None  # run directory; None: runs/finetune/<name>
     name: Optional[str] = None
     weights_dir: Optional[str] = None
@@ -67,6 +69,7 @@ class FinetuneConfig:
             raise UsageError("--lr must be > 0, --weight-decay and --warmup >= 0, --label-smoothing in [0, 1)")
         if self.workers < 0 or self.patience < 0 or self.clip_grad < 0:
             raise UsageError("--workers, --patience and --clip-grad must be >= 0")
+        resolve_decoder(self.decoder)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

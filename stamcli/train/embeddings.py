@@ -46,10 +46,12 @@ def _embed(model: STAM, dataset: ClipDataset, device, precision: str, batch_size
     return torch.cat(chunks) if chunks else torch.empty(0, model.config.frames, model.config.embed_dim).half()
 
 
-def _split(model, examples, index, cache_dir: Path, name: str, dist: Distributed, **run) -> TensorDataset:
+def _split(model, examples, index, cache_dir: Path, name: str, dist: Distributed, decoder: str,
+           **run) -> TensorDataset:
     path = cache_dir / f"{name}-{_cache_key(model, examples)}.pt"
     if dist.is_main and not path.exists():
-        dataset = ClipDataset(examples, index, model.config.frames, model.config.img_size, train=False)
+        dataset = ClipDataset(examples, index, model.config.frames, model.config.img_size, train=False,
+                              decoder=decoder)
         log.info("computing %s frame embeddings for %d videos (once)", name, len(examples))
         embeddings = _embed(model, dataset, **run)
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -63,8 +65,10 @@ def _split(model, examples, index, cache_dir: Path, name: str, dist: Distributed
 
 
 def cached_embeddings(model: STAM, train, val, index: dict[str, int], cache_dir: Path, *, device, precision: str,
-                      batch_size: int, workers: int, dist: Distributed) -> tuple[TensorDataset, TensorDataset]:
-    """(train, val) datasets of ``(frame embeddings (F, D) float16, label index)``."""
+                      batch_size: int, workers: int, dist: Distributed,
+                      decoder: str = "auto") -> tuple[TensorDataset, TensorDataset]:
+    """(train, val) datasets of ``(frame embeddings (F, D) float16, label index)``; the videos read
+    with ``decoder`` (:mod:`stamcli.decode.decoders`)."""
     run = dict(device=device, precision=precision, batch_size=batch_size, workers=workers)
-    return (_split(model, train, index, cache_dir, "train", dist, **run),
-            _split(model, val, index, cache_dir, "val", dist, **run))
+    return (_split(model, train, index, cache_dir, "train", dist, decoder, **run),
+            _split(model, val, index, cache_dir, "val", dist, decoder, **run))
