@@ -87,9 +87,9 @@ def test_options_resolve_the_decoder_once(h264, monkeypatch):
     assert predictor._decode(str(h264)).decoder == "opencv"
     assert Predictor(make_tiny_model(), PredictOptions(device="cpu", decoder="pyav")).clip_spec.decoder == "pyav"
     with pytest.raises(UsageError, match="STAM_DECODER='nvdec' is not one of"):
-        PredictOptions(device="cpu").check()
+        PredictOptions(device="cpu").resolve()
     with pytest.raises(UsageError, match="--decoder 'x' is not one of auto, pyav, opencv"):
-        PredictOptions(device="cpu", decoder="x").check()
+        PredictOptions(device="cpu", decoder="x").resolve()
     with pytest.raises(UsageError, match="--decoder 'x' is not one of"):
         FinetuneConfig(data="train.csv", decoder="x").check()
     FinetuneConfig(data="train.csv", decoder="opencv").check()

@@ -13,7 +13,6 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from ..decode import resolve_decoder
 from ..errors import StamError, UsageError
 
 
@@ -50,7 +49,6 @@ class FinetuneConfig:
     weights_dir: Optional[str] = None
     mirror: Optional[str] = None
     offline: Optional[bool] = None
-    decoder: Optional[str] = None  # auto, pyav or opencv; None: $STAM_DECODER, else auto
 
     def check(self) -> None:
         if not self.data:
@@ -69,6 +67,8 @@ class FinetuneConfig:
             raise UsageError("--lr must be > 0, --weight-decay and --warmup >= 0, --label-smoothing in [0, 1)")
         if self.workers < 0 or self.patience < 0 or self.clip_grad < 0:
             raise UsageError("--workers, --patience and --clip-grad must be >= 0")
+        from ..decode import resolve_decoder  # torch-free until a run: the CLI starts without it
+
         resolve_decoder(self.decoder)
 
     def to_dict(self) -> dict[str, Any]:
