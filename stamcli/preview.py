@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from .errors import StamError
-from .plots import write_png
+from .fileutils import write_atomic
 from .video import Clip, Views
 
 COLUMNS = 8  #: tiles per row (fewer when the clip has fewer frames)
@@ -172,9 +172,8 @@ def preview_name(path: str) -> str:
 class PreviewWriter:
     """Writes one contact sheet per ``ok`` video into ``folder`` (created if needed).
 
-    Drawing and PNG encoding (about 0.1 s for 16 frames of 224 px on one CPU core; OpenCV releases the
-    GIL) run in a background thread, at most ``max_pending`` sheets behind, so that they overlap the
-    model instead of adding to it. A failed write is raised by a later :meth:`write` or by
+    Drawing and PNG encoding (OpenCV releases the GIL) run in a background thread, at most
+    ``max_pending`` sheets behind, so that they overlap the model instead of adding to it. A failed write is raised by a later :meth:`write` or by
     :meth:`close`, which waits for every sheet (a context manager closes it on exit).
     """
 
@@ -203,8 +202,10 @@ class PreviewWriter:
         return target
 
     def _write(self, clip: Clip, record: dict, target: Path) -> None:
-        # atomic: never a half-written sheet, even on Ctrl-C
-        write_png(target, contact_sheet(clip, record.get("predictions") or []), what="preview ")
+        ok, encoded = cv2.imencode(".png", contact_sheet(clip, record.get("predictions") or []))
+        if not ok:
+            raise StamError(f"cannot write preview {target}: PNG encoding failed")
+        write_atomic(target, encoded.tobytes(), what="preview ")  # never a half-written sheet, even on Ctrl-C
         self.written += 1
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import StamError
-from ..plots import confusion_matrix_image, render_line_chart, write_atomic, write_png
+from ..fileutils import write_atomic
+from ..plots import Panel, confusion_matrix_image, line_chart
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +335,7 @@ class MetricsLog:
         accuracy = present({"val_top1": "val top-1", "val_top5": "val top-5"}, 100.0)
         panels = []
         if losses or not accuracy:
-            panels.append(render_line_chart(losses, title="loss", ylabel="cross-entropy", x=x, size=(640, 440)))
+            panels.append(Panel(losses, title="loss", ylabel="cross-entropy"))
         if accuracy:
-            panels.append(render_line_chart(accuracy, title="validation accuracy", ylabel="accuracy (%)", x=x,
-                                            size=(640, 440)))
-        return write_png(png_path, np.hstack(panels))
+            panels.append(Panel(accuracy, title="validation accuracy", ylabel="accuracy (%)"))
+        return line_chart(png_path, panels, x=x, size=(640, 440))
