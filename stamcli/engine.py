@@ -200,7 +200,7 @@ class Predictor:
                           crops=self.options.crops, threads=threads)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
-        """One output record per path, in order (see the README for the schema)."""
+        """One output record per path, in order (schema: docs/formats.md)."""
         for item in self.scores(paths):
             yield self.record(item)
 
@@ -284,7 +284,7 @@ def predict(
     model: STAM,
     options: Optional[PredictOptions] = None,
 ) -> list[dict]:
-    """Tag ``paths`` with ``model``; a list of records (see the README for the schema)."""
+    """Tag ``paths`` with ``model``; a list of records (schema: docs/formats.md)."""
     return list(Predictor(model, options).predict(paths))
 
 
