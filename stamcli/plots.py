@@ -171,19 +171,24 @@ def _draw_panel(ax: "Axes", panel: Panel, xs: Optional[np.ndarray], width_px: fl
     if panel.ylabel:
         ax.set_ylabel(_cut(panel.ylabel, 80), color=TEXT)
 
-    pad = 6.0
-    if handles:
-        columns = _legend_columns([h.get_label() for h in handles], width_px)
-        max_rows = max(1, int(height_px // 5 // 22))  # the legend takes at most a fifth of the height
-        if len(handles) > columns * max_rows:
-            shown = columns * max_rows - 1
-            hidden = len(handles) - shown
-            handles = handles[:shown] + [Line2D([], [], linestyle="none", label=f"(+{hidden} more)")]
-        legend = ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=columns,
-                           frameon=False, fontsize=9, borderaxespad=0.3, handlelength=2.2, columnspacing=1.2)
-        renderer = ax.figure.canvas.get_renderer()
-        pad += legend.get_window_extent(renderer).height * 72 / DPI  # the title goes above the legend
+    pad = 6.0 + (_legend_above(ax, handles, width_px, height_px) if handles else 0.0)
     ax.set_title(_cut(panel.title, 120), fontsize=13, fontweight="bold", color="black", pad=pad)
+
+
+def _legend_above(ax: "Axes", handles: list, width_px: float, height_px: float) -> float:
+    """The legend, centred above the plot in as many rows as it needs (at most a fifth of the
+    panel's height: the rest is summed up as "(+N more)"); returns its height in points."""
+    from matplotlib.lines import Line2D
+
+    columns = _legend_columns([h.get_label() for h in handles], width_px)
+    max_rows = max(1, int(height_px // 5 // 22))
+    if len(handles) > columns * max_rows:
+        shown = columns * max_rows - 1
+        hidden = len(handles) - shown
+        handles = handles[:shown] + [Line2D([], [], linestyle="none", label=f"(+{hidden} more)")]
+    legend = ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=columns,
+                       frameon=False, fontsize=9, borderaxespad=0.3, handlelength=2.2, columnspacing=1.2)
+    return legend.get_window_extent(ax.figure.canvas.get_renderer()).height * 72 / DPI
 
 
 def line_chart_figure(
@@ -260,6 +265,49 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _colour_values(counts: np.ndarray, normalize: bool) -> np.ndarray:
+    """Each cell's share of its row (a row without videos stays 0), or its count over the largest."""
+    if normalize:
+        totals = counts.sum(axis=1, keepdims=True)
+        return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    peak = counts.max() if counts.size else 0.0
+    return counts / peak if peak > 0 else np.zeros_like(counts)
+
+
+def _write_counts(ax: "Axes", counts: np.ndarray, shares: np.ndarray, cell: float) -> None:
+    """The count in each cell, up to 30 classes and while the text fits the cell."""
+    n = counts.shape[0]
+    if n > 30:
+        return
+    texts = [[_number(v) for v in row] for row in counts]
+    widest = max(len(t) for row in texts for t in row)
+    font_px = min(14.0, cell * 0.3, (cell - 6) / (0.62 * widest))
+    if font_px < 7:
+        return
+    for r in range(n):
+        for c in range(n):
+            color = "white" if shares[r, c] > 0.55 else (TEXT if counts[r, c] else "#aaaaaa")
+            ax.text(c, r, texts[r][c], ha="center", va="center", color=color, fontsize=font_px * 72 / DPI)
+
+
+def _label_classes(ax: "Axes", names: list[str], cell: float, name_pt: float, tick_pt: float) -> None:
+    """Class names on both axes when the cells are tall enough, else class indices at round steps."""
+    n = len(names)
+    if cell >= 14:
+        ax.set_xticks(range(n), names, rotation=90, fontsize=name_pt)
+        ax.set_yticks(range(n), names, fontsize=name_pt)
+    else:
+        ticks = list(range(0, n, _index_step(n, cell)))
+        ax.set_xticks(ticks, [str(i) for i in ticks], fontsize=tick_pt)
+        ax.set_yticks(ticks, [str(i) for i in ticks], fontsize=tick_pt)
+    if cell >= 12:  # lines between the cells
+        ax.set_xticks(np.arange(-0.5, n, 1.0), minor=True)
+        ax.set_yticks(np.arange(-0.5, n, 1.0), minor=True)
+        ax.grid(which="minor", color=GRID, linewidth=1)
+        ax.tick_params(which="minor", length=0)
+    ax.tick_params(colors=TEXT)
+
+
 def confusion_matrix_figure(
     matrix,
     labels: Sequence[str],
@@ -272,21 +320,13 @@ def confusion_matrix_figure(
     its row with ``normalize``, else its count over the largest count."""
     counts, labels = _check_matrix(matrix, labels)
     n = counts.shape[0]
-    if normalize:
-        totals = counts.sum(axis=1, keepdims=True)
-        shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    else:
-        peak = counts.max() if n else 0.0
-        shares = counts / peak if peak > 0 else np.zeros_like(counts)
-
+    shares = _colour_values(counts, normalize)
     cell = _cell_pixels(n) if n else 0.0
     side = cell * n if n else 200.0
-    show_names = cell >= 14
     names = [_cut(label, 32) for label in labels]
-    name_pt = min(9.0, max(5.0, cell * 0.5 * 72 / DPI))
-    tick_pt = 8.0
+    name_pt, tick_pt = min(9.0, max(5.0, cell * 0.5 * 72 / DPI)), 8.0
     # room for the labels, estimated from the text; the layout engine places everything exactly
-    label_px = (max((len(name) for name in names), default=1) * 0.62 * name_pt * DPI / 72 if show_names
+    label_px = (max((len(name) for name in names), default=1) * 0.62 * name_pt * DPI / 72 if cell >= 14
                 else len(str(max(n - 1, 0))) * 0.62 * tick_pt * DPI / 72)
     width = min(MAX_SIDE, side + label_px + 40 + 100)  # + axis label, colour bar and its ticks
     height = min(MAX_SIDE, side + label_px + 40 + 80)  # + axis label, title and subtitle
@@ -294,11 +334,13 @@ def confusion_matrix_figure(
     ax = figure.subplots()
 
     subtitle = ("colour: share of each true class (row)" if normalize else "colour: count") + \
-        ("" if show_names or n == 0 else "; axes: class index")
+        ("" if cell >= 14 or n == 0 else "; axes: class index")
     figure.suptitle(_cut(title, 400), fontsize=13, fontweight="bold", color="black")
     ax.set_title(subtitle, fontsize=tick_pt, color=MUTED)
     ax.set_xlabel("predicted", color="black")
     ax.set_ylabel("true", color="black")
+    for spine in ax.spines.values():
+        spine.set_color(MUTED)
     if n == 0:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -307,39 +349,14 @@ def confusion_matrix_figure(
         return figure
 
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest" if side >= n else "antialiased")
-    bar_px = min(side, 400.0) if side >= 120 else side
+    bar_px = min(side, 400.0) if side >= 120 else side  # the colour bar: 16 px wide, at most 400 px tall
     bar = figure.colorbar(image, ax=ax, shrink=bar_px / side, aspect=bar_px / 16, anchor=(0.0, 1.0))
     bar.set_ticks([0.0, 0.5, 1.0])
     bar.set_ticklabels(["0%", "50%", "100%"] if normalize else ["0", _number(counts.max() / 2), _number(counts.max())])
     bar.ax.tick_params(labelsize=tick_pt)
     bar.outline.set_edgecolor(MUTED)
-
-    if cell >= 12:  # lines between the cells
-        ax.set_xticks(np.arange(-0.5, n, 1.0), minor=True)
-        ax.set_yticks(np.arange(-0.5, n, 1.0), minor=True)
-        ax.grid(which="minor", color=GRID, linewidth=1)
-        ax.tick_params(which="minor", length=0)
-    for spine in ax.spines.values():
-        spine.set_color(MUTED)
-
-    if n <= 30:  # counts in the cells while they fit
-        texts = [[_number(v) for v in row] for row in counts]
-        widest = max(len(t) for row in texts for t in row)
-        font_px = min(14.0, cell * 0.3, (cell - 6) / (0.62 * widest))
-        if font_px >= 7:
-            for r in range(n):
-                for c in range(n):
-                    color = "white" if shares[r, c] > 0.55 else (TEXT if counts[r, c] else "#aaaaaa")
-                    ax.text(c, r, texts[r][c], ha="center", va="center", color=color, fontsize=font_px * 72 / DPI)
-
-    if show_names:
-        ax.set_xticks(range(n), names, rotation=90, fontsize=name_pt)
-        ax.set_yticks(range(n), names, fontsize=name_pt)
-    else:
-        ticks = list(range(0, n, _index_step(n, cell)))
-        ax.set_xticks(ticks, [str(i) for i in ticks], fontsize=tick_pt)
-        ax.set_yticks(ticks, [str(i) for i in ticks], fontsize=tick_pt)
-    ax.tick_params(colors=TEXT)
+    _write_counts(ax, counts, shares, cell)
+    _label_classes(ax, names, cell, name_pt, tick_pt)
     return figure
 
 
