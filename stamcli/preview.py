@@ -173,8 +173,9 @@ class PreviewWriter:
     """Writes one contact sheet per ``ok`` video into ``folder`` (created if needed).
 
     Drawing and PNG encoding (OpenCV releases the GIL) run in a background thread, at most
-    ``max_pending`` sheets behind, so that they overlap the model instead of adding to it. A failed write is raised by a later :meth:`write` or by
-    :meth:`close`, which waits for every sheet (a context manager closes it on exit).
+    ``max_pending`` sheets behind, so that they overlap the model instead of adding to it. A failed
+    write is raised by a later :meth:`write` or by :meth:`close`, which waits for every sheet (a
+    context manager closes it on exit).
     """
 
     def __init__(self, folder, *, background: bool = True, max_pending: int = 8) -> None:
