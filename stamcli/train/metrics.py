@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -240,6 +241,7 @@ class MetricsLog:
         self._raw: list[list[str]] = []  # cells as written, so that rewriting never changes them
         self.rows: list[dict] = []
         self._warned: set[str] = set()
+        self._last_plot: Optional[tuple[float, float]] = None  # (when, seconds it took)
         if path.exists():
             self._load()
 
@@ -339,3 +341,17 @@ class MetricsLog:
         if accuracy:
             panels.append(Panel(accuracy, title="validation accuracy", ylabel="accuracy (%)"))
         return line_chart(png_path, panels, x=x, size=(640, 440))
+
+    def plot_if_due(self, png_path: str | os.PathLike, *, final: bool = False, budget: float = 0.1) -> Optional[Path]:
+        """:meth:`plot`, unless the last chart was drawn so recently that drawing again would take
+        more than ``budget`` of the time since (a chart costs a fraction of a CPU-second, and an
+        epoch with a frozen backbone can be shorter than that). ``final`` always draws. Returns the
+        path when the chart was drawn, else None."""
+        started = time.monotonic()
+        if not final and self._last_plot is not None:
+            when, cost = self._last_plot
+            if started - when < cost / budget:
+                return None
+        path = self.plot(png_path)
+        self._last_plot = (started, time.monotonic() - started)
+        return path
