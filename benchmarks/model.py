@@ -127,7 +127,7 @@ def model_only(ctx: Context, spec: ModelSpec, repeats: int, streams: int | None 
         outputs["logits"], outputs["embeddings"] = model.forward_with_embedding(videos)
 
     # each round measures the ceiling right before the model, so that a shared machine's drifts
-    # (seen: 130-180 GFLOP/s within minutes) cancel out of the ratio
+    # (tens of percent within minutes: benchmarks/README.md) cancel out of the ratio
     rounds = []
     for _ in range(max(1, repeats)):
         ceiling_now = measure_ceiling(ctx)

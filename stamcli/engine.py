@@ -120,7 +120,7 @@ class Predictor:
         return self.clip_spec.read(path)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
-        """One output record per path, in order (see the README for the schema)."""
+        """One output record per path, in order (schema: docs/formats.md)."""
         for item in self.scores(paths):
             yield self.record(item)
 
@@ -204,5 +204,5 @@ def predict(
     model: STAM,
     options: Optional[PredictOptions] = None,
 ) -> list[dict]:
-    """Tag ``paths`` with ``model``; a list of records (see the README for the schema)."""
+    """Tag ``paths`` with ``model``; a list of records (schema: docs/formats.md)."""
     return list(Predictor(model, options).predict(paths))

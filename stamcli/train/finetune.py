@@ -409,7 +409,8 @@ def finetune(
             run.save()
             if run.metrics:
                 run.metrics.append(row)
-                run.metrics.plot(run_dir / "training_curves.png")
+                last = stopped_early or run.epoch >= config.epochs
+                run.metrics.plot_if_due(run_dir / "training_curves.png", final=last)  # the last epoch always
             if on_epoch:
                 on_epoch(row)
     dist.barrier()
