@@ -373,9 +373,27 @@ def finetune_command(
     img_size: Annotated[
         Optional[int], typer.Option("--img-size", help="Input size (default: the model's own).")
     ] = FINETUNE.img_size,
+    temporal_layers: Annotated[
+        Optional[int],
+        typer.Option("--temporal-layers", help="Temporal encoder layers (default: the model's own; new model: 2)."),
+    ] = FINETUNE.temporal_layers,
+    temporal_norm: Annotated[
+        Optional[str], typer.Option("--temporal-norm", help="Temporal encoder form: pre, or post (the authors'); "
+                                    "default: the model's own, new model: pre.")
+    ] = FINETUNE.temporal_norm,
+    temporal_input_norm: Annotated[
+        Optional[bool],
+        typer.Option("--temporal-input-norm/--no-temporal-input-norm",
+                     help="BatchNorm on the frame embeddings (default: the model's own; new model: on)."),
+    ] = FINETUNE.temporal_input_norm,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs.")] = FINETUNE.epochs,
     batch_size: BatchSizeOption = FINETUNE.batch_size,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = FINETUNE.lr,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak learning rate of the parts that start from trained weights.")
+    ] = FINETUNE.lr,
+    scratch_lr_scale: Annotated[
+        float, typer.Option("--scratch-lr-scale", help="Parts that start from random weights train at --lr x this.")
+    ] = FINETUNE.scratch_lr_scale,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = FINETUNE.weight_decay,
     warmup: Annotated[float, typer.Option("--warmup", help="Warm-up epochs.")] = FINETUNE.warmup,
     label_smoothing: Annotated[
@@ -423,9 +441,9 @@ def finetune_command(
     if resume:
         if given:
             raise UsageError(f"--resume continues a run with its saved options; drop: {', '.join(given)}")
-        result = finetune(resume=resume, on_epoch=_print_epoch)
+        result = finetune(resume=resume, on_start=_print_parts, on_epoch=_print_epoch)
     else:
-        result = finetune(resolve_config(given, config), on_epoch=_print_epoch)
+        result = finetune(resolve_config(given, config), on_start=_print_parts, on_epoch=_print_epoch)
     if result.interrupted:
         stderr.print(f"[yellow]interrupted[/]: saved {result.run_dir}/last.safetensors; continue with: "
                      f"stam finetune --resume {escape(str(result.run_dir))}", highlight=False)
@@ -434,6 +452,12 @@ def finetune_command(
     stderr.print(f"[green]done[/]: {result.epochs_done} epochs{' (stopped early)' if result.stopped_early else ''}, "
                  f"best val top-1 {best} (epoch {result.best_epoch}); model: {escape(str(result.run_dir))}/best.safetensors",
                  highlight=False)
+
+
+def _print_parts(parts) -> None:
+    from .train.parts import parts_table
+
+    stderr.print(escape(parts_table(parts)), highlight=False)
 
 
 def _print_epoch(row: dict) -> None:

@@ -4,8 +4,10 @@ Shapes follow the authors' release (Sharir et al., 2021, and their public code, 
 :mod:`stamcli.checkpoints` loads): input ``(videos, frames, 3, H, W)`` floats in
 [0, 1] with no mean/std normalisation; each frame goes through the spatial ViT, whose final-norm
 class token is the frame embedding; a learned temporal class token and position embedding are
-added and a post-norm ``nn.TransformerEncoder`` (ReLU feed-forward, LayerNorm eps 1e-5) mixes the
-frames; a final LayerNorm and a Linear head give the logits.
+added and an ``nn.TransformerEncoder`` (ReLU feed-forward, LayerNorm eps 1e-5) mixes the frames;
+a final LayerNorm and a Linear head give the logits. The authors' encoder is post-norm, 6 layers
+(:data:`AUTHORS_TEMPORAL_NORM`); a model can have a pre-norm one of any depth instead, with the same
+parameter names (``temporal_norm``, ``temporal_layers`` in :class:`STAMConfig`).
 
 The module's own parameter names are ``spatial.*``, ``temporal.*`` and ``head.*``; the authors'
 names (``blocks.*``, ``aggregate.*``, ``head.*``) are mapped in :mod:`stamcli.checkpoints`.
@@ -14,7 +16,7 @@ names (``blocks.*``, ``aggregate.*``, ``head.*``) are mapped in :mod:`stamcli.ch
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -30,6 +32,10 @@ from .zoo import default_labels
 log = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5  # the authors' value in both transformers (timm's ViT default is 1e-6)
+TEMPORAL_NORMS = ("post", "pre")  #: LayerNorm after each sub-layer's residual sum (the authors'), or before
+AUTHORS_TEMPORAL_NORM = "post"
+#: initial std of the temporal position embedding with ``temporal_input_norm`` (the authors': 0.02)
+STANDARDISED_POSITION_STD = 0.3
 
 #: Frames the spatial ViT takes per pass on the CPU, so that its activations stay below glibc's
 #: 32 MiB mmap threshold and are reused from the heap (:mod:`stamcli.allocator`); the results are
@@ -56,6 +62,8 @@ class STAMConfig:
     patch_size: Optional[int] = None
     mlp_ratio: Optional[float] = None
     temporal_layers: int = 6
+    temporal_norm: str = AUTHORS_TEMPORAL_NORM  # a checkpoint without this field has the authors' form
+    temporal_input_norm: bool = False  # BatchNorm on the frame embeddings (the authors' have none)
     temporal_heads: int = 8
     temporal_ff: int = 2048
     temporal_dropout: float = 0.1  # active only in training mode, as in the authors' code
@@ -71,6 +79,12 @@ class STAMConfig:
                 f"unknown architecture field(s): {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
             )
         return cls(**data)
+
+    def check(self) -> None:
+        if self.temporal_norm not in TEMPORAL_NORMS:
+            raise StamError(f"temporal_norm must be one of {', '.join(TEMPORAL_NORMS)}, not {self.temporal_norm!r}")
+        if self.temporal_layers < 1:
+            raise StamError(f"temporal_layers must be at least 1, not {self.temporal_layers}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,13 +141,21 @@ def resample_temporal_positions(pos_embed: torch.Tensor, frames: int) -> torch.T
 
 
 class TemporalTransformer(nn.Module):
-    """The authors' ``aggregate`` module: class token + position embedding + post-norm encoder."""
+    """The authors' ``aggregate`` module: class token + position embedding + encoder + final norm.
 
-    def __init__(self, embed_dim: int, frames: int, layers: int, heads: int, feedforward: int, dropout: float):
+    ``norm="post"`` is the authors' encoder; ``"pre"`` puts each LayerNorm before its sub-layer
+    (``norm_first``), which trains from scratch on small data at a higher learning rate
+    (``benchmarks/README.md``). Both have the same parameters under the same names.
+    """
+
+    def __init__(self, embed_dim: int, frames: int, layers: int, heads: int, feedforward: int, dropout: float,
+                 norm: str = AUTHORS_TEMPORAL_NORM, input_norm: bool = False):
         super().__init__()
         if embed_dim % heads:
             raise StamError(f"temporal heads ({heads}) must divide the embedding size ({embed_dim})")
         self.frames = frames
+        # standardises each channel of the frame embeddings over the batch's frames (none in the authors')
+        self.input_norm = nn.BatchNorm1d(embed_dim) if input_norm else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, frames + 1, embed_dim))
         layer = nn.TransformerEncoderLayer(
@@ -144,12 +166,17 @@ class TemporalTransformer(nn.Module):
             activation="relu",
             layer_norm_eps=LAYER_NORM_EPS,
             batch_first=True,
+            norm_first=norm == "pre",
         )
         self.transformer_enc = nn.TransformerEncoder(
             layer, layers, norm=nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS), enable_nested_tensor=False
         )
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if input_norm:  # next to standardised frame embeddings, positions start visible enough to learn order
+            std = STANDARDISED_POSITION_STD
+            nn.init.trunc_normal_(self.pos_embed, std=std, a=-2 * std, b=2 * std)
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._warned_counts: set[int] = set()
 
     def position_embedding(self, frames: int) -> torch.Tensor:
@@ -168,8 +195,21 @@ class TemporalTransformer(nn.Module):
         """``(videos, frames, D)`` frame embeddings -> ``(videos, D)`` video embeddings."""
         videos, frames, _ = frame_embeddings.shape
         cls = self.cls_token.expand(videos, -1, -1)
+        if self.input_norm is not None:
+            frame_embeddings = self.input_norm(frame_embeddings.flatten(0, 1)).view_as(frame_embeddings)
         x = torch.cat([cls, frame_embeddings], dim=1) + self.position_embedding(frames)
         return self.transformer_enc(x)[:, 0]
+
+
+def describe_temporal(layers: int, norm: str, input_norm: bool) -> str:
+    """``"2 pre-norm layers with input BatchNorm"``, ``"6 post-norm layers"`` (the authors')."""
+    return f"{layers} {norm}-norm layer{'s' if layers != 1 else ''}{' with input BatchNorm' if input_norm else ''}"
+
+
+def _build_temporal(config: STAMConfig) -> TemporalTransformer:
+    return TemporalTransformer(config.embed_dim, config.frames, config.temporal_layers, config.temporal_heads,
+                               config.temporal_ff, config.temporal_dropout, config.temporal_norm,
+                               config.temporal_input_norm)
 
 
 class STAM(nn.Module):
@@ -185,13 +225,11 @@ class STAM(nn.Module):
 
     def __init__(self, config: STAMConfig, labels: Optional[Sequence[str]] = None, name: str = "stam"):
         super().__init__()
+        config.check()
         self.spatial = build_spatial(config)
         _describe_backbone(config, self.spatial)
         self.config = config
-        self.temporal = TemporalTransformer(
-            config.embed_dim, config.frames, config.temporal_layers, config.temporal_heads,
-            config.temporal_ff, config.temporal_dropout,
-        )
+        self.temporal = _build_temporal(config)
         self.head = nn.Linear(config.embed_dim, config.num_classes)
         self.name = name
         self.labels = list(labels) if labels is not None else default_labels(config.num_classes)
@@ -250,6 +288,18 @@ class STAM(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.config.num_classes = len(labels)
         self.labels = labels
+
+    def reset_temporal(self, layers: Optional[int] = None, norm: Optional[str] = None,
+                       input_norm: Optional[bool] = None) -> None:
+        """A new, randomly initialised temporal encoder: ``layers`` layers, ``norm`` form, with or
+        without ``input_norm`` (the current ones where None); heads, feed-forward size, dropout and
+        frames stay."""
+        config = replace(self.config, temporal_layers=self.config.temporal_layers if layers is None else layers,
+                         temporal_norm=norm or self.config.temporal_norm,
+                         temporal_input_norm=self.config.temporal_input_norm if input_norm is None else input_norm)
+        config.check()
+        self.temporal = _build_temporal(config).to(self.head.weight.device)
+        self.config = config
 
     @torch.no_grad()
     def set_frames(self, frames: int) -> None:

@@ -306,28 +306,52 @@ def make_unreadable(path) -> Path:
 
 MOTION_CLASSES = ("left", "right", "up", "down", "grow", "shrink")
 #: each class and the class whose videos are its own frames in reverse order
-MOTION_PAIRS = {"right": "left", "down": "up", "shrink": "grow"}
+MOTION_PAIRS = {"right": "left", "down": "up", "shrink": "grow", "darken": "brighten"}
+#: a colour sweep: the whole frame goes from dark to bright (``darken`` is its reverse)
+SWEEP_CLASSES = ("brighten", "darken")
+#: classes that time reversal leaves the same: a static checkerboard, a whole frame flashing on and off
+ORDERLESS_CLASSES = ("checker", "flash")
+#: the learnability study's classes: four time-reversed pairs and two order-agnostic classes
+ORDER_STUDY_CLASSES = MOTION_CLASSES + SWEEP_CLASSES + ORDERLESS_CLASSES
+_SEED_IDS = {"left": 0, "up": 1, "grow": 2, "brighten": 3, "checker": 4, "flash": 5}  # a pair shares its seeds
 
 
-def motion_frames(kind: str, frames: int = 16, size: int = 48, seed: int = 0) -> list[np.ndarray]:
-    """BGR frames of a bright filled square on a dark, slightly noisy background.
+def motion_frames(kind: str, frames: int = 16, size: int = 48, seed=0) -> list[np.ndarray]:
+    """BGR frames of a bright filled square on a dark, slightly noisy background, or a colour sweep.
 
     ``left``/``up`` move it across the frame, ``grow`` grows it from a point; ``right``, ``down``
     and ``shrink`` are exactly the frames of ``left``, ``up`` and ``grow`` with the same ``seed``
-    in reverse order, so each pair has the same frames up to order. The colour, the start
-    position, the path and the background noise come from ``seed``. The object stays inside the
-    central 80% of the frame, which any of stamcli's centre crops keeps.
+    in reverse order, so each pair has the same frames up to order. ``brighten`` fills the frame
+    with a colour going from dark to full brightness, ``darken`` is its reverse. ``checker`` is a
+    still checkerboard, ``flash`` a frame that is bright on every other frame and dark between:
+    reversing them in time gives clips of the same class. The colour, the start position, the path and the background
+    noise come from ``seed``. The object stays inside the central 80% of the frame, which any of
+    stamcli's centre crops keeps.
     """
     if kind in MOTION_PAIRS:
         return motion_frames(MOTION_PAIRS[kind], frames, size, seed)[::-1]
-    if kind not in MOTION_CLASSES:
-        raise ValueError(f"unknown motion {kind!r}; expected one of {', '.join(MOTION_CLASSES)}")
+    if kind not in ORDER_STUDY_CLASSES:
+        raise ValueError(f"unknown motion {kind!r}; expected one of {', '.join(ORDER_STUDY_CLASSES)}")
     rng = np.random.default_rng(seed)
     colour = rng.integers(150, 256, 3)
     colour[rng.integers(3)] = 255  # always one saturated channel: bright on any background
     lo, hi = 0.1 * size, 0.9 * size  # the object's extent stays within [lo, hi]
     half = 0.1 * size  # half side of the moving square
     t = np.linspace(0.0, 1.0, frames)
+    if kind in ("brighten", "flash"):
+        levels = 0.1 + 0.9 * (t if kind == "brighten" else (np.arange(frames) + rng.integers(2)) % 2)
+        noise = rng.integers(0, 20, (frames, size, size, 3))
+        return [np.clip(colour * level + n - 10, 0, 255).astype(np.uint8) for level, n in zip(levels, noise)]
+    if kind == "checker":
+        cell = size / rng.uniform(4, 8)
+        yy, xx = np.mgrid[0:size, 0:size]
+        board = ((yy // cell + xx // cell) % 2).astype(bool)
+        out = []
+        for _ in range(frames):
+            img = rng.integers(10, 30, (size, size, 3)).astype(np.uint8)
+            img[board] = colour
+            out.append(img)
+        return out
     if kind == "grow":
         cy, cx = rng.uniform(0.4 * size, 0.6 * size, 2)
         halves = 0.04 * size + t * (min(cy, cx, size - cy, size - cx) - lo - 0.04 * size)
@@ -355,9 +379,10 @@ def write_motion_video(path, kind: str, frames: int = 16, size: int = 48, seed: 
     return write_video(path, motion_frames(kind, frames, size, seed), 25, fourcc)
 
 
-def write_motion_dataset(root, per_class: int = 20, frames: int = 16, size: int = 48, seed: int = 0) -> Path:
+def write_motion_dataset(root, per_class: int = 20, frames: int = 16, size: int = 48, seed: int = 0,
+                         classes: Sequence[str] = MOTION_CLASSES) -> Path:
     """A temporal-order dataset: ``root/<class>/<class>_<i>.avi`` for the six
-    :data:`MOTION_CLASSES` and ``root/labels.csv`` (``path,label`` header, paths relative to
+    :data:`MOTION_CLASSES` (or ``classes``) and ``root/labels.csv`` (``path,label`` header, paths relative to
     ``root``). Video ``i`` of ``right`` is video ``i`` of ``left`` reversed in time (likewise
     ``down``/``up`` and ``shrink``/``grow``), so only the order of the frames tells a pair's
     classes apart. Returns ``root``.
@@ -369,9 +394,9 @@ def write_motion_dataset(root, per_class: int = 20, frames: int = 16, size: int 
 
     root = Path(root)
     rows = []
-    for kind in MOTION_CLASSES:
+    for kind in classes:
         (root / kind).mkdir(parents=True, exist_ok=True)
-        pair = MOTION_CLASSES.index(MOTION_PAIRS.get(kind, kind)) // 2
+        pair = _SEED_IDS[MOTION_PAIRS.get(kind, kind)]
         for i in range(per_class):
             name = f"{kind}/{kind}_{i}.avi"
             write_motion_video(root / name, kind, frames, size, seed=[seed, pair, i], fourcc="MJPG")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES, TINY_LABELS, authors_state_dict, make_tiny_model
 from stamcli import CheckpointError, StamError, load_checkpoint, read_checkpoint_metadata, save_checkpoint
@@ -32,6 +32,7 @@ def test_official_fixture_logits_match_the_authors_implementation():
     c = model.config
     assert (c.embed_dim, c.depth, c.num_heads, c.temporal_layers, c.temporal_heads, c.temporal_ff, c.frames) == (
         96, 2, 3, 2, 8, 2048, 8)
+    assert c.temporal_norm == "post"  # the authors' encoder
     assert model.labels == [f"class_{i}" for i in range(10)]
     assert model.name == "stam_tiny_official.pth"
 
@@ -173,6 +174,31 @@ def test_own_format_round_trip(tmp_path):
     videos = torch.rand(2, 4, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(model(videos), source(videos), rtol=0, atol=0)
+
+
+def test_own_format_records_the_temporal_form_and_older_files_mean_the_authors(tmp_path):
+    source = make_tiny_model(seed=6, temporal_layers=2, temporal_norm="pre", temporal_input_norm=True)
+    with torch.no_grad():  # trained-looking running statistics
+        source.temporal.input_norm.running_mean.normal_()
+        source.temporal.input_norm.running_var.uniform_(0.5, 2.0)
+    path = save_checkpoint(source, tmp_path / "pre.safetensors")
+    meta = read_checkpoint_metadata(path)
+    assert [meta["config"][k] for k in ("temporal_layers", "temporal_norm", "temporal_input_norm")] == [2, "pre", True]
+    model = load_checkpoint(path)
+    assert model.config == source.config and model.temporal.transformer_enc.layers[0].norm_first
+    assert torch.equal(model.temporal.input_norm.running_var, source.temporal.input_norm.running_var)
+    videos = torch.rand(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(videos), source(videos), rtol=0, atol=0)
+    # a checkpoint written before the fields existed holds the authors' post-norm encoder
+    old_model = make_tiny_model(seed=6)
+    meta = read_checkpoint_metadata(save_checkpoint(old_model, tmp_path / "post.safetensors"))
+    del meta["config"]["temporal_norm"], meta["config"]["temporal_input_norm"]
+    tensors = load_file(str(tmp_path / "post.safetensors"))
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"stamcli": json.dumps(meta)})
+    old = load_checkpoint(tmp_path / "old.safetensors")
+    assert old.config == old_model.config and old.config.temporal_norm == "post" and old.temporal.input_norm is None
+    assert not old.temporal.transformer_enc.layers[0].norm_first
 
 
 def test_own_format_errors(tmp_path, tiny_checkpoint):

@@ -219,3 +219,38 @@ def test_a_chunked_cpu_model_exports_with_a_dynamic_batch(tmp_path):
         got = torch.jit.load(str(result.path))(videos)
     assert got.shape == (5, 5)
     assert (got - _reference(chunked, videos)).abs().max().item() <= 1e-4
+
+
+def test_a_pre_norm_checkpoint_round_trips_through_predict_and_export(tmp_path):
+    """A checkpoint with a new model's temporal encoder (pre-norm, input BatchNorm) loads in `stam
+    predict` and `stam export` as that network, not as the authors' post-norm one."""
+    from stamcli import save_checkpoint
+    from stamcli.video import read_clip
+    from synthetic import write_motion_video
+
+    source = make_tiny_model(seed=9, temporal_layers=2, temporal_norm="pre", temporal_input_norm=True)
+    with torch.no_grad():
+        source.temporal.input_norm.running_mean.normal_(generator=torch.Generator().manual_seed(2))
+        source.temporal.input_norm.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(3))
+    checkpoint = save_checkpoint(source, tmp_path / "pre.safetensors")
+    video = write_motion_video(tmp_path / "clip.avi", "left", frames=8, size=32, fourcc="MJPG")
+    with torch.inference_mode():
+        clip = read_clip(video, 4, 32).frames.float()[None] / 255
+        expected = source(clip)
+        as_post = make_tiny_model(seed=9, temporal_layers=2, temporal_input_norm=True)
+        as_post.load_state_dict(source.state_dict())
+        assert (as_post(clip) - expected).abs().max() > 1e-3  # the form matters for these weights
+    out = tmp_path / "tags.jsonl"
+    result = runner.invoke(app, ["predict", str(video), "--model", str(checkpoint), "--device", "cpu", "-o", str(out),
+                                 "--top-k", "5", "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    scores = {p["index"]: p["score"] for p in json.loads(out.read_text())["predictions"]}
+    torch.testing.assert_close(torch.tensor([scores[i] for i in range(5)]), expected.softmax(-1)[0],
+                               rtol=0, atol=1e-5)
+    exported = tmp_path / "pre.pt"
+    result = runner.invoke(app, ["export", str(checkpoint), "-o", str(exported)], env={"COLUMNS": "300"},
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (run_exported(exported, clip) - expected).abs().max().item() <= 1e-4
+    config = read_export_metadata(exported)["config"]
+    assert (config["temporal_norm"], config["temporal_input_norm"]) == ("pre", True)

@@ -222,3 +222,62 @@ def test_chunked_frames_train_like_one_pass():
         model(torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
         grads[chunk] = model.spatial.patch_embed.proj.weight.grad
     torch.testing.assert_close(grads[3], grads[None], atol=1e-5, rtol=1e-4)
+
+
+def test_pre_norm_temporal_encoder_has_the_same_parameters_in_another_form():
+    post = make_tiny_model(seed=4, temporal_layers=2)
+    pre = make_tiny_model(seed=4, temporal_layers=2, temporal_norm="pre")
+    assert [layer.norm_first for layer in pre.temporal.transformer_enc.layers] == [True, True]
+    assert [layer.norm_first for layer in post.temporal.transformer_enc.layers] == [False, False]
+    assert {k: v.shape for k, v in pre.state_dict().items()} == {k: v.shape for k, v in post.state_dict().items()}
+    pre.load_state_dict(post.state_dict())
+    with torch.no_grad():
+        for model in (pre, post):
+            model.temporal.pos_embed.normal_(generator=torch.Generator().manual_seed(0))
+        videos = torch.rand(2, 4, 3, 32, 32)
+        assert (pre(videos) - post(videos)).abs().max() > 1e-3  # same weights, another network
+    with pytest.raises(StamError, match=r"temporal_norm must be one of post, pre, not 'middle'"):
+        make_tiny_model(temporal_norm="middle")
+    with pytest.raises(StamError, match=r"temporal_layers must be at least 1, not 0"):
+        make_tiny_model(temporal_layers=0)
+
+
+def test_reset_temporal_builds_a_new_encoder_and_keeps_the_rest(tiny_model):
+    spatial = {k: v.clone() for k, v in tiny_model.spatial.state_dict().items()}
+    tiny_model.reset_temporal(3, "pre")
+    assert (tiny_model.config.temporal_layers, tiny_model.config.temporal_norm) == (3, "pre")
+    assert len(tiny_model.temporal.transformer_enc.layers) == 3
+    assert tiny_model.temporal.transformer_enc.layers[0].norm_first
+    assert tiny_model.temporal.pos_embed.shape == (1, 5, 64) and tiny_model.temporal.frames == 4
+    assert all(torch.equal(v, tiny_model.spatial.state_dict()[k]) for k, v in spatial.items())
+    with pytest.raises(StamError, match="temporal_norm must be one of"):
+        tiny_model.reset_temporal(norm="sideways")
+    assert tiny_model.config.temporal_norm == "pre"  # a refused change leaves the model as it was
+    with torch.inference_mode():
+        assert tiny_model(torch.rand(1, 4, 3, 32, 32)).shape == (1, 5)
+
+
+def test_input_norm_standardises_frame_embeddings_before_the_temporal_encoder():
+    model = make_tiny_model(seed=2, temporal_norm="pre", temporal_input_norm=True)
+    norm = model.temporal.input_norm
+    assert isinstance(norm, nn.BatchNorm1d) and norm.num_features == 64
+    assert make_tiny_model().temporal.input_norm is None  # not in the authors' encoder
+    extra = {k for k in model.state_dict()} - {k for k in make_tiny_model().state_dict()}
+    assert extra == {"temporal.input_norm." + name for name in
+                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    assert 0.2 < model.temporal.pos_embed.std().item() < 0.4  # positions start visible next to unit-scale frames
+    seen = []
+    norm.register_forward_hook(lambda module, inputs, output: seen.append(output.detach()))
+    frames = torch.randn(4, 4, 3, 32, 32).sigmoid()
+    model.train()
+    model(frames)
+    standardised = seen[-1]  # (videos x frames, channels), over the batch's 16 frames
+    assert standardised.shape == (16, 64)
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardised.var(0, unbiased=False), torch.ones(64), atol=0.02, rtol=0)  # eps
+    assert norm.num_batches_tracked.item() == 1 and norm.running_mean.abs().sum() > 0
+    model.eval()  # running statistics: a video's logits do not depend on its batch
+    with torch.no_grad():
+        together = model(frames)
+        alone = torch.cat([model(frames[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)

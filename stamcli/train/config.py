@@ -27,9 +27,13 @@ class FinetuneConfig:
     backbone_weights: Optional[str] = None  # local timm/ImageNet weights for a new model's ViT
     frames: Optional[int] = None  # None: the model's own
     img_size: Optional[int] = None  # None: the model's own
+    temporal_layers: Optional[int] = None  # None: the model's own; a new model's: modelling.NEW_MODEL_TEMPORAL
+    temporal_norm: Optional[str] = None  # "pre" or "post" (the authors'); None: as temporal_layers
+    temporal_input_norm: Optional[bool] = None  # BatchNorm on the frame embeddings; None: as temporal_layers
     epochs: int = 10
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 1e-4  # peak learning rate of the parts that start from trained weights
+    scratch_lr_scale: float = 10.0  # parts that start from random weights train at lr x this
     weight_decay: float = 0.05
     warmup: float = 1.0  # epochs of linear warm-up before the cosine decay
     label_smoothing: float = 0.1
@@ -61,6 +65,14 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.temporal_layers is not None and self.temporal_layers < 1:
+            raise UsageError("--temporal-layers must be at least 1")
+        from ..model import TEMPORAL_NORMS  # torch-free until a run, as decode below
+
+        if self.temporal_norm not in (None, *TEMPORAL_NORMS):
+            raise UsageError(f"--temporal-norm must be one of {', '.join(TEMPORAL_NORMS)}")
+        if self.scratch_lr_scale <= 0:
+            raise UsageError("--scratch-lr-scale must be > 0")
         if not 0 <= self.val_split < 1:
             raise UsageError("--val-split must be in [0, 1)")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or not 0 <= self.label_smoothing < 1:

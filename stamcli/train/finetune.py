@@ -41,6 +41,7 @@ from .embeddings import cached_embeddings
 from .evaluate import evaluate_examples
 from .metrics import MetricsLog
 from .modelling import build_model
+from .parts import TrainedPart, legacy_param_groups, load_parts, param_groups, plan_parts, save_parts
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +132,6 @@ def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, tokens and position embeddings (1-D or token params)."""
-    decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        plain = param.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
-        (no_decay if plain else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _all_reduce(values: list[float], dist: Distributed, device: torch.device) -> list[float]:
     if not dist.active:
         return values
@@ -153,10 +143,12 @@ def _all_reduce(values: list[float], dist: Distributed, device: torch.device) ->
 
 
 class _Run:
-    """One fine-tuning run (fresh or resumed); see :func:`finetune`."""
+    """One fine-tuning run (fresh or resumed); see :func:`finetune`. ``parts``: what trains at
+    which rate (:mod:`stamcli.train.parts`)."""
 
-    def __init__(self, config: FinetuneConfig, run_dir: Path, model: STAM, train, val, dist: Distributed):
-        self.config, self.run_dir, self.dist = config, run_dir, dist
+    def __init__(self, config: FinetuneConfig, run_dir: Path, model: STAM, train, val, dist: Distributed,
+                 parts: list[TrainedPart]):
+        self.config, self.run_dir, self.dist, self.parts = config, run_dir, dist, parts
         self.device = resolve_device(dist.device_for(config.device))
         self.precision = resolve_precision(config.precision, self.device)
         if self.device.type == "cpu":
@@ -185,16 +177,24 @@ class _Run:
         self.val_sampler = EpochSampler(len(self.val_set), config.seed, shuffle=False,
                                         rank=dist.rank, world=dist.world, pad=False)
         self.network = self._wrap()
-        self.optimizer = torch.optim.AdamW(_param_groups(self.trainable, config.weight_decay), lr=config.lr)
         batches = math.ceil(len(self.train_sampler) / config.batch_size)
         self.steps_per_epoch = math.ceil(batches / config.grad_accum)
-        total = self.steps_per_epoch * config.epochs
-        warmup = min(total, round(config.warmup * self.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(warmup, total))
+        self._set_optimizer(param_groups(self.model, parts, config.weight_decay))
         self.metrics = MetricsLog(run_dir / "metrics.csv") if dist.is_main else None
         self.epoch, self.batches_done, self.best, self.bad_epochs = 0, 0, None, 0
         self.epoch_loss = [0.0, 0]  # training loss sum and sample count so far in this epoch
         self.stop = _StopRequest()
+
+    def _set_optimizer(self, groups: list[dict]) -> None:
+        """AdamW over ``groups``; linear warm-up then cosine decay, per optimiser step."""
+        self.optimizer = torch.optim.AdamW(groups, lr=self.config.lr)
+        total = self.steps_per_epoch * self.config.epochs
+        warmup = min(total, round(self.config.warmup * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(warmup, total))
+
+    def base_lr(self) -> float:
+        """The current rate of ``--lr`` (parts from trained weights; scratch parts train at a multiple)."""
+        return self.config.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
     def request_stop(self) -> None:
         """End the run after the current optimiser step, as Ctrl-C does (``last`` is saved)."""
@@ -236,6 +236,9 @@ class _Run:
 
     def restore(self) -> None:
         state = torch.load(self.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        if any("part" not in group for group in state["optimizer"]["param_groups"]):
+            # saved by a stamcli without per-part rates: continue as it was started, one rate for all
+            self._set_optimizer(legacy_param_groups(self.trainable, self.config.weight_decay))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -329,7 +332,7 @@ def _prepare_data(config: FinetuneConfig, labels: Optional[list[str]] = None):
 def _epoch_report(run: _Run, epoch_s: float, train_loss: float) -> dict:
     val_loss, top1, top5 = run.validate() if run.val_examples else (float("nan"),) * 3
     return {"epoch": run.epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_top1": top1,
-            "val_top5": top5, "lr": run.optimizer.param_groups[0]["lr"], "seconds": epoch_s}
+            "val_top5": top5, "lr": run.base_lr(), "seconds": epoch_s}
 
 
 def _improved(best: Optional[dict], row: dict) -> bool:
@@ -354,13 +357,16 @@ def finetune(
     config: Optional[FinetuneConfig] = None,
     *,
     resume: Optional[str | Path] = None,
+    on_start: Optional[Callable[[list[TrainedPart]], None]] = None,
     on_step: Optional[Callable[[_Run], None]] = None,
     on_epoch: Optional[Callable[[dict], None]] = None,
 ) -> FinetuneResult:
     """Fine-tune (or with ``resume=RUN_DIR``, continue fine-tuning). See ``stam finetune --help``.
 
-    ``on_step(run)`` is called after every optimiser step (``run.request_stop()`` ends the run
-    as Ctrl-C does); ``on_epoch(row)`` after every epoch with its metrics.
+    ``on_start(parts)`` is called once before training with what trains at which rate
+    (:class:`~stamcli.train.parts.TrainedPart`); ``on_step(run)`` after every
+    optimiser step (``run.request_stop()`` ends the run as Ctrl-C does); ``on_epoch(row)`` after
+    every epoch with its metrics.
     """
     dist = Distributed.from_env()
     if resume:
@@ -375,18 +381,30 @@ def finetune(
         run_dir = Path(resume)
         model = load_checkpoint(run_dir / "last.safetensors")
         train, val, labels = _prepare_data(config, model.labels)
+        parts = load_parts(run_dir)
+        if parts is None:
+            log.warning("%s was started by an earlier stamcli, without per-part learning rates: it "
+                        "continues with one learning rate (--lr) for every part", run_dir)
+            parts = plan_parts(model, None, lr=config.lr, scratch_lr_scale=1.0,
+                               freeze_backbone=config.freeze_backbone)
     else:
         train, val, labels = _prepare_data(config)
         torch.manual_seed(config.seed)  # a new head's initial weights come from the seed too
-        model = build_model(config, labels)
+        start = build_model(config, labels)
+        model = start.model
+        parts = plan_parts(model, start.scratch, lr=config.lr, scratch_lr_scale=config.scratch_lr_scale,
+                           freeze_backbone=config.freeze_backbone)
         if dist.active:  # every rank must agree on the folder: rank 0 picks it
             run_dir = _shared_run_dir(config, dist)
         else:
             run_dir = new_run_dir(config)
         if dist.is_main:
             save_config(config, run_dir)
+            save_parts(parts, run_dir, scratch_lr_scale=config.scratch_lr_scale)
+    if on_start and dist.is_main:
+        on_start(parts)
     torch.manual_seed(config.seed)  # dropout; a resumed run restores the saved RNG state below
-    run = _Run(config, run_dir, model, train, val, dist)
+    run = _Run(config, run_dir, model, train, val, dist, parts)
     if resume:
         run.restore()
     stopped_early = False

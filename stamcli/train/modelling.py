@@ -4,18 +4,26 @@
 labels), a checkpoint file (continue fine-tuning; the head is kept when the labels are the same),
 or a timm ViT name (a new model; ``--backbone-weights FILE`` loads local timm/ImageNet weights into
 its spatial part, otherwise it starts from random weights).
+
+A new model's temporal encoder is :data:`NEW_MODEL_TEMPORAL`, not the authors' 6 post-norm layers,
+which learn the order of frames from a few hundred clips poorly (``benchmarks/README.md``).
+``--temporal-layers`` / ``--temporal-norm`` / ``--temporal-input-norm`` choose another; given for a
+zoo model or checkpoint whose encoder differs, they replace it with a new one.
+:func:`build_model` also says which parts start from random weights, for their learning rate
+(:mod:`stamcli.train.parts`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import timm
 
 from ..errors import CheckpointError, StamError
-from ..model import STAM, create_model
+from ..model import STAM, create_model, describe_temporal
 from ..zoo import available_models
 from .config import FinetuneConfig
 
@@ -23,6 +31,17 @@ log = logging.getLogger(__name__)
 
 NEW_MODEL_FRAMES = 8
 NEW_MODEL_IMG_SIZE = 224
+#: a new model's temporal encoder (fields of FinetuneConfig and STAMConfig), chosen by measurement
+NEW_MODEL_TEMPORAL = {"temporal_layers": 2, "temporal_norm": "pre", "temporal_input_norm": True}
+
+
+@dataclass
+class StartingModel:
+    """The model a run starts from, and which of its parts (``backbone``, ``temporal``, ``head``)
+    start from random weights."""
+
+    model: STAM
+    scratch: set[str] = field(default_factory=set)
 
 
 def _load_backbone_weights(model: STAM, path: str) -> None:
@@ -49,22 +68,36 @@ def _load_backbone_weights(model: STAM, path: str) -> None:
     log.info("loaded backbone weights from %s", file)
 
 
-def build_model(config: FinetuneConfig, labels: Sequence[str]) -> STAM:
+def build_model(config: FinetuneConfig, labels: Sequence[str]) -> StartingModel:
     """The starting model for ``config``, with a head for ``labels``, at its frames and input size."""
     source = config.model
+    scratch = set()
     if source in available_models() or Path(source).suffix in (".pth", ".pt", ".safetensors") or Path(source).is_file():
         from .. import load_model
 
         model = load_model(source, weights_dir=config.weights_dir, mirror=config.mirror, offline=config.offline)
         if config.backbone_weights:
             raise StamError("--backbone-weights is for a new model (--model <timm backbone name>)")
+        own = tuple(getattr(model.config, name) for name in NEW_MODEL_TEMPORAL)
+        wanted = tuple(mine if getattr(config, name) is None else getattr(config, name)
+                       for name, mine in zip(NEW_MODEL_TEMPORAL, own))
+        if wanted != own:
+            log.warning("replacing the model's temporal encoder (%s) with a new one (%s), trained from scratch",
+                        describe_temporal(*own), describe_temporal(*wanted))
+            model.reset_temporal(*wanted)
+            scratch.add("temporal")
     elif timm.is_model(source):
         model = create_model(
             source, frames=config.frames or NEW_MODEL_FRAMES, num_classes=len(labels), labels=labels,
             img_size=config.img_size or NEW_MODEL_IMG_SIZE,
+            **{name: default if getattr(config, name) is None else getattr(config, name)
+               for name, default in NEW_MODEL_TEMPORAL.items()},
         )
+        scratch |= {"temporal", "head"}
         if config.backbone_weights:
             _load_backbone_weights(model, config.backbone_weights)
+        else:
+            scratch.add("backbone")
     else:
         raise StamError(
             f"--model {source!r} is neither a zoo model ({', '.join(available_models())}), "
@@ -72,9 +105,9 @@ def build_model(config: FinetuneConfig, labels: Sequence[str]) -> STAM:
         )
     if list(model.labels) != list(labels):
         model.reset_head(labels)
+        scratch.add("head")
     if config.frames:
         model.set_frames(config.frames)
     if config.img_size:
         model.set_img_size(config.img_size)
-    return model.train()
-
+    return StartingModel(model.train(), scratch)
