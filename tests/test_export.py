@@ -225,7 +225,7 @@ def test_a_pre_norm_checkpoint_round_trips_through_predict_and_export(tmp_path):
     """A checkpoint with a new model's temporal encoder (pre-norm, input BatchNorm) loads in `stam
     predict` and `stam export` as that network, not as the authors' post-norm one."""
     from stamcli import save_checkpoint
-    from stamcli.video import read_clip
+    from stamcli.decode import read_clip
     from synthetic import write_motion_video
 
     source = make_tiny_model(seed=9, temporal_layers=2, temporal_norm="pre", temporal_input_norm=True)

@@ -73,8 +73,10 @@ def test_temporal_order_is_learned_and_the_run_folder_is_complete(motion, tmp_pa
     result = finetune(_new_temporal_head(motion, tmp_path))
     run = result.run_dir
     # Order-blind, the classes come in time-reversed pairs: 1/2 at best. The authors' post-norm encoder
-    # from scratch ends between 0.81 and 0.9 depending on the CPU's float kernels.
-    assert result.best_top1 >= 0.75, f"validation top-1 {result.best_top1:.3f}"
+    # from scratch ended between 0.81 and 0.9 depending on the CPU's float kernels; the new default
+    # head reaches 1.0 here (the bar leaves room for other kernels).
+    assert result.best_top1 >= 0.9, f"validation top-1 {result.best_top1:.3f}"
+    print(f"validation top-1 {result.best_top1:.3f}")
     assert sorted(p.name for p in run.iterdir()) == sorted([
         "best.safetensors", "last.safetensors", "last_state.pt", "config.yaml", "metrics.csv", "cache",
         "trained_parts.json",
