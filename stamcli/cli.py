@@ -140,7 +140,10 @@ def download_weights_command(
 # --------------------------------------------------------------------------- predict
 
 # Options shared by predict and embed (same names, meanings and help).
-PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
+PathsArgument = Annotated[
+    List[str], typer.Argument(help="Video files, folders, glob patterns, @list.txt files, or s3://, gs://, az:// "
+                                   "prefixes and http(s):// URLs.")
+]
 FramesOption = Annotated[
     Optional[int], typer.Option("--frames", "-f", min=1, help="Frames per video; alone, picks stam_<N>.")
 ]
@@ -191,10 +194,12 @@ def predict_command(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
+        Optional[str], typer.Option("--output", "-o", help="Results file or s3://, gs://, az:// URL (default: a table "
+                                                           "on stdout).")
     ] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json, jsonl, srt or vtt (default: from --output's extension).")
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, parquet, srt or vtt (default: from --output's "
+                                                     "extension).")
     ] = None,
     recursive: RecursiveOption = True,
     ext: ExtOption = None,

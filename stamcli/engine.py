@@ -24,6 +24,7 @@ from .errors import StamError, UsageError
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
 from .sparse_decode import decoder_choice
+from .storage import abort_downloads, read_input
 from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
 
@@ -193,6 +194,9 @@ class Predictor:
     # ------------------------------------------------------------------ decode side
 
     def _decode(self, path: str) -> Clip:
+        return read_input(path, self._read)  # a URL is read from a temporary local copy
+
+    def _read(self, path: str) -> Clip:
         threads = 1 if self.workers > 1 else 0
         if self.options.views == 1:
             return read_clip(path, self.frames, self.model.config.img_size, threads=threads)
@@ -254,6 +258,8 @@ class Predictor:
             finally:
                 for _, future in pending:
                     future.cancel()
+                if pending:
+                    abort_downloads()  # a run cut short: running downloads stop now, not at their last byte
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
     @staticmethod

@@ -51,6 +51,7 @@ from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
 from .parallel import ModelStreams, single_threaded_decode
 from .sparse_decode import Unsupported, decoder_choice
+from .storage import abort_downloads, local_input
 from .video import Clip, FrameStream, SparseFrameStream, VideoInfo, sample_indices
 from .writers import error_record, make_record
 
@@ -331,6 +332,8 @@ class TimelinePredictor:
                     yield from self._records(batch, probabilities)
         finally:
             stop.set()
+            if thread.is_alive():
+                abort_downloads()  # a run cut short: a running download stops now, not at its last byte
             thread.join()
             torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
@@ -362,9 +365,11 @@ class TimelinePredictor:
             for path in paths:
                 reader = self.reader(path)
                 try:
-                    for window, clip in reader:
-                        if not put(_Item(path, window, clip)):
-                            return
+                    with local_input(path) as local:
+                        reader.path = local  # a URL is read from a temporary local copy
+                        for window, clip in reader:
+                            if not put(_Item(path, window, clip)):
+                                return
                     end = _Item(path, reader=reader)
                 except Exception as err:  # one bad video never stops the run
                     end = _Item(path, error=error_reason(err))
