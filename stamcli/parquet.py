@@ -73,12 +73,13 @@ def schema():
     """The fixed ``pyarrow.Schema`` of results files (see the module docstring)."""
     pa, _ = _pyarrow()
     label = [("label", pa.string()), ("index", pa.int64())]
+    list_of = lambda *fields: pa.list_(pa.field("element", pa.struct([*label, *fields])))  # noqa: E731 - as read back
     return pa.schema(
         [pa.field("path", pa.string(), nullable=False), pa.field("status", pa.string(), nullable=False),
-         ("error", pa.string()), ("predictions", pa.list_(pa.struct([*label, ("score", pa.float64())]))),
+         ("error", pa.string()), ("predictions", list_of(("score", pa.float64()))),
          ("frames", pa.int64()), ("model", pa.string()), ("duration_s", pa.float64()), ("fps", pa.float64()),
          ("type", pa.string()), ("window", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-         ("windows", pa.int64()), ("coverage", pa.list_(pa.struct([*label, ("seconds", pa.float64())]))),
+         ("windows", pa.int64()), ("coverage", list_of(("seconds", pa.float64()))),
          ("clips", pa.int64()), ("crops", pa.int64()), ("extra", pa.string())],
         metadata={"stamcli.results": "1"},
     )

@@ -236,8 +236,9 @@ def local_copy(url: str, *, max_bytes: Optional[int] = -1, tmp_dir: Optional[str
     None: no cap). ``tmp_dir``: where (default: ``TMPDIR``)."""
     limit = max_download_bytes() if max_bytes == -1 else max_bytes
     fd, tmp = tempfile.mkstemp(prefix="stam-dl-", suffix=_suffix(url), dir=tmp_dir)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             if url_scheme(url) in WEB:
                 _http_to(url, out, limit)
             else:

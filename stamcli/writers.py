@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .errors import StamError, UsageError
+from .errors import StamError, UsageError, require_extra
 from .storage import download, exists, is_url, staging_path, upload
 
 FORMATS = ("csv", "json", "jsonl", "parquet")
@@ -76,8 +76,10 @@ def format_for(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
     Parquet needs a file, and an object-storage ``output`` must be JSONL or Parquet."""
     name = _format_name(output, fmt)
     to_stdout = output is None or str(output) == "-"
-    if name == "parquet" and to_stdout:
-        raise UsageError("Parquet cannot be written to stdout: give --output FILE.parquet")
+    if name == "parquet":
+        if to_stdout:
+            raise UsageError("Parquet cannot be written to stdout: give --output FILE.parquet")
+        require_extra("pyarrow", "parquet", "Parquet output")  # before any video is read
     if not to_stdout and name not in REMOTE_FORMATS and is_url(str(output)):
         raise UsageError(f"--output {output}: results in object storage must be jsonl or parquet, not {name}")
     return name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -119,3 +120,55 @@ def save_authors_checkpoint(model, path: Path) -> Path:
     """``model`` in the authors' file format: ``torch.save({"model": state_dict})``."""
     torch.save({"model": authors_state_dict(model)}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto's server mode) on 127.0.0.1, for the whole session; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """S3 clients (boto3, s3fs, child processes via CHILD_ENV) pointed at the loopback moto server through the
+    standard variables (``AWS_ENDPOINT_URL``, fake credentials, no instance-metadata lookups), and a fresh
+    bucket; yields ``(boto3 client, bucket name)``."""
+    import boto3
+
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+        monkeypatch.setitem(CHILD_ENV, name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+        CHILD_ENV.pop(name, None)
+    _clear_s3fs_cache()
+    client = boto3.client("s3")
+    bucket = f"bucket-{next(_BUCKETS)}"
+    client.create_bucket(Bucket=bucket)
+    yield client, bucket
+    _clear_s3fs_cache()
+
+
+_BUCKETS = itertools.count()
+
+
+def _clear_s3fs_cache() -> None:
+    """fsspec reuses file-system objects made with the same arguments: forget them when the environment changes."""
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
