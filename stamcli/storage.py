@@ -44,7 +44,7 @@ from urllib.request import Request, urlopen
 
 from .errors import StamError, UsageError, require_extra
 
-__all__ = ["DEFAULT_MAX_DOWNLOAD_BYTES", "is_url", "url_scheme", "filesystem", "object_kind", "glob_objects",
+__all__ = ["DEFAULT_MAX_DOWNLOAD_BYTES", "is_url", "url_scheme", "require_backend", "filesystem", "object_kind", "glob_objects",
            "list_prefix", "local_copy",
            "local_input", "read_input", "max_download_bytes", "abort_downloads", "upload", "download", "exists",
            "staging_path"]
@@ -94,15 +94,21 @@ def is_url(path) -> bool:
     return True
 
 
-def filesystem(url: str):
-    """The fsspec file system of an object-storage URL and the object's path in it (``bucket/key``).
-
-    A missing backend (s3fs, gcsfs, adlfs) is a one-line error naming the install command."""
+def require_backend(url: str) -> None:
+    """A one-line error naming the install command when the fsspec backend of ``url`` is missing
+    (no network, no credentials: cheap enough to check options before a run)."""
     scheme = url_scheme(url)
     if scheme not in OBJECT_STORES:
         raise UsageError(f"{url} is not an object-storage URL (s3://, gs://, az://)")
     module, extra = OBJECT_STORES[scheme]
     require_extra(module, extra, f"reading {scheme}:// URLs")
+
+
+def filesystem(url: str):
+    """The fsspec file system of an object-storage URL and the object's path in it (``bucket/key``).
+
+    A missing backend (s3fs, gcsfs, adlfs) is a one-line error naming the install command."""
+    require_backend(url)
     import fsspec
 
     try:
@@ -333,8 +339,22 @@ def local_input(path: str) -> Iterator[str]:
     with local_copy(path) as local:
         try:
             yield local
-        except StamError as err:
-            raise type(err)(str(err).replace(local, path)) from None
+        except Exception as err:
+            renamed = _naming(err, local, path)
+            if renamed is err:
+                raise
+            raise renamed from None
+
+
+def _naming(err: Exception, local: str, url: str) -> Exception:
+    """``err`` with ``url`` where its message names the temporary copy ``local`` (same type when possible)."""
+    text = str(err)
+    if local not in text:
+        return err
+    try:
+        return type(err)(text.replace(local, url))
+    except Exception:  # noqa: BLE001 - a type that wants other arguments
+        return StamError(f"{type(err).__name__}: {text.replace(local, url)}")
 
 
 def read_input(path: str, read: Callable[[str], T]) -> T:

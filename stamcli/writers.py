@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from .errors import StamError, UsageError, require_extra
-from .storage import download, exists, is_url, staging_path, upload
+from .storage import WEB, download, exists, is_url, require_backend, staging_path, upload, url_scheme
 
 FORMATS = ("csv", "json", "jsonl", "parquet")
 REMOTE_FORMATS = ("jsonl", "parquet")  # what an object-storage --output can be
@@ -80,8 +80,12 @@ def format_for(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
         if to_stdout:
             raise UsageError("Parquet cannot be written to stdout: give --output FILE.parquet")
         require_extra("pyarrow", "parquet", "Parquet output")  # before any video is read
-    if not to_stdout and name not in REMOTE_FORMATS and is_url(str(output)):
-        raise UsageError(f"--output {output}: results in object storage must be jsonl or parquet, not {name}")
+    if not to_stdout and is_url(str(output)):
+        if url_scheme(str(output)) in WEB:
+            raise UsageError(f"--output {output}: results can go to a file or to s3://, gs:// or az://, not http(s)")
+        if name not in REMOTE_FORMATS:
+            raise UsageError(f"--output {output}: results in object storage must be jsonl or parquet, not {name}")
+        require_backend(str(output))
     return name
 
 

@@ -350,6 +350,8 @@ def test_a_missing_backend_names_the_extra_to_install(s3, monkeypatch, tiny_chec
     result = _predict("gs://bucket/videos/", "--model", tiny_checkpoint, "--device", "cpu", "-q")
     assert result.exit_code == 1
     assert result.output.strip() == 'error: reading gs:// URLs needs gcsfs: pip install "stamcli[gcs]"'
+    result = _predict(tmp_path, "--model", tiny_checkpoint, "--device", "cpu", "-o", "gs://bucket/tags.parquet")
+    assert result.output.strip() == 'error: reading gs:// URLs needs gcsfs: pip install "stamcli[gcs]"'  # before the run
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
     with pytest.raises(StamError, match=r'^reading s3:// URLs needs s3fs: pip install "stamcli\[s3\]"$'):
         collect_videos(["s3://bucket/a.mp4"])
@@ -392,6 +394,8 @@ def test_results_go_to_object_storage_and_resume_from_there(s3, tree, tiny_check
     result = _predict(tree, "--model", tiny_checkpoint, "--device", "cpu", "-o", f"s3://{bucket}/r.csv")
     assert result.exit_code == 2
     assert f"--output s3://{bucket}/r.csv: results in object storage must be jsonl or parquet, not csv" in result.output
+    result = _predict(tree, "--model", tiny_checkpoint, "--device", "cpu", "-o", "http://127.0.0.1:9/r.parquet")
+    assert result.exit_code == 2 and "not http(s)" in result.output
 
 
 def test_a_failed_upload_keeps_the_results_for_resume(s3, tree, tiny_checkpoint, tmp_path, monkeypatch):
