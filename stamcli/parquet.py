@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from glob import escape as glob_escape
 from pathlib import Path
@@ -148,7 +149,7 @@ def read_parquet_records(path: Union[str, Path]) -> list[dict]:
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete the temporary files that hard-killed runs (processes no longer alive) left beside ``path``."""
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")].partition("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
@@ -176,7 +177,7 @@ class ParquetWriter(ResultWriter):
         self.journal = journal_path(self.path)
         self.rows_per_group, self.seconds_per_group = rows_per_group, seconds_per_group
         records = read_parquet_records(self.path) if resume and (self.path.exists() or self.journal.exists()) else []
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         _remove_stale_temporaries(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,11 +190,14 @@ class ParquetWriter(ResultWriter):
             self._file = pq.ParquetWriter(self._tmp, schema())
         except (OSError, pa.ArrowException) as err:
             raise StamError(f"cannot write results to {self.path}: {getattr(err, 'strerror', None) or err}") from None
-        self._rows = _kept_ok(records)
+        kept = _kept_ok(records)
         self.done_paths = self._journal.done_paths
-        self.counts["resumed"] = len(self._rows)
+        self.counts["resumed"] = len(kept)
+        for start in range(0, len(kept), rows_per_group):  # the kept records first, a row group at a time
+            self._rows = kept[start:start + rows_per_group]
+            self._write_group()
+        self._rows: list[dict] = []
         self._flushed_at = time.monotonic()
-        self._write_group()
 
     def _write(self, record: dict) -> None:
         self._journal.write(record)  # on disk before write() returns: what a hard kill cannot lose

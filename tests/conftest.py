@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -92,28 +96,34 @@ def authors_state_dict(model) -> dict:
     return {stamcli_to_authors_key(k): v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.fixture
-def file_server(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields (folder, base URL)."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Serves files of the folder given as ``directory=`` without logging each request."""
 
-    folder = tmp_path / "served"
-    folder.mkdir()
+    def log_message(self, *args):
+        pass
 
-    class QuietHandler(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+@contextmanager
+def http_server(handler) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering with ``handler`` (a request handler class or factory),
+    in a thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    with http_server(functools.partial(QuietHandler, directory=str(folder))) as url:
+        yield folder, url
 
 
 def save_authors_checkpoint(model, path: Path) -> Path:

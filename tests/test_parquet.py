@@ -9,18 +9,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CHILD_ENV, interrupt_when
-from synthetic import write_video
+from conftest import CHILD_ENV, QuietHandler, http_server, interrupt_when
+from synthetic import write_index_video
 from stamcli.cli import app
 from stamcli.errors import StamError, UsageError
 from stamcli.parquet import ParquetWriter, journal_path, read_parquet_records, schema
@@ -125,17 +122,11 @@ def test_a_hard_kill_loses_nothing_and_resume_recovers(tmp_path):
 # ---------------------------------------------------------------------------- the real command
 
 
-def _frames(n: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    return [np.roll(base, 3 * i, axis=1) for i in range(n)]
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pq_videos")
     for i in range(3):
-        write_video(root / f"v{i}.mp4", _frames(30 + 5 * i, i), fps=25)
+        write_index_video(root / f"v{i}.mp4", 30 + 5 * i)
     return root
 
 
@@ -161,25 +152,16 @@ def test_predict_parquet_equals_jsonl(videos, tiny_checkpoint, tmp_path, timelin
 
 
 @pytest.fixture
-def slow_server(videos, tmp_path):
-    """The videos over HTTP on 127.0.0.1, each answer held back 0.25 s, so a run of a few dozen lasts seconds."""
+def slow_server(videos):
+    """The videos over HTTP on 127.0.0.1, each answer held back 0.25 s, so that a run of a dozen lasts seconds."""
 
-    class Slow(SimpleHTTPRequestHandler):
+    class Slow(QuietHandler):
         def do_GET(self):  # noqa: N802
             time.sleep(0.25)
             super().do_GET()
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Slow, directory=str(videos)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(functools.partial(Slow, directory=str(videos))) as url:
+        yield url
 
 
 def _lines(path: Path) -> int:

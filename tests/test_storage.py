@@ -11,15 +11,14 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from synthetic import write_video
+from conftest import http_server
+from synthetic import write_index_video
 from stamcli.cli import app
 from stamcli.errors import StamError, UsageError
 from stamcli.inputs import collect_videos
@@ -59,19 +58,13 @@ def only_loopback():
 VIDEOS = ["a.mp4", "clip2.mp4", "Clip3.MP4", "clip10.mp4", "sub/b.avi", "sub/deeper/c.mp4"]  # in listing order
 
 
-def _frames(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    return [np.roll(base, 3 * i, axis=1) for i in range(n)]
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """A local folder of videos plus things a listing must skip (hidden entries, other extensions)."""
     root = tmp_path_factory.mktemp("tree")
     for i, name in enumerate(VIDEOS):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        write_video(root / name, _frames(6 + i, 48, 64, i), fourcc="MJPG" if name.endswith(".avi") else "mp4v")
+        write_index_video(root / name, 6 + i, fourcc="MJPG" if name.endswith(".avi") else "mp4v")
     (root / ".hidden").mkdir()
     (root / ".hidden" / "x.mp4").write_bytes(b"never listed")
     (root / ".h.mp4").write_bytes(b"never listed")
@@ -254,14 +247,8 @@ class _OddHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def odd_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OddHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_OddHandler) as url:
+        yield url
 
 
 def test_size_cap_before_and_during_the_download(bucket_tree, odd_server, tiny_checkpoint, tmp_path, monkeypatch,
