@@ -44,10 +44,9 @@ from urllib.request import Request, urlopen
 
 from .errors import StamError, UsageError, require_extra
 
-__all__ = ["DEFAULT_MAX_DOWNLOAD_BYTES", "is_url", "url_scheme", "require_backend", "filesystem", "object_kind", "glob_objects",
-           "list_prefix", "local_copy",
-           "local_input", "read_input", "max_download_bytes", "abort_downloads", "upload", "download", "exists",
-           "staging_path"]
+__all__ = ["DEFAULT_MAX_DOWNLOAD_BYTES", "is_url", "url_scheme", "require_backend", "filesystem", "reason",
+           "object_kind", "glob_objects", "list_prefix", "local_copy", "local_input", "read_input",
+           "max_download_bytes", "abort_downloads", "upload", "download", "exists", "staging_path"]
 
 #: scheme -> (fsspec backend module, stamcli extra)
 OBJECT_STORES = {
@@ -94,14 +93,14 @@ def is_url(path) -> bool:
     return True
 
 
-def require_backend(url: str) -> None:
+def require_backend(url: str, doing: str = "reading") -> None:
     """A one-line error naming the install command when the fsspec backend of ``url`` is missing
     (no network, no credentials: cheap enough to check options before a run)."""
     scheme = url_scheme(url)
     if scheme not in OBJECT_STORES:
         raise UsageError(f"{url} is not an object-storage URL (s3://, gs://, az://)")
     module, extra = OBJECT_STORES[scheme]
-    require_extra(module, extra, f"reading {scheme}:// URLs")
+    require_extra(module, extra, f"{doing} {scheme}:// URLs")
 
 
 def filesystem(url: str):

@@ -85,7 +85,7 @@ def format_for(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
             raise UsageError(f"--output {output}: results can go to a file or to s3://, gs:// or az://, not http(s)")
         if name not in REMOTE_FORMATS:
             raise UsageError(f"--output {output}: results in object storage must be jsonl or parquet, not {name}")
-        require_backend(str(output))
+        require_backend(str(output), "writing results to")
     return name
 
 

@@ -338,7 +338,8 @@ def test_a_missing_backend_names_the_extra_to_install(s3, monkeypatch, tiny_chec
     assert result.exit_code == 1
     assert result.output.strip() == 'error: reading gs:// URLs needs gcsfs: pip install "stamcli[gcs]"'
     result = _predict(tmp_path, "--model", tiny_checkpoint, "--device", "cpu", "-o", "gs://bucket/tags.parquet")
-    assert result.output.strip() == 'error: reading gs:// URLs needs gcsfs: pip install "stamcli[gcs]"'  # before the run
+    assert result.output.strip() == 'error: writing results to gs:// URLs needs gcsfs: pip install "stamcli[gcs]"'
+    assert result.exit_code == 1  # before the run: the folder has no videos
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
     with pytest.raises(StamError, match=r'^reading s3:// URLs needs s3fs: pip install "stamcli\[s3\]"$'):
         collect_videos(["s3://bucket/a.mp4"])
