@@ -102,7 +102,10 @@ CropsOption = Annotated[
 ]
 SkipBadOption = Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")]
 # the inputs of the per-video commands (predict, embed)
-PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
+PathsArgument = Annotated[
+    List[str], typer.Argument(help="Video files, folders, glob patterns, @list.txt files, or s3://, gs://, az:// "
+                                   "prefixes and http(s):// URLs.")
+]
 RecursiveOption = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 ExtOption = Annotated[
     Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
@@ -243,10 +246,12 @@ def predict_command(
     device: DeviceOption = PREDICT.device,
     precision: PrecisionOption = PREDICT.precision,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
+        Optional[str], typer.Option("--output", "-o", help="Results file, or an s3://, gs://, az:// URL for jsonl "
+                                                           "and parquet (default: a table on stdout).")
     ] = TAGGING.output,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json, jsonl, srt or vtt (default: from --output's extension).")
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, parquet, srt or vtt (default: from --output's "
+                                                     "extension).")
     ] = TAGGING.format,
     recursive: RecursiveOption = TAGGING.recursive,
     ext: ExtOption = None,

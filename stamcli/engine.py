@@ -24,6 +24,7 @@ from .errors import StamError
 from .jobs import PredictOptions
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
+from .storage import abort_downloads
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ class Predictor:
             finally:
                 for _, future in pending:
                     future.cancel()
+                if pending:
+                    abort_downloads()  # a run cut short: running downloads stop now, not at their last byte
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
     @staticmethod

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from .errors import UsageError
 from .fileutils import write_atomic
+from .storage import is_url
 from .timeline import TIMELINE_COLUMNS, segments
 from .writers import FORMATS, ResultWriter, format_for, open_writer
 
@@ -38,6 +39,10 @@ def subtitle_paths(videos: Sequence[str], output: Optional[str], fmt: str) -> di
     """Where each video's subtitles go: beside it as ``<video stem>.<fmt>`` (no ``--output``),
     ``output`` itself (one video and a ``.srt``/``.vtt`` file name), else ``output/<stem>.<fmt>``."""
     suffix = f".{fmt}"
+    if output is not None and is_url(str(output)):
+        raise UsageError(f"--output {output}: subtitles are written to local files; give a folder")
+    if (output is None or str(output) == "-") and any(is_url(video) for video in videos):
+        raise UsageError("subtitles of videos read from URLs need --output FOLDER (they cannot go beside the videos)")
     if output is None or str(output) == "-":
         paths = {video: Path(video).with_suffix(suffix) for video in videos}
     elif Path(output).suffix.lower() in (".srt", ".vtt") and not Path(output).is_dir():

@@ -23,6 +23,7 @@ from .inputs import shard
 from .jobs import PredictOptions, TaggingJob
 from .preview import PreviewWriter
 from .runner import RunSummary, VideoResult, run_loop
+from .storage import is_url
 from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
 from .writers import ResultWriter, open_writer, read_records
@@ -39,6 +40,8 @@ def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]
     """The videos this process tags and the file it writes (a part file under torchrun)."""
     if job.shard and dist.active:
         raise UsageError("--shard cannot be combined with torchrun: each rank already takes its own shard")
+    if dist.active and job.output and is_url(job.output):
+        raise UsageError("under torchrun, --output must be a local file (rank 0 merges the ranks' parts into it)")
     videos = job.videos()
     if dist.active:
         if not job.output:
