@@ -178,6 +178,19 @@ TrustCheckpointOption = Annotated[
     bool, typer.Option("--trust-checkpoint", help="Allow a checkpoint that needs full unpickling.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: decode tasks + model actors).")
+]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="Ray cluster for --engine ray (default: $RAY_ADDRESS; none: a local Ray "
+                                       "for the run)."),
+]
+RayActorsOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-actors", help="Model workers for --engine ray: N, or MIN-MAX to autoscale (default: one "
+                                      "per GPU; on CPUs, one per model stream)."),
+]
 
 
 @app.command("predict")
@@ -220,6 +233,9 @@ def predict_command(
     ] = None,
     clips: ClipsOption = 1,
     crops: CropsOption = 1,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    ray_actors: RayActorsOption = None,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -233,6 +249,7 @@ def predict_command(
                             trust_checkpoint),
         output=str(output) if output else None, format=fmt, labels=str(labels) if labels else None,
         preview=str(preview) if preview is not None else None, window=window, stride=stride,
+        ray=_ray_options(engine, ray_address, ray_actors),
         options=PredictOptions(
             frames=frames, top_k=top_k, batch_size=batch_size, device=device, precision=precision, workers=workers,
             streams=streams, clips=clips, crops=crops,
@@ -252,6 +269,20 @@ def _video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, we
         weights_dir=str(weights_dir) if weights_dir else None, mirror=mirror, offline=offline,
         trust_checkpoint=trust_checkpoint,
     )
+
+
+def _ray_options(engine: str, address: Optional[str], actors: Optional[str]):
+    """``--engine`` and its ``--ray-*`` options: :class:`~stamcli.ray_engine.RayOptions`, or None for local."""
+    engine = engine.strip().lower()
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local":
+        if address is not None or actors is not None:
+            raise UsageError("--ray-address and --ray-actors need --engine ray")
+        return None
+    from .ray_engine import RayOptions, parse_actors
+
+    return RayOptions(address=address, actors=parse_actors(actors) if actors is not None else None)
 
 
 def _run_video_job(run: Callable, job, quiet: bool, verb: tuple[str, str] = ("tagging", "tagged"), **kwargs) -> None:
@@ -294,6 +325,9 @@ def embed_command(
     offline: OfflineOption = None,
     trust_checkpoint: TrustCheckpointOption = False,
     quiet: QuietOption = False,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    ray_actors: RayActorsOption = None,
 ) -> None:
     """Write each video's embedding (the temporal class token), row i for video i of an index CSV.
 
@@ -305,7 +339,7 @@ def embed_command(
     job = EmbedJob(
         **_video_job_fields(paths, model, recursive, ext, resume, shard_spec, arch, weights_dir, mirror, offline,
                             trust_checkpoint),
-        output=str(output), per_frame=per_frame,
+        output=str(output), per_frame=per_frame, ray=_ray_options(engine, ray_address, ray_actors),
         options=PredictOptions(frames=frames, batch_size=batch_size, device=device, precision=precision, workers=workers,
                                streams=streams),
     )

@@ -39,6 +39,7 @@ from .distributed import Distributed
 from .engine import Predictor, PredictOptions, Throughput
 from .errors import StamError, UsageError
 from .model import STAM
+from .ray_engine import RayOptions, RayPredictor, check_options
 from .tagging import VideoJob
 from .writers import csv_cell, csv_line
 
@@ -312,14 +313,16 @@ def embed(
     resume: bool = False,
     on_start: Optional[Callable[[int], None]] = None,
     on_record: Optional[Callable[[dict], None]] = None,
+    ray: Optional[RayOptions] = None,
 ) -> EmbeddingResult:
     """Embed the videos ``paths`` (row ``i`` for ``paths[i]``) into ``output`` (``.npy`` or ``.safetensors``,
     plus the index CSV), or into arrays returned in memory when ``output`` is None (see the module docstring).
+    ``ray``: run on a Ray cluster (:mod:`stamcli.ray_engine`) instead of this process.
 
     >>> result = embed(["a.mp4", "b.mp4"], stamcli.load_model("stam_16"))
     >>> result.embeddings.shape   # (2, 768)
     """
-    predictor = Predictor(model, options)
+    predictor = Predictor(model, options) if ray is None else RayPredictor(model, options, ray)
     paths = [os.fspath(path) for path in paths]
     store = EmbeddingStore(output, paths, dim=model.embed_dim, frames=predictor.frames, per_frame=per_frame,
                            model=model.name, resume=resume)
@@ -404,7 +407,10 @@ def run_embedding(
         raise UsageError("stam embed does not run under torchrun: start one process per --shard I/N, "
                          "each with its own --output")
     check_output(job.output)
-    job.options.check()  # bad options fail before a model is loaded or downloaded
+    if job.ray is not None:
+        check_options(job.options)
+    else:
+        job.options.check()  # bad options fail before a model is loaded or downloaded
     videos = job.videos()
     return embed(videos, job.load_model(), job.options, output=job.output, per_frame=job.per_frame,
-                 resume=job.resume, on_start=on_start, on_record=on_record)
+                 resume=job.resume, on_start=on_start, on_record=on_record, ray=job.ray)

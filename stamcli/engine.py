@@ -15,17 +15,19 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
 from .allocator import keep_freed_memory
 from .errors import StamError, UsageError
-from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
 from .sparse_decode import decoder_choice
 from .video import CROPS, Clip, read_clip, read_views
 from .writers import error_record, make_record
+
+if TYPE_CHECKING:  # not imported at run time: Ray decode tasks import this module and need no timm
+    from .model import STAM
 
 log = logging.getLogger(__name__)
 

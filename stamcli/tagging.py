@@ -17,6 +17,7 @@ from .engine import Predictor, PredictOptions, Throughput
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .preview import PreviewWriter
+from .ray_engine import RayOptions, RayPredictor, RayTimelinePredictor, check_options
 from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
 from .video import Clip
@@ -45,6 +46,7 @@ class VideoJob:
     offline: Optional[bool] = None
     trust_checkpoint: bool = False
     options: PredictOptions = field(default_factory=PredictOptions)
+    ray: Optional[RayOptions] = None  # --engine ray (stamcli.ray_engine); None: the local engine
 
     def videos(self) -> list[str]:
         """The input videos, in order, and only this machine's ``--shard`` of them."""
@@ -151,8 +153,13 @@ def run_tagging(
     """Run ``job``; ``on_start(total)`` and ``on_record(record)`` drive a progress display
     (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record)."""
     dist = Distributed.from_env()
-    job.options.device = dist.device_for(job.options.device)
-    job.options.check()  # bad options fail before a model is loaded or downloaded
+    if job.ray is not None:
+        if dist.active:
+            raise UsageError("--engine ray cannot run under torchrun: Ray spreads the videos over its own workers")
+        check_options(job.options, preview=job.preview is not None)
+    else:
+        job.options.device = dist.device_for(job.options.device)
+        job.options.check()  # bad options fail before a model is loaded or downloaded
     check_timeline(job.window, job.stride)
     if job.window is not None and job.preview is not None:
         raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
@@ -165,8 +172,12 @@ def run_tagging(
     if fmt in SUBTITLE_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
     model = job.load_model(progress=dist.rank == 0)
-    predictor = Predictor(model, job.options, keep_clips=job.preview is not None)
-    timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
+    if job.ray is None:
+        predictor = Predictor(model, job.options, keep_clips=job.preview is not None)
+        timeline = None if job.window is None else TimelinePredictor(predictor, job.window, job.stride)
+    else:
+        predictor = RayPredictor(model, job.options, job.ray)
+        timeline = None if job.window is None else RayTimelinePredictor(predictor, job.window, job.stride)
     previews = PreviewWriter(job.preview) if job.preview is not None else None
     stats = Throughput()
     interrupted = False

@@ -34,6 +34,7 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(OBJECT_STORE_BYTES),  # a local ray.init's store
     "RAY_DEDUP_LOGS": "0",
+    "RAY_AUTH_MODE": "disabled",  # no token written to ~/.ray (a private namespace needs none)
 }
 HEAD_PORT = 6379  # the namespace is private, so Ray's default port never clashes
 
@@ -69,8 +70,12 @@ class LoopbackNamespace:
         return ["ip", "netns", "exec", self.name, *map(str, argv)]
 
     def env(self, **extra: str) -> dict:
-        """The environment for a process in the namespace: this checkout's stamcli, :data:`RAY_ENV`."""
-        return {**CHILD_ENV, **RAY_ENV, **extra}
+        """The environment for a process in the namespace: this checkout's stamcli, :data:`RAY_ENV`,
+        no ``RAY_ADDRESS`` of the caller's."""
+        env = {**CHILD_ENV, **RAY_ENV, **extra}
+        if "RAY_ADDRESS" not in extra:
+            env.pop("RAY_ADDRESS", None)
+        return env
 
     def pids(self) -> list[int]:
         """Every process in the namespace."""
@@ -113,7 +118,8 @@ class LoopbackNamespace:
 class RayHead:
     """``ray start --head`` inside ``namespace``: a one-node Ray cluster at :attr:`address`."""
 
-    def __init__(self, namespace: LoopbackNamespace, *, num_cpus: int = 2):
+    def __init__(self, namespace: LoopbackNamespace, *, num_cpus: int = 2, env: Optional[dict] = None):
+        """``env``: extra environment of the head's processes, which its workers inherit."""
         self.namespace = namespace
         # Ray's socket paths must stay short (107 bytes), so not under pytest's tmp_path.
         self.temp_dir = tempfile.mkdtemp(prefix="stamray-", dir="/tmp")
@@ -124,17 +130,14 @@ class RayHead:
             "--num-cpus", num_cpus, "--num-gpus", 0, "--object-store-memory", OBJECT_STORE_BYTES,
             "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", self.temp_dir,
         ])
-        result = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, env=self.env(**(env or {})), capture_output=True, text=True, timeout=180)
         if result.returncode != 0:
             self.close()
             raise RuntimeError(f"ray start --head failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
     def env(self, **extra: str) -> dict:
-        """The environment of a client of this head: ``RAY_ADDRESS`` is not set (tests pass it
-        explicitly where they mean to)."""
-        env = self.namespace.env(RAY_TMPDIR=self.temp_dir, **extra)
-        env.pop("RAY_ADDRESS", None)
-        return env
+        """The environment of a process of this cluster: ``RAY_ADDRESS`` is not set unless given."""
+        return self.namespace.env(RAY_TMPDIR=self.temp_dir, **extra)
 
     def close(self) -> None:
         self.namespace.stop_processes()

@@ -1,0 +1,423 @@
+"""``--engine ray``: the local engine's records, computed on a Ray cluster with Ray Data.
+
+One Ray Data dataset per run, streamed::
+
+    the videos still to do (ray.data.from_items: a path and a row number each, one block per batch)
+      -> decode: CPU tasks, the local engine's reading code (one row per video, or per timeline
+         window: its uint8 frames, or why the video cannot be read; never a failed task)
+      -> model: a pool of actors, one model each (one GPU each on GPU nodes), the local
+         engine's Predictor computing the same thing (class probabilities, or embeddings)
+      -> the driver, in input order, where the local engine's code turns the outputs into
+         records and the local engine's writers write them.
+
+:class:`RayPredictor` is a :class:`~stamcli.engine.Predictor` whose :meth:`~RayPredictor.computed`
+runs that pipeline, so ``scores``, ``predict``, ``record`` and :func:`stamcli.embedding.embed` work
+unchanged; :class:`RayTimelinePredictor` does the same for timelines (``--window``). The driver
+sends paths and receives model outputs (a few KB per video); frames go from the decode tasks to
+the actors through Ray's object store, node to node, never through the driver.
+
+Fault tolerance is Ray Data's, with its defaults: a decode task whose worker dies (out of memory,
+node lost, SIGKILL) is run again, and a model actor that dies is restarted (its model is in the
+object store) and its batch run again, so every video comes out exactly once. Errors raised by
+stamcli's own code are not retried: a video that cannot be read is an error record, not a failed
+task.
+
+Where Ray runs: ``--ray-address``, else Ray's own ``RAY_ADDRESS``, else a local Ray started for
+the run and stopped after it. Every node needs this version of stamcli installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import namedtuple
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .engine import PRECISIONS, Predictor, PredictOptions, ScoredVideo, error_reason
+from .errors import StamError, UsageError
+from .parallel import MAX_STREAMS, single_threaded_decode
+from .timeline import TimelinePredictor, TimelineReader, Window, _Item
+from .video import Clip, read_clip, read_views
+
+if TYPE_CHECKING:
+    from .model import STAM
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install "stamcli[ray]"'
+#: What each Predictor computation returns per video, as the model actors' output columns.
+OUTPUTS = {"probabilities": ("probabilities",), "embeddings": ("embedding", "frame_embeddings")}
+_Frames = namedtuple("_Frames", "frames")  # what Predictor's model side reads of a Clip
+
+
+def require_ray():
+    """The ``ray`` module (with Ray Data), or a one-line error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise StamError(f"--engine ray needs Ray Data: {INSTALL_HINT}") from None
+    return ray
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how ``--engine ray`` runs.
+
+    ``address``: a Ray cluster (``host:port``, ``ray://...``); None: ``RAY_ADDRESS``, else a local Ray
+    for the run. ``actors``: model actors ``(min, max)`` (equal: a fixed pool; otherwise Ray Data
+    scales the pool between them); None: one per GPU of the cluster, or on CPU-only clusters one
+    per model stream (as many as the local engine runs on the same cores).
+    """
+
+    address: Optional[str] = None
+    actors: Optional[tuple[int, int]] = None
+
+
+def parse_actors(text: str) -> tuple[int, int]:
+    """``"4"`` -> ``(4, 4)``; ``"1-8"`` -> ``(1, 8)``."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        actors = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise UsageError(f"--ray-actors must be N or MIN-MAX (e.g. 4 or 1-8), got {text!r}") from None
+    if actors[0] < 1 or actors[1] < actors[0]:
+        raise UsageError(f"--ray-actors needs 1 <= MIN <= MAX, got {text!r}")
+    return actors
+
+
+def check_options(options: PredictOptions, *, preview: bool = False) -> None:
+    """Usage errors for what cannot run under ``--engine ray`` (before a model is loaded)."""
+    if options.workers is not None or options.streams is not None:
+        raise UsageError("--workers and --streams set the local engine's threads; with --engine ray decoding "
+                         "runs as Ray tasks and --ray-actors sets the model workers")
+    if preview:
+        raise UsageError("--preview needs every video's frames on this machine; with --engine ray they stay on "
+                         "the cluster (use --engine local)")
+    device = (options.device or "auto").strip().lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"with --engine ray --device is auto, cpu or cuda (each model worker gets its own GPU), "
+                         f"got {options.device!r}")
+    if (options.precision or "auto").lower() not in PRECISIONS:
+        raise UsageError(f"invalid precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
+    replace(options, device="cpu", precision="fp32").check()  # every other option, as the local engine does
+    require_ray()
+
+
+# --------------------------------------------------------------------------- Ray itself
+
+
+@contextmanager
+def ray_session(options: RayOptions) -> Iterator[None]:
+    """Connect to the cluster (or start a local Ray) for the ``with`` block; a Ray the caller
+    already started is used as it is and left running."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield
+        return
+    address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO  # --verbose: Ray's warnings too
+    try:
+        ray.init(address=address, logging_level=logging.WARNING if verbose else logging.ERROR, log_to_driver=verbose,
+                 **({"include_dashboard": False} if address == "local" else {}))
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        where = "start a local Ray" if address == "local" else f"connect to the Ray cluster at {address}"
+        raise StamError(f"cannot {where}: {error_reason(err)}") from None
+    try:
+        _configure_ray_data(verbose)
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _configure_ray_data(verbose: bool) -> None:
+    """Records in input order; no Ray Data progress bars or logs on the console (stamcli shows its
+    own progress), but its warnings with ``--verbose``."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True  # the local engine's order, so the same files
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def _model_resources(ray, device: str, actors: Optional[tuple[int, int]]) -> dict:
+    """The actor pool's ``map_batches`` arguments: how many, what each one reserves, its threads.
+
+    GPU nodes (``--device auto`` or ``cuda`` on a cluster with GPUs): one GPU per actor, one actor
+    per GPU by default. CPU: one actor per model stream of the local engine (``min(4, cores)``
+    per node), each computing with ``cores / streams`` torch threads. A CPU actor reserves only
+    half a logical CPU per thread: the cores are shared with the decode tasks, as the local
+    engine's model streams share them with its decode threads.
+    """
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if device == "cuda" and gpus == 0:
+        raise StamError("--device cuda: the Ray cluster has no GPUs (use --device cpu or auto)")
+    if gpus and device != "cpu":
+        low, high = actors or (gpus, gpus)
+        return {"compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high), "num_gpus": 1, "threads": None}
+    nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU", 0) > 0))
+    cores = max(1, int(resources.get("CPU", 1)) // nodes)
+    streams = min(MAX_STREAMS, cores)
+    threads = max(1, cores // streams)
+    low, high = actors or (streams * nodes, streams * nodes)
+    return {"compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high), "num_cpus": threads / 2,
+            "threads": threads}
+
+
+def _stam_error(err: Exception) -> StamError:
+    """A failed Ray Data run as one line: a StamError raised on the cluster as itself."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, StamError):
+        return cause
+    return StamError(f"the Ray run failed: {error_reason(cause or err)}")
+
+
+# --------------------------------------------------------------------------- decode tasks (run on the cluster)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How each video is read: ``Predictor._decode``'s call with one FFmpeg thread (a decode task
+    holds one CPU). Stand-in for ``stamcli.decode.ClipSpec``: its ``read(path)`` is the same."""
+
+    num_frames: int
+    img_size: int
+    clips: int = 1
+    crops: int = 1
+
+    def read(self, path: str) -> Clip:
+        if self.clips * self.crops == 1:
+            return read_clip(path, self.num_frames, self.img_size, threads=1)
+        return read_views(path, self.num_frames, self.img_size, clips=self.clips, crops=self.crops, threads=1)
+
+
+def frames_shape(spec: ClipSpec) -> tuple[int, ...]:
+    """The uint8 frames of one video: ``(F, 3, S, S)``, views first when there are several."""
+    views = (spec.clips * spec.crops,) if spec.clips * spec.crops > 1 else ()
+    return (*views, spec.num_frames, 3, spec.img_size, spec.img_size)
+
+
+def _encode(text: Optional[str]) -> bytes:
+    """Paths and errors travel as bytes: file names need not be valid UTF-8 (Arrow strings must)."""
+    return b"" if text is None else text.encode("utf-8", "surrogateescape")
+
+
+def _decode(data: bytes) -> Optional[str]:
+    return data.decode("utf-8", "surrogateescape") if data else None
+
+
+class _Rows:
+    """Decode rows being collected into the columns of one output batch."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape, self.columns = shape, {name: [] for name in
+                                           ("row", "error", "has_frames", "frame_count", "fps", "duration_s",
+                                            "window", "start", "end", "frames")}
+
+    def add(self, row: int, *, error: Optional[str] = None, frames: Optional[torch.Tensor] = None,
+            frame_count: int = 0, fps: float = 0.0, duration_s: float = 0.0, window: int = -1, start: int = 0,
+            end: int = 0) -> None:
+        values = dict(row=row, error=_encode(error), has_frames=frames is not None, frame_count=frame_count,
+                      fps=fps, duration_s=duration_s, window=window, start=start, end=end,
+                      frames=np.zeros(self.shape, np.uint8) if frames is None else frames.numpy())
+        for name, value in values.items():
+            self.columns[name].append(value)
+
+    def __len__(self) -> int:
+        return len(self.columns["row"])
+
+    def take(self) -> dict[str, np.ndarray]:
+        batch = {name: np.array(values, dtype=object if name == "error" else None) if name != "frames"
+                 else np.stack(values) for name, values in self.columns.items()}
+        self.columns = {name: [] for name in self.columns}
+        return batch
+
+
+def decode_videos(batch: dict[str, np.ndarray], spec: ClipSpec) -> dict[str, np.ndarray]:
+    """A decode task: each video's frames, or its error (one bad video never fails the task)."""
+    single_threaded_decode()
+    rows = _Rows(frames_shape(spec))
+    for row, path in zip(batch["row"], batch["path"]):
+        try:
+            clip = spec.read(_decode(path))
+        except Exception as err:
+            rows.add(int(row), error=error_reason(err))
+        else:
+            rows.add(int(row), frames=clip.frames, frame_count=clip.frame_count, fps=clip.fps,
+                     duration_s=clip.duration_s)
+    return rows.take()
+
+
+def decode_windows(batch: dict[str, np.ndarray], spec: ClipSpec, window_s: float, stride_s: Optional[float],
+                   chunk: int) -> Iterator[dict[str, np.ndarray]]:
+    """A timeline decode task: a row per window of each video, then the video's end row (its
+    frame count and rate, or its error), handed on ``chunk`` rows at a time."""
+    single_threaded_decode()
+    rows = _Rows(frames_shape(spec))
+    for row, path in zip(batch["row"], batch["path"]):
+        reader = TimelineReader(_decode(path), spec.num_frames, spec.img_size, window_s, stride_s, threads=1)
+        try:
+            for window, clip in reader:
+                rows.add(int(row), frames=clip.frames, window=window.index, start=window.start, end=window.end,
+                         fps=window.fps)
+                if len(rows) >= chunk:
+                    yield rows.take()
+        except Exception as err:
+            rows.add(int(row), error=error_reason(err))
+        else:
+            rows.add(int(row), frame_count=reader.frame_count, fps=reader.fps)
+    if len(rows):
+        yield rows.take()
+
+
+# --------------------------------------------------------------------------- model actors (run on the cluster)
+
+
+class ModelActor:
+    """One model in a Ray actor: the local engine's :class:`Predictor`, on this actor's GPU or CPU."""
+
+    def __init__(self, model_ref: list, options: PredictOptions, compute: str, threads: Optional[int]):
+        import ray
+
+        if threads:
+            torch.set_num_threads(threads)
+        _note_pid()
+        self.predictor = Predictor(ray.get(model_ref[0]), options)
+        self.compute, self.outputs = getattr(self.predictor, compute), OUTPUTS[compute]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The batch's rows with the model's outputs in place of the frames (NaN where there are none)."""
+        frames, has_frames = batch.pop("frames"), batch["has_frames"]
+        count = len(has_frames)
+        if has_frames.any():
+            results = self.compute([_Frames(torch.from_numpy(f)) for f in frames[has_frames]])
+            results = results if isinstance(results, tuple) else (results,)
+            for name, result in zip(self.outputs, results):
+                column = np.full((count, *result.shape[1:]), np.nan, np.float32)
+                column[has_frames] = result.numpy()
+                batch[name] = column
+        else:
+            for name in self.outputs:
+                batch[name] = np.full((count, 1), np.nan, np.float32)
+        return batch
+
+
+def _note_pid() -> None:
+    """Tests that kill a model actor find its process here (``STAM_TEST_ACTOR_PIDS``: a folder)."""
+    folder = os.environ.get("STAM_TEST_ACTOR_PIDS")
+    if folder:
+        open(os.path.join(folder, str(os.getpid())), "w").close()
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+class RayPredictor(Predictor):
+    """A :class:`Predictor` whose model runs in Ray actors and whose videos are decoded by Ray tasks.
+
+    The driver's own copy of the model never runs: it is put in the object store once for the
+    actors, and this object only turns their outputs into records (``record``, ``top_predictions``).
+    ``options.device`` and ``precision`` are resolved on each actor.
+    """
+
+    def __init__(self, model: STAM, options: Optional[PredictOptions], ray_options: RayOptions):
+        options = options or PredictOptions()
+        check_options(options)
+        super().__init__(model, replace(options, device="cpu", precision="fp32"))
+        self.remote_options, self.ray_options = options, ray_options
+        self.spec = ClipSpec(self.frames, model.config.img_size, options.clips, options.crops)
+
+    def computed(self, paths: Iterable[str], compute: Callable[[list[Clip]], object]
+                 ) -> Iterator[tuple[list[ScoredVideo], Optional[object]]]:
+        """As :meth:`Predictor.computed`, on Ray: each batch's videos with ``compute`` of its readable ones."""
+        paths = list(paths)
+        for batch, outputs in self.run(paths, compute.__name__, decode_videos, rows_per_task=self.options.batch_size):
+            items = [ScoredVideo(paths[row], None, error) if error is not None else
+                     ScoredVideo(paths[row], None, None, int(count), float(fps), float(duration))
+                     for row, error, count, fps, duration in
+                     zip(batch["row"], map(_decode, batch["error"]), batch["frame_count"], batch["fps"],
+                         batch["duration_s"])]
+            yield items, outputs
+
+    def batches(self, paths):
+        raise NotImplementedError("RayPredictor decodes on the cluster: use computed(), scores() or predict()")
+
+    def run(self, paths: list[str], compute: str, decode: Callable, *, rows_per_task: int, **decode_kwargs
+            ) -> Iterator[tuple[dict[str, np.ndarray], Optional[object]]]:
+        """The pipeline: each output batch's columns (``row``, ``error``, ...) with ``compute``'s
+        result for its rows that had frames (a tensor, or a tuple like ``compute``'s; None if none)."""
+        if not paths:
+            return
+        outputs = OUTPUTS[compute]
+        with ray_session(self.ray_options):
+            import ray
+
+            try:
+                dataset = self._dataset(ray, paths, compute, decode, rows_per_task, decode_kwargs)
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    ok = batch["has_frames"]
+                    results = tuple(torch.from_numpy(np.ascontiguousarray(batch[name][ok])) for name in outputs)
+                    yield batch, (None if not ok.any() else results if len(results) > 1 else results[0])
+            except ray.exceptions.RayError as err:
+                raise _stam_error(err) from None
+
+    def _dataset(self, ray, paths, compute, decode, rows_per_task, decode_kwargs):
+        model_ref = ray.put(self.model)
+        resources = _model_resources(ray, (self.remote_options.device or "auto").lower(), self.ray_options.actors)
+        threads = resources.pop("threads")
+        items = [{"row": row, "path": _encode(path)} for row, path in enumerate(paths)]
+        blocks = -(-len(items) // rows_per_task)
+        return (ray.data.from_items(items, override_num_blocks=blocks)
+                .map_batches(decode, fn_kwargs={"spec": self.spec, **decode_kwargs}, batch_size=None,
+                             batch_format="numpy", num_cpus=1)
+                .map_batches(ModelActor, fn_constructor_args=([model_ref], self.remote_options, compute, threads),
+                             batch_size=self.options.batch_size, batch_format="numpy", **resources))
+
+
+class _ReaderFacts:
+    """What :meth:`TimelinePredictor._summary` reads of a finished :class:`TimelineReader`."""
+
+    def __init__(self, frame_count: int, fps: float):
+        self.frame_count, self.fps = frame_count, fps
+
+    @property
+    def duration_s(self) -> float:
+        return self.frame_count / self.fps if self.fps > 0 else 0.0
+
+
+class RayTimelinePredictor(TimelinePredictor):
+    """Timelines on Ray: a decode task per video yields its windows; the driver builds the same
+    window and video records as :class:`TimelinePredictor` from the actors' probabilities."""
+
+    def __init__(self, predictor: RayPredictor, window_s: float, stride_s: Optional[float] = None):
+        super().__init__(predictor, window_s, stride_s)
+
+    def predict(self, paths: Iterable[str]) -> Iterator[dict]:
+        paths = list(paths)
+        predictor: RayPredictor = self.predictor
+        for batch, probabilities in predictor.run(paths, "probabilities", decode_windows, rows_per_task=1,
+                                                  window_s=self.window_s, stride_s=self.stride_s,
+                                                  chunk=predictor.options.batch_size):
+            items = []
+            for row, error, window, start, end, count, fps in zip(
+                    batch["row"], map(_decode, batch["error"]), batch["window"], batch["start"], batch["end"],
+                    batch["frame_count"], batch["fps"]):
+                path = paths[row]
+                if window >= 0:
+                    items.append(_Item(path, window=Window(int(window), int(start), int(end), float(fps))))
+                elif error is not None:
+                    items.append(_Item(path, error=error))
+                else:
+                    items.append(_Item(path, reader=_ReaderFacts(int(count), float(fps))))
+            yield from self._records(items, probabilities)
