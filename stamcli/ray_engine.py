@@ -208,6 +208,11 @@ def frames_shape(spec: ClipSpec) -> tuple[int, ...]:
     return (*views, spec.num_frames, 3, spec.img_size, spec.img_size)
 
 
+def _absolute(path: str) -> str:
+    """Where a decode task finds ``path``: its working folder is not the driver's (URLs are kept)."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def _encode(text: Optional[str]) -> bytes:
     """Paths and errors travel as bytes: file names need not be valid UTF-8 (Arrow strings must)."""
     return b"" if text is None else text.encode("utf-8", "surrogateescape")
@@ -294,22 +299,21 @@ class ModelActor:
             torch.set_num_threads(threads)
         _note_pid()
         self.predictor = Predictor(ray.get(model_ref[0]), options)
-        self.compute, self.outputs = getattr(self.predictor, compute), OUTPUTS[compute]
+        self.compute = getattr(self.predictor, compute)
+        model, frames = self.predictor.model, self.predictor.frames
+        shapes = {"probabilities": (model.config.num_classes,), "embedding": (model.embed_dim,),
+                  "frame_embeddings": (frames, model.embed_dim)}
+        self.outputs = {name: shapes[name] for name in OUTPUTS[compute]}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch's rows with the model's outputs in place of the frames (NaN where there are none)."""
         frames, has_frames = batch.pop("frames"), batch["has_frames"]
-        count = len(has_frames)
+        for name, shape in self.outputs.items():  # every batch the same shapes: Ray Data joins them in blocks
+            batch[name] = np.full((len(has_frames), *shape), np.nan, np.float32)
         if has_frames.any():
             results = self.compute([_Frames(torch.from_numpy(f)) for f in frames[has_frames]])
-            results = results if isinstance(results, tuple) else (results,)
-            for name, result in zip(self.outputs, results):
-                column = np.full((count, *result.shape[1:]), np.nan, np.float32)
-                column[has_frames] = result.numpy()
-                batch[name] = column
-        else:
-            for name in self.outputs:
-                batch[name] = np.full((count, 1), np.nan, np.float32)
+            for name, result in zip(self.outputs, results if isinstance(results, tuple) else (results,)):
+                batch[name][has_frames] = result.numpy()
         return batch
 
 
@@ -376,7 +380,7 @@ class RayPredictor(Predictor):
         model_ref = ray.put(self.model)
         resources = _model_resources(ray, (self.remote_options.device or "auto").lower(), self.ray_options.actors)
         threads = resources.pop("threads")
-        items = [{"row": row, "path": _encode(path)} for row, path in enumerate(paths)]
+        items = [{"row": row, "path": _encode(_absolute(path))} for row, path in enumerate(paths)]
         blocks = -(-len(items) // rows_per_task)
         return (ray.data.from_items(items, override_num_blocks=blocks)
                 .map_batches(decode, fn_kwargs={"spec": self.spec, **decode_kwargs}, batch_size=None,
