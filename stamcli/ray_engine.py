@@ -33,6 +33,7 @@ import os
 from collections import namedtuple
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -53,6 +54,8 @@ INSTALL_HINT = 'pip install "stamcli[ray]"'
 #: What each Predictor computation returns per video, as the model actors' output columns.
 OUTPUTS = {"probabilities": ("probabilities",), "embeddings": ("embedding", "frame_embeddings")}
 _Frames = namedtuple("_Frames", "frames")  # what Predictor's model side reads of a Clip
+#: Most decode tasks per run: 100,000 videos in batches of 8 go 104 to a task.
+MAX_DECODE_TASKS = 1000
 
 
 def require_ray():
@@ -132,22 +135,32 @@ def ray_session(options: RayOptions) -> Iterator[None]:
         where = "start a local Ray" if address == "local" else f"connect to the Ray cluster at {address}"
         raise StamError(f"cannot {where}: {error_reason(err)}") from None
     try:
-        _configure_ray_data(verbose)
+        logging.getLogger("ray.data").setLevel(logging.WARNING if verbose else logging.ERROR)
         yield
     finally:
         ray.shutdown()
 
 
-def _configure_ray_data(verbose: bool) -> None:
-    """Records in input order; no Ray Data progress bars or logs on the console (stamcli shows its
-    own progress), but its warnings with ``--verbose``."""
+def _data_context(block_bytes: int):
+    """A copy of Ray Data's settings for one run: records in input order (the local engine's, so
+    the same files), a block per ``block_bytes`` of decoded frames (each model batch goes on as
+    soon as it is decoded), no progress bars (stamcli shows its own)."""
     from ray.data import DataContext
+    from ray.util.debug import log_once
 
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True  # the local engine's order, so the same files
+    context = DataContext.get_current().copy()
+    context.execution_options.preserve_order = True
+    context.target_max_block_size = block_bytes
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING if verbose else logging.ERROR)
+    log_once("ray_data_progress_manager_disabled")  # Ray Data would warn that its bars are off
+    return DataContext.current(context)
+
+
+def _rows_per_task(count: int, unit: int) -> int:
+    """Videos per decode task: a multiple of ``unit`` (the model batch), at most :data:`MAX_DECODE_TASKS`
+    tasks (each task costs the driver some planning and bookkeeping)."""
+    return unit * -(-count // (unit * MAX_DECODE_TASKS))
 
 
 def _model_resources(ray, device: str, actors: Optional[tuple[int, int]]) -> dict:
@@ -208,11 +221,6 @@ def frames_shape(spec: ClipSpec) -> tuple[int, ...]:
     return (*views, spec.num_frames, 3, spec.img_size, spec.img_size)
 
 
-def _absolute(path: str) -> str:
-    """Where a decode task finds ``path``: its working folder is not the driver's (URLs are kept)."""
-    return path if "://" in path else os.path.abspath(path)
-
-
 def _encode(text: Optional[str]) -> bytes:
     """Paths and errors travel as bytes: file names need not be valid UTF-8 (Arrow strings must)."""
     return b"" if text is None else text.encode("utf-8", "surrogateescape")
@@ -220,6 +228,18 @@ def _encode(text: Optional[str]) -> bytes:
 
 def _decode(data: bytes) -> Optional[str]:
     return data.decode("utf-8", "surrogateescape") if data else None
+
+
+def path_table(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every path in two flat arrays (the UTF-8 bytes one after another, and where each starts):
+    one object in Ray's object store that every decode task reads without copying it."""
+    encoded = [_encode(_absolute(path)) for path in paths]
+    return np.frombuffer(b"".join(encoded), np.uint8), np.cumsum([0, *map(len, encoded)], dtype=np.int64)
+
+
+def _absolute(path: str) -> str:
+    """Where a decode task finds ``path``: its working folder is not the driver's (URLs are kept)."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 class _Rows:
@@ -249,39 +269,45 @@ class _Rows:
         return batch
 
 
-def decode_videos(batch: dict[str, np.ndarray], spec: ClipSpec) -> dict[str, np.ndarray]:
-    """A decode task: each video's frames, or its error (one bad video never fails the task)."""
-    single_threaded_decode()
-    rows = _Rows(frames_shape(spec))
-    for row, path in zip(batch["row"], batch["path"]):
-        try:
-            clip = spec.read(_decode(path))
-        except Exception as err:
-            rows.add(int(row), error=error_reason(err))
-        else:
-            rows.add(int(row), frames=clip.frames, frame_count=clip.frame_count, fps=clip.fps,
-                     duration_s=clip.duration_s)
-    return rows.take()
+def read_video(spec: ClipSpec, path: str) -> Iterator[dict]:
+    """The decode row of one video: its frames, or why it cannot be read."""
+    try:
+        clip = spec.read(path)
+    except Exception as err:  # one bad video never fails the task
+        yield {"error": error_reason(err)}
+        return
+    yield {"frames": clip.frames, "frame_count": clip.frame_count, "fps": clip.fps, "duration_s": clip.duration_s}
 
 
-def decode_windows(batch: dict[str, np.ndarray], spec: ClipSpec, window_s: float, stride_s: Optional[float],
-                   chunk: int) -> Iterator[dict[str, np.ndarray]]:
-    """A timeline decode task: a row per window of each video, then the video's end row (its
-    frame count and rate, or its error), handed on ``chunk`` rows at a time."""
+def read_windows(spec: ClipSpec, path: str, window_s: float, stride_s: Optional[float]) -> Iterator[dict]:
+    """A timeline's decode rows: one per window as it fills, then the video's end row (its frame
+    count and rate, or its error)."""
+    reader = TimelineReader(path, spec.num_frames, spec.img_size, window_s, stride_s, threads=1)
+    try:
+        for window, clip in reader:
+            yield {"frames": clip.frames, "window": window.index, "start": window.start, "end": window.end,
+                   "fps": window.fps}
+    except Exception as err:  # the windows already read stand, as in the local engine
+        yield {"error": error_reason(err)}
+        return
+    yield {"frame_count": reader.frame_count, "fps": reader.fps}
+
+
+def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spec: ClipSpec,
+                read: Callable[..., Iterator[dict]], chunk: int) -> Iterator[dict[str, np.ndarray]]:
+    """A decode task: videos ``[id * per_task, (id + 1) * per_task)`` of the path table
+    (``paths[0]``, an object ref), their ``read`` rows handed on ``chunk`` rows at a time."""
+    import ray
+
     single_threaded_decode()
+    blob, offsets = ray.get(paths[0])
     rows = _Rows(frames_shape(spec))
-    for row, path in zip(batch["row"], batch["path"]):
-        reader = TimelineReader(_decode(path), spec.num_frames, spec.img_size, window_s, stride_s, threads=1)
-        try:
-            for window, clip in reader:
-                rows.add(int(row), frames=clip.frames, window=window.index, start=window.start, end=window.end,
-                         fps=window.fps)
+    for task in batch["id"]:
+        for row in range(int(task) * per_task, min((int(task) + 1) * per_task, len(offsets) - 1)):
+            for values in read(spec, _decode(blob[offsets[row]:offsets[row + 1]].tobytes())):
+                rows.add(row, **values)
                 if len(rows) >= chunk:
                     yield rows.take()
-        except Exception as err:
-            rows.add(int(row), error=error_reason(err))
-        else:
-            rows.add(int(row), frame_count=reader.frame_count, fps=reader.fps)
     if len(rows):
         yield rows.take()
 
@@ -346,7 +372,7 @@ class RayPredictor(Predictor):
                  ) -> Iterator[tuple[list[ScoredVideo], Optional[object]]]:
         """As :meth:`Predictor.computed`, on Ray: each batch's videos with ``compute`` of its readable ones."""
         paths = list(paths)
-        for batch, outputs in self.run(paths, compute.__name__, decode_videos, rows_per_task=self.options.batch_size):
+        for batch, outputs in self.run(paths, compute.__name__, read_video, unit=self.options.batch_size):
             items = [ScoredVideo(paths[row], None, error) if error is not None else
                      ScoredVideo(paths[row], None, None, int(count), float(fps), float(duration))
                      for row, error, count, fps, duration in
@@ -357,35 +383,40 @@ class RayPredictor(Predictor):
     def batches(self, paths):
         raise NotImplementedError("RayPredictor decodes on the cluster: use computed(), scores() or predict()")
 
-    def run(self, paths: list[str], compute: str, decode: Callable, *, rows_per_task: int, **decode_kwargs
+    def run(self, paths: list[str], compute: str, read: Callable[..., Iterator[dict]], *, unit: int
             ) -> Iterator[tuple[dict[str, np.ndarray], Optional[object]]]:
-        """The pipeline: each output batch's columns (``row``, ``error``, ...) with ``compute``'s
-        result for its rows that had frames (a tensor, or a tuple like ``compute``'s; None if none)."""
+        """The pipeline over ``paths``, ``read`` giving each video's decode rows, decode tasks taking a
+        multiple of ``unit`` videos. Yields each batch's columns (``row``, ``error``, ...) with
+        ``compute``'s result for its rows that had frames (a tensor, or a tuple as ``compute`` returns;
+        None if none had)."""
         if not paths:
             return
-        outputs = OUTPUTS[compute]
-        with ray_session(self.ray_options):
+        batch_size = self.options.batch_size
+        with ray_session(self.ray_options), _data_context(batch_size * int(np.prod(frames_shape(self.spec)))):
             import ray
 
             try:
-                dataset = self._dataset(ray, paths, compute, decode, rows_per_task, decode_kwargs)
-                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for batch in self._dataset(ray, paths, compute, read, unit).iter_batches(batch_size=None,
+                                                                                          batch_format="numpy"):
                     ok = batch["has_frames"]
-                    results = tuple(torch.from_numpy(np.ascontiguousarray(batch[name][ok])) for name in outputs)
+                    results = tuple(torch.from_numpy(np.ascontiguousarray(batch[name][ok])) for name in OUTPUTS[compute])
                     yield batch, (None if not ok.any() else results if len(results) > 1 else results[0])
             except ray.exceptions.RayError as err:
                 raise _stam_error(err) from None
 
-    def _dataset(self, ray, paths, compute, decode, rows_per_task, decode_kwargs):
-        model_ref = ray.put(self.model)
+    def _dataset(self, ray, paths: list[str], compute: str, read, unit: int):
+        """Task ``i`` of ``range(tasks)`` decodes its share of the path table, the actors compute."""
         resources = _model_resources(ray, (self.remote_options.device or "auto").lower(), self.ray_options.actors)
         threads = resources.pop("threads")
-        items = [{"row": row, "path": _encode(_absolute(path))} for row, path in enumerate(paths)]
-        blocks = -(-len(items) // rows_per_task)
-        return (ray.data.from_items(items, override_num_blocks=blocks)
-                .map_batches(decode, fn_kwargs={"spec": self.spec, **decode_kwargs}, batch_size=None,
-                             batch_format="numpy", num_cpus=1)
-                .map_batches(ModelActor, fn_constructor_args=([model_ref], self.remote_options, compute, threads),
+        per_task = _rows_per_task(len(paths), unit)
+        tasks = -(-len(paths) // per_task)
+        # Object refs go in lists: Ray resolves only top-level arguments, and these are read where needed.
+        table, model = [ray.put(path_table(paths))], [ray.put(self.model)]
+        decode = {"paths": table, "per_task": per_task, "spec": self.spec, "read": read,
+                  "chunk": self.options.batch_size}
+        return (ray.data.range(tasks, override_num_blocks=tasks)
+                .map_batches(decode_task, fn_kwargs=decode, batch_size=None, batch_format="numpy", num_cpus=1)
+                .map_batches(ModelActor, fn_constructor_args=(model, self.remote_options, compute, threads),
                              batch_size=self.options.batch_size, batch_format="numpy", **resources))
 
 
@@ -410,9 +441,8 @@ class RayTimelinePredictor(TimelinePredictor):
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         paths = list(paths)
         predictor: RayPredictor = self.predictor
-        for batch, probabilities in predictor.run(paths, "probabilities", decode_windows, rows_per_task=1,
-                                                  window_s=self.window_s, stride_s=self.stride_s,
-                                                  chunk=predictor.options.batch_size):
+        read = partial(read_windows, window_s=self.window_s, stride_s=self.stride_s)
+        for batch, probabilities in predictor.run(paths, "probabilities", read, unit=1):
             items = []
             for row, error, window, start, end, count, fps in zip(
                     batch["row"], map(_decode, batch["error"]), batch["window"], batch["start"], batch["end"],

@@ -25,8 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
-from conftest import CHILD_ENV
-
+REPO = Path(__file__).resolve().parents[1]
+#: A child process imports this checkout's stamcli (tests and benchmarks both use this module).
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 #: Environment for Ray processes started by the tests: no usage reports, Ray's files in a
 #: private temporary folder, and an object store small enough for a shared 24 GiB machine.
 OBJECT_STORE_BYTES = 400_000_000
