@@ -135,7 +135,8 @@ def ray_session(options: RayOptions) -> Iterator[None]:
         where = "start a local Ray" if address == "local" else f"connect to the Ray cluster at {address}"
         raise StamError(f"cannot {where}: {error_reason(err)}") from None
     try:
-        logging.getLogger("ray.data").setLevel(logging.WARNING if verbose else logging.ERROR)
+        # A failed run ends in one StamError line; Ray Data's own report of it comes with --verbose.
+        logging.getLogger("ray.data").setLevel(logging.WARNING if verbose else logging.CRITICAL)
         yield
     finally:
         ray.shutdown()
@@ -233,13 +234,17 @@ def _decode(data: bytes) -> Optional[str]:
 def path_table(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every path in two flat arrays (the UTF-8 bytes one after another, and where each starts):
     one object in Ray's object store that every decode task reads without copying it."""
-    encoded = [_encode(_absolute(path)) for path in paths]
+    encoded = [_encode(path) for path in paths]
     return np.frombuffer(b"".join(encoded), np.uint8), np.cumsum([0, *map(len, encoded)], dtype=np.int64)
 
 
-def _absolute(path: str) -> str:
-    """Where a decode task finds ``path``: its working folder is not the driver's (URLs are kept)."""
-    return path if "://" in path else os.path.abspath(path)
+def _work_in(folder: str) -> None:
+    """Relative paths mean what they mean on the driver (and errors name them as it would): a
+    decode task works in the driver's folder, where the node has it (a shared file system)."""
+    try:
+        os.chdir(folder)
+    except OSError:
+        pass
 
 
 class _Rows:
@@ -294,12 +299,14 @@ def read_windows(spec: ClipSpec, path: str, window_s: float, stride_s: Optional[
 
 
 def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spec: ClipSpec,
-                read: Callable[..., Iterator[dict]], chunk: int) -> Iterator[dict[str, np.ndarray]]:
+                read: Callable[..., Iterator[dict]], chunk: int, folder: str) -> Iterator[dict[str, np.ndarray]]:
     """A decode task: videos ``[id * per_task, (id + 1) * per_task)`` of the path table
-    (``paths[0]``, an object ref), their ``read`` rows handed on ``chunk`` rows at a time."""
+    (``paths[0]``, an object ref), their ``read`` rows handed on ``chunk`` rows at a time; relative
+    paths are read from the driver's ``folder``."""
     import ray
 
     single_threaded_decode()
+    _work_in(folder)
     blob, offsets = ray.get(paths[0])
     rows = _Rows(frames_shape(spec))
     for task in batch["id"]:
@@ -413,7 +420,7 @@ class RayPredictor(Predictor):
         # Object refs go in lists: Ray resolves only top-level arguments, and these are read where needed.
         table, model = [ray.put(path_table(paths))], [ray.put(self.model)]
         decode = {"paths": table, "per_task": per_task, "spec": self.spec, "read": read,
-                  "chunk": self.options.batch_size}
+                  "chunk": self.options.batch_size, "folder": os.getcwd()}
         return (ray.data.range(tasks, override_num_blocks=tasks)
                 .map_batches(decode_task, fn_kwargs=decode, batch_size=None, batch_format="numpy", num_cpus=1)
                 .map_batches(ModelActor, fn_constructor_args=(model, self.remote_options, compute, threads),

@@ -94,10 +94,10 @@ def head(tmp_path_factory):
         namespace.close()
 
 
-def _stam(namespace: LoopbackNamespace, env: dict, *args, exit_code: int) -> subprocess.CompletedProcess:
+def _stam(namespace: LoopbackNamespace, env: dict, *args, exit_code: int, cwd=None) -> subprocess.CompletedProcess:
     """``stam ARGS`` as a child process inside ``namespace``; it must exit with ``exit_code``
     (1: some videos failed) without an error message."""
-    result = subprocess.run(namespace.command([sys.executable, "-m", "stamcli", *args]), env=env,
+    result = subprocess.run(namespace.command([sys.executable, "-m", "stamcli", *args]), env=env, cwd=cwd,
                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert result.returncode == exit_code, result.stderr[-3000:]
     assert "error:" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -181,28 +181,29 @@ def _without_scores(records: list[dict]) -> list[dict]:
 
 
 @needs_ray
-def test_a_local_ray_started_for_the_run_gives_the_same_records_and_is_stopped(corpus, tiny_checkpoint, tmp_path):
-    if SKIP:
-        pytest.skip(SKIP)
+def test_a_local_ray_started_for_the_run_gives_the_same_records_and_is_stopped(corpus, tiny_checkpoint, tmp_path,
+                                                                               monkeypatch):
     videos = tmp_path / "videos"
     videos.mkdir()
     for name in ("a.mp4", "d_rotated.mp4", "i_text.mp4"):
         shutil.copy(corpus / name, videos / name)
-    reference, out = tmp_path / "local.csv", tmp_path / "ray.csv"
-    _local("predict", videos, "--model", tiny_checkpoint, "-o", reference)
+    monkeypatch.chdir(tmp_path)  # relative paths: read from the command's folder, named as given
+    _local("predict", "videos", "--model", tiny_checkpoint, "-o", "local.csv")
     temp_dir = tempfile.mkdtemp(prefix="stamray-", dir="/tmp")
     try:
         with LoopbackNamespace() as namespace:
-            _stam(namespace, namespace.env(RAY_TMPDIR=temp_dir), "predict", videos, "--model",
-                           tiny_checkpoint, "-o", out, "--device", "cpu", "--engine", "ray", "--ray-actors", 1, "-q",
-                           exit_code=1)
+            _stam(namespace, namespace.env(RAY_TMPDIR=temp_dir), "predict", "videos", "--model", tiny_checkpoint,
+                  "-o", "ray.csv", "--device", "cpu", "--engine", "ray", "--ray-actors", 1, "-q", exit_code=1,
+                  cwd=tmp_path)
             deadline = time.monotonic() + 15  # the command stopped the Ray it started (its last processes exiting)
             while namespace.pids() and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert namespace.pids() == []
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
-    assert out.read_text() == reference.read_text()
+    local = (tmp_path / "local.csv").read_text()
+    assert (tmp_path / "ray.csv").read_text() == local
+    assert "videos/a.mp4,ok," in local and "cannot read video videos/i_text.mp4" in local
 
 
 # --------------------------------------------------------------------------- failures and interruptions
