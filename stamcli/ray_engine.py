@@ -1,8 +1,9 @@
 """``--engine ray``: the local engine's records, computed on a Ray cluster with Ray Data.
 
-One Ray Data dataset per run, streamed::
+One Ray Data dataset per run, streamed (what runs on the cluster is in :mod:`stamcli.ray_tasks`)::
 
-    the videos still to do (ray.data.from_items: a path and a row number each, one block per batch)
+    ray.data.range(tasks): decode task i takes its share of the videos still to do, from a path
+                           table put in the object store once (at most MAX_DECODE_TASKS tasks)
       -> decode: CPU tasks, the local engine's reading code (one row per video, or per timeline
          window: its uint8 frames, or why the video cannot be read; never a failed task)
       -> model: a pool of actors, one model each (one GPU each on GPU nodes), the local
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import namedtuple
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -41,19 +41,16 @@ import torch
 
 from .engine import PRECISIONS, Predictor, PredictOptions, ScoredVideo, error_reason
 from .errors import StamError, UsageError
-from .parallel import MAX_STREAMS, single_threaded_decode
-from .timeline import TimelinePredictor, TimelineReader, Window, _Item
-from .video import Clip, read_clip, read_views
+from .parallel import MAX_STREAMS
+from .ray_tasks import (OUTPUTS, ClipSpec, ModelActor, decode, decode_task, frames_shape, path_table, read_video,
+                        read_windows)
+from .timeline import TimelinePredictor, Window, _Item
+from .video import Clip
 
 if TYPE_CHECKING:
     from .model import STAM
 
-log = logging.getLogger(__name__)
-
 INSTALL_HINT = 'pip install "stamcli[ray]"'
-#: What each Predictor computation returns per video, as the model actors' output columns.
-OUTPUTS = {"probabilities": ("probabilities",), "embeddings": ("embedding", "frame_embeddings")}
-_Frames = namedtuple("_Frames", "frames")  # what Predictor's model side reads of a Clip
 #: Most decode tasks per run: 100,000 videos in batches of 8 go 104 to a task.
 MAX_DECODE_TASKS = 1000
 
@@ -75,7 +72,7 @@ def require_ray():
 class RayOptions:
     """Where and how ``--engine ray`` runs.
 
-    ``address``: a Ray cluster (``host:port``, ``ray://...``); None: ``RAY_ADDRESS``, else a local Ray
+    ``address``: a Ray cluster (``host:port``); None: ``RAY_ADDRESS``, else a local Ray
     for the run. ``actors``: model actors ``(min, max)`` (equal: a fixed pool; otherwise Ray Data
     scales the pool between them); None: one per GPU of the cluster, or on CPU-only clusters one
     per model stream (as many as the local engine runs on the same cores).
@@ -190,171 +187,14 @@ def _model_resources(ray, device: str, actors: Optional[tuple[int, int]]) -> dic
 
 
 def _stam_error(err: Exception) -> StamError:
-    """A failed Ray Data run as one line: a StamError raised on the cluster as itself."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, StamError):
-        return cause
-    return StamError(f"the Ray run failed: {error_reason(cause or err)}")
-
-
-# --------------------------------------------------------------------------- decode tasks (run on the cluster)
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """How each video is read: ``Predictor._decode``'s call with one FFmpeg thread (a decode task
-    holds one CPU). Stand-in for ``stamcli.decode.ClipSpec``: its ``read(path)`` is the same."""
-
-    num_frames: int
-    img_size: int
-    clips: int = 1
-    crops: int = 1
-
-    def read(self, path: str) -> Clip:
-        if self.clips * self.crops == 1:
-            return read_clip(path, self.num_frames, self.img_size, threads=1)
-        return read_views(path, self.num_frames, self.img_size, clips=self.clips, crops=self.crops, threads=1)
-
-
-def frames_shape(spec: ClipSpec) -> tuple[int, ...]:
-    """The uint8 frames of one video: ``(F, 3, S, S)``, views first when there are several."""
-    views = (spec.clips * spec.crops,) if spec.clips * spec.crops > 1 else ()
-    return (*views, spec.num_frames, 3, spec.img_size, spec.img_size)
-
-
-def _encode(text: Optional[str]) -> bytes:
-    """Paths and errors travel as bytes: file names need not be valid UTF-8 (Arrow strings must)."""
-    return b"" if text is None else text.encode("utf-8", "surrogateescape")
-
-
-def _decode(data: bytes) -> Optional[str]:
-    return data.decode("utf-8", "surrogateescape") if data else None
-
-
-def path_table(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Every path in two flat arrays (the UTF-8 bytes one after another, and where each starts):
-    one object in Ray's object store that every decode task reads without copying it."""
-    encoded = [_encode(path) for path in paths]
-    return np.frombuffer(b"".join(encoded), np.uint8), np.cumsum([0, *map(len, encoded)], dtype=np.int64)
-
-
-def _work_in(folder: str) -> None:
-    """Relative paths mean what they mean on the driver (and errors name them as it would): a
-    decode task works in the driver's folder, where the node has it (a shared file system)."""
-    try:
-        os.chdir(folder)
-    except OSError:
-        pass
-
-
-class _Rows:
-    """Decode rows being collected into the columns of one output batch."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        self.shape, self.columns = shape, {name: [] for name in
-                                           ("row", "error", "has_frames", "frame_count", "fps", "duration_s",
-                                            "window", "start", "end", "frames")}
-
-    def add(self, row: int, *, error: Optional[str] = None, frames: Optional[torch.Tensor] = None,
-            frame_count: int = 0, fps: float = 0.0, duration_s: float = 0.0, window: int = -1, start: int = 0,
-            end: int = 0) -> None:
-        values = dict(row=row, error=_encode(error), has_frames=frames is not None, frame_count=frame_count,
-                      fps=fps, duration_s=duration_s, window=window, start=start, end=end,
-                      frames=np.zeros(self.shape, np.uint8) if frames is None else frames.numpy())
-        for name, value in values.items():
-            self.columns[name].append(value)
-
-    def __len__(self) -> int:
-        return len(self.columns["row"])
-
-    def take(self) -> dict[str, np.ndarray]:
-        batch = {name: np.array(values, dtype=object if name == "error" else None) if name != "frames"
-                 else np.stack(values) for name, values in self.columns.items()}
-        self.columns = {name: [] for name in self.columns}
-        return batch
-
-
-def read_video(spec: ClipSpec, path: str) -> Iterator[dict]:
-    """The decode row of one video: its frames, or why it cannot be read."""
-    try:
-        clip = spec.read(path)
-    except Exception as err:  # one bad video never fails the task
-        yield {"error": error_reason(err)}
-        return
-    yield {"frames": clip.frames, "frame_count": clip.frame_count, "fps": clip.fps, "duration_s": clip.duration_s}
-
-
-def read_windows(spec: ClipSpec, path: str, window_s: float, stride_s: Optional[float]) -> Iterator[dict]:
-    """A timeline's decode rows: one per window as it fills, then the video's end row (its frame
-    count and rate, or its error)."""
-    reader = TimelineReader(path, spec.num_frames, spec.img_size, window_s, stride_s, threads=1)
-    try:
-        for window, clip in reader:
-            yield {"frames": clip.frames, "window": window.index, "start": window.start, "end": window.end,
-                   "fps": window.fps}
-    except Exception as err:  # the windows already read stand, as in the local engine
-        yield {"error": error_reason(err)}
-        return
-    yield {"frame_count": reader.frame_count, "fps": reader.fps}
-
-
-def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spec: ClipSpec,
-                read: Callable[..., Iterator[dict]], chunk: int, folder: str) -> Iterator[dict[str, np.ndarray]]:
-    """A decode task: videos ``[id * per_task, (id + 1) * per_task)`` of the path table
-    (``paths[0]``, an object ref), their ``read`` rows handed on ``chunk`` rows at a time; relative
-    paths are read from the driver's ``folder``."""
-    import ray
-
-    single_threaded_decode()
-    _work_in(folder)
-    blob, offsets = ray.get(paths[0])
-    rows = _Rows(frames_shape(spec))
-    for task in batch["id"]:
-        for row in range(int(task) * per_task, min((int(task) + 1) * per_task, len(offsets) - 1)):
-            for values in read(spec, _decode(blob[offsets[row]:offsets[row + 1]].tobytes())):
-                rows.add(row, **values)
-                if len(rows) >= chunk:
-                    yield rows.take()
-    if len(rows):
-        yield rows.take()
-
-
-# --------------------------------------------------------------------------- model actors (run on the cluster)
-
-
-class ModelActor:
-    """One model in a Ray actor: the local engine's :class:`Predictor`, on this actor's GPU or CPU."""
-
-    def __init__(self, model_ref: list, options: PredictOptions, compute: str, threads: Optional[int]):
-        import ray
-
-        if threads:
-            torch.set_num_threads(threads)
-        _note_pid()
-        self.predictor = Predictor(ray.get(model_ref[0]), options)
-        self.compute = getattr(self.predictor, compute)
-        model, frames = self.predictor.model, self.predictor.frames
-        shapes = {"probabilities": (model.config.num_classes,), "embedding": (model.embed_dim,),
-                  "frame_embeddings": (frames, model.embed_dim)}
-        self.outputs = {name: shapes[name] for name in OUTPUTS[compute]}
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The batch's rows with the model's outputs in place of the frames (NaN where there are none)."""
-        frames, has_frames = batch.pop("frames"), batch["has_frames"]
-        for name, shape in self.outputs.items():  # every batch the same shapes: Ray Data joins them in blocks
-            batch[name] = np.full((len(has_frames), *shape), np.nan, np.float32)
-        if has_frames.any():
-            results = self.compute([_Frames(torch.from_numpy(f)) for f in frames[has_frames]])
-            for name, result in zip(self.outputs, results if isinstance(results, tuple) else (results,)):
-                batch[name][has_frames] = result.numpy()
-        return batch
-
-
-def _note_pid() -> None:
-    """Tests that kill a model actor find its process here (``STAM_TEST_ACTOR_PIDS``: a folder)."""
-    folder = os.environ.get("STAM_TEST_ACTOR_PIDS")
-    if folder:
-        open(os.path.join(folder, str(os.getpid())), "w").close()
+    """A failed Ray Data run as one line, from the exception at the root of Ray's wrappers (a
+    StamError raised on the cluster as itself)."""
+    seen = [err]
+    while (cause := getattr(seen[-1], "cause", None) or seen[-1].__cause__) is not None and cause not in seen:
+        seen.append(cause)
+    if isinstance(seen[-1], StamError):
+        return seen[-1]
+    return StamError(f"the Ray run failed: {error_reason(seen[-1])}")
 
 
 # --------------------------------------------------------------------------- the driver
@@ -383,7 +223,7 @@ class RayPredictor(Predictor):
             items = [ScoredVideo(paths[row], None, error) if error is not None else
                      ScoredVideo(paths[row], None, None, int(count), float(fps), float(duration))
                      for row, error, count, fps, duration in
-                     zip(batch["row"], map(_decode, batch["error"]), batch["frame_count"], batch["fps"],
+                     zip(batch["row"], map(decode, batch["error"]), batch["frame_count"], batch["fps"],
                          batch["duration_s"])]
             yield items, outputs
 
@@ -452,7 +292,7 @@ class RayTimelinePredictor(TimelinePredictor):
         for batch, probabilities in predictor.run(paths, "probabilities", read, unit=1):
             items = []
             for row, error, window, start, end, count, fps in zip(
-                    batch["row"], map(_decode, batch["error"]), batch["window"], batch["start"], batch["end"],
+                    batch["row"], map(decode, batch["error"]), batch["window"], batch["start"], batch["end"],
                     batch["frame_count"], batch["fps"]):
                 path = paths[row]
                 if window >= 0:

@@ -294,3 +294,46 @@ def test_without_ray_installed_the_error_says_how_to_install_it(corpus, tiny_che
                                  "-o", str(tmp_path / "t.csv"), "--engine", "ray"], catch_exceptions=False)
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == 'error: --engine ray needs Ray Data: pip install "stamcli[ray]"'
+
+
+# --------------------------------------------------------------------------- pieces that need no cluster
+
+
+def test_actor_counts_and_decode_task_sizes():
+    from stamcli.ray_engine import _rows_per_task, parse_actors
+
+    assert parse_actors("4") == (4, 4) and parse_actors(" 1-8 ") == (1, 8)
+    assert _rows_per_task(10, 8) == 8  # one model batch per task while there are few
+    assert _rows_per_task(8_000, 8) == 8
+    assert _rows_per_task(100_000, 8) == 104  # at most 1,000 tasks, a whole number of batches each
+    assert -(-100_000 // _rows_per_task(100_000, 8)) <= 1000
+    assert _rows_per_task(5_000, 1) == 5
+
+
+def test_the_path_table_keeps_names_that_are_not_utf8():
+    from stamcli.ray_tasks import decode, path_table
+
+    paths = ["a.mp4", os.fsdecode(b"b\xff.mp4"), "s3://bucket/c d.mp4", "é.mp4"]
+    blob, offsets = path_table(paths)
+    assert [decode(blob[offsets[i]:offsets[i + 1]].tobytes()) for i in range(len(paths))] == paths
+
+
+def test_a_failed_run_is_one_line_naming_the_root_cause():
+    from stamcli.errors import StamError
+    from stamcli.ray_engine import _stam_error
+
+    class Wrapper(Exception):
+        def __init__(self, cause):
+            super().__init__("UDF failed to process a data block.")
+            self.cause = cause
+
+    try:
+        try:
+            raise TypeError("decode_task() missing 1 required keyword-only argument: 'folder'\nmore")
+        except TypeError as err:
+            raise Wrapper(None) from err
+    except Wrapper as err:
+        assert str(_stam_error(err)) == ("the Ray run failed: TypeError: decode_task() missing 1 required "
+                                         "keyword-only argument: 'folder'")
+    ours = StamError("out of GPU memory with --batch-size 64; use a smaller batch")
+    assert _stam_error(Wrapper(ours)) is ours
