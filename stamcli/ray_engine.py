@@ -167,8 +167,9 @@ def _model_resources(ray, device: str, actors: Optional[tuple[int, int]]) -> dic
     GPU nodes (``--device auto`` or ``cuda`` on a cluster with GPUs): one GPU per actor, one actor
     per GPU by default. CPU: one actor per model stream of the local engine (``min(4, cores)``
     per node), each computing with ``cores / streams`` torch threads. A CPU actor reserves only
-    half a logical CPU per thread: the cores are shared with the decode tasks, as the local
-    engine's model streams share them with its decode threads.
+    half a logical CPU per thread (less on a one-core node, so a decode task can always run): the
+    cores are shared with the decode tasks, as the local engine's model streams share them with
+    its decode threads.
     """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -182,7 +183,8 @@ def _model_resources(ray, device: str, actors: Optional[tuple[int, int]]) -> dic
     streams = min(MAX_STREAMS, cores)
     threads = max(1, cores // streams)
     low, high = actors or (streams * nodes, streams * nodes)
-    return {"compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high), "num_cpus": threads / 2,
+    reserved = min(threads / 2, (cores - 1) / streams)  # a whole CPU stays free for a decode task
+    return {"compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high), "num_cpus": reserved,
             "threads": threads}
 
 
@@ -257,8 +259,7 @@ class RayPredictor(Predictor):
         threads = resources.pop("threads")
         per_task = _rows_per_task(len(paths), unit)
         tasks = -(-len(paths) // per_task)
-        # Object refs go in lists: Ray resolves only top-level arguments, and these are read where needed.
-        table, model = [ray.put(path_table(paths))], [ray.put(self.model)]
+        table, model = [ray.put(path_table(paths))], [ray.put(self.model)]  # see ray_tasks._fetched
         decode = {"paths": table, "per_task": per_task, "spec": self.spec, "read": read,
                   "chunk": self.options.batch_size, "folder": os.getcwd()}
         return (ray.data.range(tasks, override_num_blocks=tasks)

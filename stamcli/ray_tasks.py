@@ -136,13 +136,11 @@ def read_windows(spec: ClipSpec, path: str, window_s: float, stride_s: Optional[
 def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spec: ClipSpec,
                 read: Callable[..., Iterator[dict]], chunk: int, folder: str) -> Iterator[dict[str, np.ndarray]]:
     """A decode task: videos ``[id * per_task, (id + 1) * per_task)`` of the path table
-    (``paths[0]``, an object ref), their ``read`` rows handed on ``chunk`` rows at a time; relative
-    paths are read from the driver's ``folder``."""
-    import ray
-
-    single_threadeddecode()
+    (``paths[0]``), their ``read`` rows handed on ``chunk`` rows at a time; relative paths are read
+    from the driver's ``folder``."""
+    single_threaded_decode()
     _work_in(folder)
-    blob, offsets = ray.get(paths[0])
+    blob, offsets = _fetched(paths)
     rows = _Rows(frames_shape(spec))
     for task in batch["id"]:
         for row in range(int(task) * per_task, min((int(task) + 1) * per_task, len(offsets) - 1)):
@@ -160,13 +158,13 @@ def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spe
 class ModelActor:
     """One model in a Ray actor: the local engine's :class:`Predictor`, on this actor's GPU or CPU."""
 
-    def __init__(self, model_ref: list, options: PredictOptions, compute: str, threads: Optional[int]):
-        import ray
-
+    def __init__(self, model: list, options: PredictOptions, compute: str, threads: Optional[int]):
+        """``model[0]``: the model (an object ref); ``compute``: the Predictor method to run, a key of
+        :data:`OUTPUTS`; ``threads``: torch threads (None: Ray's default for the actor's CPUs)."""
         if threads:
             torch.set_num_threads(threads)
         _note_pid()
-        self.predictor = Predictor(ray.get(model_ref[0]), options)
+        self.predictor = Predictor(_fetched(model), options)
         self.compute = getattr(self.predictor, compute)
         model, frames = self.predictor.model, self.predictor.frames
         shapes = {"probabilities": (model.config.num_classes,), "embedding": (model.embed_dim,),
@@ -183,6 +181,14 @@ class ModelActor:
             for name, result in zip(self.outputs, results if isinstance(results, tuple) else (results,)):
                 batch[name][has_frames] = result.numpy()
         return batch
+
+
+def _fetched(box: list):
+    """``box[0]``, from the object store when it is an object ref (refs travel in a list: Ray
+    resolves only top-level arguments, and these are fetched where they are used)."""
+    import ray
+
+    return ray.get(box[0]) if isinstance(box[0], ray.ObjectRef) else box[0]
 
 
 def _note_pid() -> None:

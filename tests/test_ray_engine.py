@@ -183,27 +183,31 @@ def _without_scores(records: list[dict]) -> list[dict]:
 @needs_ray
 def test_a_local_ray_started_for_the_run_gives_the_same_records_and_is_stopped(corpus, tiny_checkpoint, tmp_path,
                                                                                monkeypatch):
+    """Also: test-time views, and relative paths (read from the command's folder, named as given)."""
     videos = tmp_path / "videos"
     videos.mkdir()
     for name in ("a.mp4", "d_rotated.mp4", "i_text.mp4"):
         shutil.copy(corpus / name, videos / name)
-    monkeypatch.chdir(tmp_path)  # relative paths: read from the command's folder, named as given
-    _local("predict", "videos", "--model", tiny_checkpoint, "-o", "local.csv")
+    monkeypatch.chdir(tmp_path)
+    views = ["--clips", 2, "--crops", 3]
+    _local("predict", "videos", "--model", tiny_checkpoint, "-o", "local.jsonl", *views)
     temp_dir = tempfile.mkdtemp(prefix="stamray-", dir="/tmp")
     try:
         with LoopbackNamespace() as namespace:
             _stam(namespace, namespace.env(RAY_TMPDIR=temp_dir), "predict", "videos", "--model", tiny_checkpoint,
-                  "-o", "ray.csv", "--device", "cpu", "--engine", "ray", "--ray-actors", 1, "-q", exit_code=1,
-                  cwd=tmp_path)
+                  "-o", "ray.jsonl", *views, "--device", "cpu", "--engine", "ray", "--ray-actors", 1, "-q",
+                  exit_code=1, cwd=tmp_path)
             deadline = time.monotonic() + 15  # the command stopped the Ray it started (its last processes exiting)
             while namespace.pids() and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert namespace.pids() == []
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
-    local = (tmp_path / "local.csv").read_text()
-    assert (tmp_path / "ray.csv").read_text() == local
-    assert "videos/a.mp4,ok," in local and "cannot read video videos/i_text.mp4" in local
+    records = _jsonl(tmp_path / "ray.jsonl")
+    assert records == _jsonl(tmp_path / "local.jsonl")
+    assert [(r["path"], r["status"], r.get("clips"), r.get("crops")) for r in records] == [
+        ("videos/a.mp4", "ok", 2, 3), ("videos/d_rotated.mp4", "ok", 2, 3), ("videos/i_text.mp4", "error", 2, 3)]
+    assert records[2]["error"].startswith("cannot read video videos/i_text.mp4:")
 
 
 # --------------------------------------------------------------------------- failures and interruptions
@@ -337,3 +341,31 @@ def test_a_failed_run_is_one_line_naming_the_root_cause():
                                          "keyword-only argument: 'folder'")
     ours = StamError("out of GPU memory with --batch-size 64; use a smaller batch")
     assert _stam_error(Wrapper(ours)) is ours
+
+
+def test_decode_tasks_and_model_actors_compute_what_the_local_engine_computes(corpus, tiny_model):
+    """The cluster-side code in this process (no Ray cluster): rows, batching, errors and outputs."""
+    pytest.importorskip("ray.data")
+    from stamcli.engine import Predictor, PredictOptions
+    from stamcli.ray_tasks import ClipSpec, ModelActor, decode_task, path_table, read_video
+
+    paths = [str(corpus / name) for name in ("h_empty.mp4", "a.mp4", "i_text.mp4", "c_x264.mp4", "e_vfr.mp4")]
+    spec = ClipSpec(tiny_model.config.frames, tiny_model.config.img_size)
+    batches = list(decode_task({"id": np.array([0, 1])}, paths=[path_table(paths)], per_task=3, spec=spec,
+                               read=read_video, chunk=2, folder=os.getcwd()))
+    assert [b["row"].tolist() for b in batches] == [[0, 1], [2, 3], [4]]  # chunks of 2 across the two tasks
+    assert [b["has_frames"].tolist() for b in batches] == [[False, True], [False, True], [True]]
+    assert batches[0]["frames"].shape == (2, 4, 3, 32, 32) and not batches[0]["frames"][0].any()
+    actor = ModelActor([tiny_model], PredictOptions(device="cpu"), "probabilities", 1)
+    outputs = [actor(dict(batch)) for batch in batches]
+    assert all("frames" not in out and out["probabilities"].shape == (len(out["row"]), 5) for out in outputs)
+    local = list(Predictor(tiny_model, PredictOptions(device="cpu", batch_size=2, streams=1)).scores(paths))
+    rows = {int(row): (error, probabilities) for out in outputs
+            for row, error, probabilities in zip(out["row"], out["error"], out["probabilities"])}
+    for row, item in enumerate(local):
+        error, probabilities = rows[row]
+        if item.error is None:
+            assert error == b""
+            np.testing.assert_array_equal(probabilities, item.probabilities.numpy())
+        else:
+            assert error.decode() == item.error and np.isnan(probabilities).all()
