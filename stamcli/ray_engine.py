@@ -177,15 +177,22 @@ def _model_resources(ray, device: str, actors: Optional[tuple[int, int]]) -> dic
         raise StamError("--device cuda: the Ray cluster has no GPUs (use --device cpu or auto)")
     if gpus and device != "cpu":
         low, high = actors or (gpus, gpus)
-        return {"compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high), "num_gpus": 1, "threads": None}
+        return {"compute": _actor_pool(ray, low, high), "num_gpus": 1, "threads": None}
     nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU", 0) > 0))
     cores = max(1, int(resources.get("CPU", 1)) // nodes)
     streams = min(MAX_STREAMS, cores)
     threads = max(1, cores // streams)
     low, high = actors or (streams * nodes, streams * nodes)
     reserved = min(threads / 2, (cores - 1) / streams)  # a whole CPU stays free for a decode task
-    return {"compute": ray.data.ActorPoolStrategy(min_size=low, max_size=high), "num_cpus": reserved,
+    return {"compute": _actor_pool(ray, low, high), "num_cpus": reserved,
             "threads": threads}
+
+
+def _actor_pool(ray, low: int, high: int):
+    """``low`` to ``high`` model actors, each with the batch it computes and the next one queued:
+    with more queued, an actor may run a later batch first, and the records (kept in input order)
+    would wait for the earlier one."""
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2)
 
 
 def _stam_error(err: Exception) -> StamError:
