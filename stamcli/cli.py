@@ -115,6 +115,20 @@ ResumeOption = Annotated[
 ]
 ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+# where predict and embed run (stamcli.ray_engine)
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: decode tasks + model actors).")
+]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="Ray cluster for --engine ray (default: $RAY_ADDRESS; none: a local Ray "
+                                       "for the run)."),
+]
+RayActorsOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-actors", help="Model workers for --engine ray: N, or MIN-MAX to autoscale (default: one "
+                                      "per GPU; on CPUs, one per model stream)."),
+]
 
 
 def _text(value: Any) -> Any:
@@ -278,6 +292,9 @@ def predict_command(
     ] = TAGGING.stride,
     clips: ClipsOption = PREDICT.clips,
     crops: CropsOption = PREDICT.crops,
+    engine: EngineOption = PREDICT.engine,
+    ray_address: RayAddressOption = PREDICT.ray_address,
+    ray_actors: RayActorsOption = PREDICT.ray_actors,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -292,7 +309,7 @@ def predict_command(
         output=_text(output), format=fmt, preview=_text(preview), window=window, stride=stride,
         options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
-                               decoder=decoder),
+                               decoder=decoder, engine=engine, ray_address=ray_address, ray_actors=ray_actors),
     )
     # without --output the table goes to stdout
     _run_video_job(functools.partial(run_tagging, console=Console()), job, quiet=quiet, verb=("tagging", "tagged"))
@@ -326,6 +343,9 @@ def embed_command(
     offline: OfflineOption = EMBEDDING.offline,
     trust_checkpoint: TrustCheckpointOption = EMBEDDING.trust_checkpoint,
     quiet: QuietOption = False,
+    engine: EngineOption = PREDICT.engine,
+    ray_address: RayAddressOption = PREDICT.ray_address,
+    ray_actors: RayActorsOption = PREDICT.ray_actors,
 ) -> None:
     """Write each video's embedding (the temporal class token), row i for video i of an index CSV.
 
@@ -339,7 +359,8 @@ def embed_command(
         paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
         output=str(output), per_frame=per_frame,
         options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
-                               workers=workers, streams=streams, decoder=decoder),
+                               workers=workers, streams=streams, decoder=decoder, engine=engine,
+                               ray_address=ray_address, ray_actors=ray_actors),
     )
     _run_video_job(run_embedding, job, quiet=quiet, verb=("embedding", "embedded"))
 

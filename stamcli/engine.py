@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
@@ -22,10 +22,12 @@ from .decode import Clip, ClipSpec, resolve_decoder
 from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
-from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
 from .storage import abort_downloads
 from .writers import error_record, make_record
+
+if TYPE_CHECKING:  # not imported at run time: Ray decode tasks import this module and need no timm
+    from .model import STAM
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class Predictor:
 
     def __init__(self, model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False):
         self.options = (options or PredictOptions()).resolve()  # checked once: a resolved copy is kept as it is
+        if self.options.engine != "local":
+            raise ValueError(f"Predictor runs the model in this process; for engine {self.options.engine!r} use "
+                             "make_predictor()")
         self.keep_clips = keep_clips
         self.device, self.precision = torch.device(self.options.device), self.options.precision
         if self.device.type == "cpu":
@@ -202,10 +207,21 @@ class VideoItem:
     probabilities: Optional[torch.Tensor] = None  #: set by :meth:`Predictor.scores`
 
 
+def make_predictor(model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False) -> Predictor:
+    """The predictor of ``options.engine``: a :class:`Predictor` (``local``), or a
+    :class:`~stamcli.ray_engine.RayPredictor` (``ray``: the same records, computed on a Ray cluster)."""
+    options = (options or PredictOptions()).resolve()
+    if options.engine == "ray":
+        from .ray_engine import RayPredictor  # Ray is an optional extra
+
+        return RayPredictor(model, options)
+    return Predictor(model, options, keep_clips=keep_clips)
+
+
 def predict(
     paths: Iterable[str],
     model: STAM,
     options: Optional[PredictOptions] = None,
 ) -> list[dict]:
     """Tag ``paths`` with ``model``; a list of records (schema: docs/formats.md)."""
-    return list(Predictor(model, options).predict(paths))
+    return list(make_predictor(model, options).predict(paths))

@@ -3,7 +3,8 @@
 Kept apart from the CLI so that Python users get the same behaviour as the command:
 ``run_tagging(TaggingJob(paths=["videos/"], output="tags.csv"))``. The loop that writes the
 results and reports progress is :func:`stamcli.runner.run_loop`; this module supplies its source
-(:class:`PredictorSource`: the local model, per video or per timeline window) and its sink
+(:class:`PredictorSource`: the model in this process or, with ``--engine ray``, in Ray actors
+(:mod:`stamcli.ray_engine`), per video or per timeline window) and its sink
 (:class:`RecordSink`: the result writer and the contact sheets), and merges the ranks' files under
 torchrun.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from .distributed import Distributed
-from .engine import Predictor
+from .engine import Predictor, make_predictor
 from .errors import UsageError
 from .inputs import shard
 from .jobs import PredictOptions, TaggingJob
@@ -116,9 +117,14 @@ class RecordSink:
 
 def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions, Optional[str]]:
     """The job's options checked and resolved (a copy) and its output format, before any model is loaded."""
+    if dist.active and str(job.options.engine).strip().lower() == "ray":
+        raise UsageError("--engine ray cannot run under torchrun: Ray spreads the videos over its own workers")
     # under torchrun, auto/cuda means this rank's GPU
     options = replace(job.options, device=dist.device_for(job.options.device)).resolve()
     check_timeline(job.window, job.stride)
+    if options.engine == "ray" and job.preview is not None:
+        raise UsageError("--preview needs every video's frames on this machine; with --engine ray they stay on "
+                         "the cluster (use --engine local)")
     if job.window is not None and job.preview is not None:
         raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
     if job.window is not None and options.views > 1:
@@ -130,10 +136,16 @@ def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions
 
 
 def _source(job: TaggingJob, options: PredictOptions, model) -> PredictorSource:
-    """What produces the records of ``job``: the local model, per video or per window."""
-    predictor = Predictor(model, options, keep_clips=job.preview is not None)
-    return PredictorSource(predictor, None if job.window is None else TimelinePredictor(predictor, job.window,
-                                                                                        job.stride))
+    """What produces the records of ``job``: the model of ``options.engine`` (this process, or Ray
+    actors: :func:`~stamcli.engine.make_predictor`), per video or per window."""
+    predictor = make_predictor(model, options, keep_clips=job.preview is not None)
+    if job.window is None:
+        return PredictorSource(predictor)
+    if options.engine == "ray":
+        from .ray_engine import RayTimelinePredictor  # Ray is an optional extra
+
+        return PredictorSource(predictor, RayTimelinePredictor(predictor, job.window, job.stride))
+    return PredictorSource(predictor, TimelinePredictor(predictor, job.window, job.stride))
 
 
 def run_tagging(

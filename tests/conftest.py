@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -27,10 +27,10 @@ CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
 
 
 def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: float = 0.05,
-                   timeout_s: float = 120) -> str:
-    """Run ``command`` in a child process with this checkout's stamcli, press Ctrl-C (SIGINT) as
-    soon as ``ready()`` (or after ``timeout_s``), and return its stderr. It must exit with code
-    130 and print no traceback."""
+                   timeout_s: float = 120, env: Optional[dict] = None) -> str:
+    """Run ``command`` in a child process with this checkout's stamcli (``env``: default
+    :data:`CHILD_ENV`), press Ctrl-C (SIGINT) as soon as ``ready()`` (or after ``timeout_s``), and
+    return its stderr. It must exit with code 130 and print no traceback."""
     # A shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that:
     # Python then never raises KeyboardInterrupt and the run ends as if nothing was pressed. The
     # child gets Ctrl-C as from a terminal if this process handles SIGINT while it starts.
@@ -38,7 +38,8 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: flo
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=CHILD_ENV if env is None else env)
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,374 @@
+"""``--engine ray`` (stamcli.ray_engine) against real Ray, in a loopback-only network namespace.
+
+One ``ray start --head`` serves the module; one test lets the command start its own Ray. Every
+run is compared with the local engine's records on the same files. Each run starts Ray worker
+processes that import torch, so these tests are few and each checks a lot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_LABELS, interrupt_when
+from ray_cluster import LoopbackNamespace, RayHead, skip_reason
+from synthetic import (index_frame, write_audio_only, write_corrupted, write_empty, write_index_video, write_text,
+                       write_truncated, write_video_av)
+from stamcli.cli import app
+from stamcli.embedding import load_embeddings
+
+runner = CliRunner()
+SKIP = skip_reason()
+needs_ray = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+RUN_TIMEOUT_S = 600  # a loaded 2-core machine starts Ray's workers slowly
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Good videos, broken files and odd ones (rotated, variable frame rate, B-frames, a name that
+    is not UTF-8)."""
+    root = tmp_path_factory.mktemp("corpus")
+    write_index_video(root / "a.mp4", 12)
+    write_index_video(root / "b.avi", 9, 61, 97, fourcc="MJPG")
+    write_index_video(root / "c_x264.mp4", 40, codec="libx264")
+    write_video_av(root / "d_rotated.mp4", [index_frame(i, 48, 64) for i in range(6)], 25, rotation=90)
+    pts = np.cumsum([0] + [1 + (i % 3) for i in range(29)])
+    write_index_video(root / "e_vfr.mp4", 30, codec="libx264", pts=pts, time_base=Fraction(1, 30))
+    write_index_video(root / "f_one_frame.mp4", 1)
+    write_index_video(root / "g.mp4", 5)  # OpenCV cannot write to a name that is not UTF-8: renamed
+    os.rename(root / "g.mp4", root / os.fsdecode(b"g_not_utf8_\xff.mp4"))
+    write_empty(root / "h_empty.mp4")
+    write_text(root / "i_text.mp4")
+    write_truncated(root / "c_x264.mp4", root / "j_truncated.mp4", 0.3)
+    write_corrupted(root / "c_x264.mp4", root / "k_corrupted.mp4")
+    write_audio_only(root / "l_audio_only.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, corpus) -> Path:
+    """12 copies of a good video: a run long enough to act on while it runs."""
+    root = tmp_path_factory.mktemp("many")
+    for i in range(12):
+        shutil.copy(corpus / "c_x264.mp4", root / f"v{i:02d}.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory) -> Path:
+    """A model slow enough (ViT-S, 224 px) that a run of :func:`many` takes seconds on a CPU."""
+    from stamcli import create_model, save_checkpoint
+
+    model = create_model("vit_small_patch16_224", frames=8, num_classes=5, img_size=224, depth=4, labels=TINY_LABELS)
+    return save_checkpoint(model, tmp_path_factory.mktemp("slow") / "slow.safetensors")
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """``ray start --head`` in its own namespace; its workers note their pids in :attr:`pids`."""
+    if SKIP:
+        pytest.skip(SKIP)
+    pids = tmp_path_factory.mktemp("actor-pids")
+    namespace = LoopbackNamespace()
+    try:
+        cluster = RayHead(namespace, env={"STAM_TEST_ACTOR_PIDS": str(pids)})
+        cluster.pids = pids
+        yield cluster
+        cluster.close()
+    finally:
+        namespace.close()
+
+
+def _stam(namespace: LoopbackNamespace, env: dict, *args, exit_code: int, cwd=None) -> subprocess.CompletedProcess:
+    """``stam ARGS`` as a child process inside ``namespace``; it must exit with ``exit_code``
+    (1: some videos failed) without an error message."""
+    result = subprocess.run(namespace.command([sys.executable, "-m", "stamcli", *args]), env=env, cwd=cwd,
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert "error:" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result
+
+
+def _local(*args) -> None:
+    """The local engine, in this process, as the reference."""
+    result = runner.invoke(app, [*map(str, args), "--device", "cpu", "-q"], catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()]
+
+
+# --------------------------------------------------------------------------- the cluster itself
+
+
+@needs_ray
+def test_test_cluster_listens_on_loopback_only(head):
+    listening = [address.rsplit(":", 1) for address in head.namespace.listening()]
+    assert [host for host, port in listening if port == head.address.rsplit(":", 1)[1]]  # the GCS server
+    assert len(listening) >= 3  # and the raylet's servers
+    assert {host for host, _ in listening} <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, listening
+
+
+# --------------------------------------------------------------------------- same records as the local engine
+
+
+@needs_ray
+def test_predict_on_a_cluster_writes_the_local_engines_records(head, corpus, tiny_checkpoint, tmp_path):
+    reference, out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    _local("predict", corpus, "--model", tiny_checkpoint, "-o", reference, "-b", 3)
+    _stam(head.namespace, head.env(), "predict", corpus, "--model", tiny_checkpoint, "-o", out, "-b", 3,
+                   "--device", "cpu", "--engine", "ray", "--ray-address", head.address, "--ray-actors", 1, "-q",
+                   exit_code=1)  # the broken files
+    records = _jsonl(out)
+    assert records == _jsonl(reference)
+    assert out.read_bytes() == reference.read_bytes()
+    errors = {Path(r["path"]).name: r["error"] for r in records if r["status"] == "error"}
+    assert sorted(errors) == ["h_empty.mp4", "i_text.mp4", "j_truncated.mp4", "l_audio_only.mp4"]
+    assert "0 bytes" in errors["h_empty.mp4"]
+    assert sum(r["status"] == "ok" for r in records) == 8
+
+
+@needs_ray
+def test_embed_and_timeline_on_a_cluster_match_the_local_engine(head, corpus, tiny_checkpoint, tmp_path):
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("a.mp4", "c_x264.mp4", "e_vfr.mp4", "h_empty.mp4"):
+        shutil.copy(corpus / name, good / name)
+    # embeddings, through RAY_ADDRESS
+    env = head.env(RAY_ADDRESS=head.address)
+    _local("embed", good, "--model", tiny_checkpoint, "-o", tmp_path / "local.npy", "--per-frame", "-b", 2)
+    _stam(head.namespace, env, "embed", good, "--model", tiny_checkpoint, "-o", tmp_path / "ray.npy",
+                   "--per-frame", "-b", 2, "--device", "cpu", "--engine", "ray", "--ray-actors", 1, "-q", exit_code=1)
+    local, ray = load_embeddings(tmp_path / "local.npy"), load_embeddings(tmp_path / "ray.npy")
+    assert ray.records == local.records
+    assert [r["status"] for r in ray.records] == ["ok", "ok", "ok", "error"]
+    np.testing.assert_array_equal(ray.embeddings, local.embeddings)
+    np.testing.assert_array_equal(ray.frame_embeddings, local.frame_embeddings)
+    assert np.isnan(ray.embeddings[3]).all() and not np.isnan(ray.embeddings[:3]).any()
+    # a timeline: window records and the video's summary
+    _local("predict", good, "--model", tiny_checkpoint, "-o", tmp_path / "local.jsonl", "--window", 0.4,
+           "--stride", 0.3, "-b", 4)
+    _stam(head.namespace, env, "predict", good, "--model", tiny_checkpoint, "-o", tmp_path / "ray.jsonl",
+                   "--window", 0.4, "--stride", 0.3, "-b", 4, "--device", "cpu", "--engine", "ray", "--ray-actors", 1,
+                   "-q", exit_code=1)
+    local, ray = _jsonl(tmp_path / "local.jsonl"), _jsonl(tmp_path / "ray.jsonl")
+    assert [r["type"] for r in ray].count("video") == 4
+    assert sum(r["type"] == "window" for r in ray) > 8
+    assert _without_scores(ray) == _without_scores(local)
+    for a, b in zip(ray, local):  # windows are batched differently: the same floats to rounding
+        np.testing.assert_allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def _without_scores(records: list[dict]) -> list[dict]:
+    return [{**r, "predictions": [{**p, "score": None} for p in r["predictions"]]} for r in records]
+
+
+@needs_ray
+def test_a_local_ray_started_for_the_run_gives_the_same_records_and_is_stopped(corpus, tiny_checkpoint, tmp_path,
+                                                                               monkeypatch):
+    """Also: test-time views, and relative paths (read from the command's folder, named as given)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "d_rotated.mp4", "i_text.mp4"):
+        shutil.copy(corpus / name, videos / name)
+    monkeypatch.chdir(tmp_path)
+    views = ["--clips", 2, "--crops", 3]
+    _local("predict", "videos", "--model", tiny_checkpoint, "-o", "local.jsonl", *views)
+    temp_dir = tempfile.mkdtemp(prefix="stamray-", dir="/tmp")
+    try:
+        with LoopbackNamespace() as namespace:
+            _stam(namespace, namespace.env(RAY_TMPDIR=temp_dir), "predict", "videos", "--model", tiny_checkpoint,
+                  "-o", "ray.jsonl", *views, "--device", "cpu", "--engine", "ray", "--ray-actors", 1, "-q",
+                  exit_code=1, cwd=tmp_path)
+            deadline = time.monotonic() + 15  # the command stopped the Ray it started (its last processes exiting)
+            while namespace.pids() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert namespace.pids() == []
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    records = _jsonl(tmp_path / "ray.jsonl")
+    assert records == _jsonl(tmp_path / "local.jsonl")
+    assert [(r["path"], r["status"], r.get("clips"), r.get("crops")) for r in records] == [
+        ("videos/a.mp4", "ok", 2, 3), ("videos/d_rotated.mp4", "ok", 2, 3), ("videos/i_text.mp4", "error", 2, 3)]
+    assert records[2]["error"].startswith("cannot read video videos/i_text.mp4:")
+
+
+# --------------------------------------------------------------------------- failures and interruptions
+
+
+@needs_ray
+def test_a_killed_model_worker_is_replaced_and_every_video_comes_out_once(head, many, slow_checkpoint, tmp_path):
+    reference, out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    _local("predict", many, "--model", slow_checkpoint, "-o", reference, "-b", 2)
+    before = set(os.listdir(head.pids))
+    command = head.namespace.command([sys.executable, "-m", "stamcli", "predict", many, "--model", slow_checkpoint,
+                                      "-o", out, "-b", 2, "--device", "cpu", "--engine", "ray", "--ray-address",
+                                      head.address, "--ray-actors", 1, "-q"])
+    proc = subprocess.Popen(command, env=head.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        killed = _wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 1
+                           and set(os.listdir(head.pids)) - before, proc)
+        assert len(killed) == 1
+        os.kill(int(killed.pop()), signal.SIGKILL)  # the model actor's process, mid-run
+        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert len(set(os.listdir(head.pids)) - before) == 2  # a new actor took over
+    records = _jsonl(out)
+    assert [r["path"] for r in records] == [str(many / f"v{i:02d}.mp4") for i in range(12)]
+    assert records == _jsonl(reference)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = RUN_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@needs_ray
+def test_ctrl_c_leaves_a_valid_file_and_resume_completes_it(head, many, slow_checkpoint, tmp_path):
+    out = tmp_path / "tags.json"
+    args = [sys.executable, "-m", "stamcli", "predict", many, "--model", slow_checkpoint, "-o", out, "-b", 2,
+            "--device", "cpu", "--engine", "ray", "--ray-address", head.address, "--ray-actors", 1, "-q"]
+    interrupt_when(head.namespace.command(args), lambda: out.exists() and out.read_text().count('"path"') >= 2,
+                   env=head.env(), timeout_s=RUN_TIMEOUT_S)
+    records = json.loads(out.read_text())  # a complete, valid JSON array
+    assert 2 <= len(records) < 12
+    assert [r["path"] for r in records] == [str(many / f"v{i:02d}.mp4") for i in range(len(records))]
+    _stam(head.namespace, head.env(), *args[3:], "--resume", exit_code=0)
+    paths = [r["path"] for r in json.loads(out.read_text())]
+    assert paths == [str(many / f"v{i:02d}.mp4") for i in range(12)]
+
+
+# --------------------------------------------------------------------------- what cannot run under Ray
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers and --streams set the local engine's threads"),
+    (["--streams", "2"], "--workers and --streams set the local engine's threads"),
+    (["--preview", "previews"], "--preview needs every video's frames on this machine"),
+    (["--device", "cuda:1"], "--device is auto, cpu or cuda"),
+    (["--precision", "fp64"], "invalid precision 'fp64'"),
+    (["--ray-actors", "3-2"], "--ray-actors needs 1 <= MIN <= MAX"),
+    (["--ray-actors", "many"], "--ray-actors must be N or MIN-MAX"),
+])
+def test_options_that_cannot_run_under_ray_are_usage_errors(corpus, tiny_checkpoint, tmp_path, args, message):
+    result = runner.invoke(app, ["predict", str(corpus), "--model", str(tiny_checkpoint), "-o",
+                                 str(tmp_path / "t.csv"), "--engine", "ray", *args], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_ray_options_need_the_ray_engine(corpus, tiny_checkpoint, tmp_path):
+    for args in (["--ray-actors", "2"], ["--ray-address", "127.0.0.1:6379"], ["--engine", "spark"]):
+        result = runner.invoke(app, ["embed", str(corpus), "--model", str(tiny_checkpoint), "-o",
+                                     str(tmp_path / "e.npy"), *args], catch_exceptions=False)
+        assert result.exit_code == 2, result.output
+    assert "--engine must be local or ray, got 'spark'" in result.output
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(corpus, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = runner.invoke(app, ["predict", str(corpus / "a.mp4"), "--model", str(tiny_checkpoint), "--device", "cpu",
+                                 "-o", str(tmp_path / "t.csv"), "--engine", "ray"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == 'error: --engine ray needs ray: pip install "stamcli[ray]"'
+
+
+# --------------------------------------------------------------------------- pieces that need no cluster
+
+
+def test_actor_counts_and_decode_task_sizes():
+    from stamcli.jobs import parse_actors
+    from stamcli.ray_engine import _rows_per_task
+
+    assert parse_actors("4") == (4, 4) and parse_actors(" 1-8 ") == (1, 8)
+    assert _rows_per_task(10, 8) == 8  # one model batch per task while there are few
+    assert _rows_per_task(8_000, 8) == 8
+    assert _rows_per_task(100_000, 8) == 104  # at most 1,000 tasks, a whole number of batches each
+    assert -(-100_000 // _rows_per_task(100_000, 8)) <= 1000
+    assert _rows_per_task(5_000, 1) == 5
+
+
+def test_the_path_table_keeps_names_that_are_not_utf8():
+    from stamcli.ray_tasks import decode, path_table
+
+    paths = ["a.mp4", os.fsdecode(b"b\xff.mp4"), "s3://bucket/c d.mp4", "é.mp4"]
+    blob, offsets = path_table(paths)
+    assert [decode(blob[offsets[i]:offsets[i + 1]].tobytes()) for i in range(len(paths))] == paths
+
+
+def test_a_failed_run_is_one_line_naming_the_root_cause():
+    from stamcli.errors import StamError
+    from stamcli.ray_engine import _stam_error
+
+    class Wrapper(Exception):
+        def __init__(self, cause):
+            super().__init__("UDF failed to process a data block.")
+            self.cause = cause
+
+    try:
+        try:
+            raise TypeError("decode_task() missing 1 required keyword-only argument: 'folder'\nmore")
+        except TypeError as err:
+            raise Wrapper(None) from err
+    except Wrapper as err:
+        assert str(_stam_error(err)) == ("the Ray run failed: TypeError: decode_task() missing 1 required "
+                                         "keyword-only argument: 'folder'")
+    ours = StamError("out of GPU memory with --batch-size 64; use a smaller batch")
+    assert _stam_error(Wrapper(ours)) is ours
+
+
+def test_decode_tasks_and_model_actors_compute_what_the_local_engine_computes(corpus, tiny_model):
+    """The cluster-side code in this process (no Ray cluster): rows, batching, errors and outputs."""
+    pytest.importorskip("ray.data")
+    from stamcli.decode import ClipSpec
+    from stamcli.engine import Predictor
+    from stamcli.jobs import PredictOptions
+    from stamcli.ray_tasks import ModelActor, decode_task, path_table, read_video
+
+    paths = [str(corpus / name) for name in ("h_empty.mp4", "a.mp4", "i_text.mp4", "c_x264.mp4", "e_vfr.mp4")]
+    spec = ClipSpec(tiny_model.config.frames, tiny_model.config.img_size, threads=1)
+    batches = list(decode_task({"id": np.array([0, 1])}, paths=[path_table(paths)], per_task=3, spec=spec,
+                               read=read_video, chunk=2, folder=os.getcwd()))
+    assert [b["row"].tolist() for b in batches] == [[0, 1], [2, 3], [4]]  # chunks of 2 across the two tasks
+    assert [b["has_frames"].tolist() for b in batches] == [[False, True], [False, True], [True]]
+    assert batches[0]["frames"].shape == (2, 4, 3, 32, 32) and not batches[0]["frames"][0].any()
+    actor = ModelActor([tiny_model], PredictOptions(device="cpu"), "probabilities", 1)
+    outputs = [actor(dict(batch)) for batch in batches]
+    assert all("frames" not in out and out["probabilities"].shape == (len(out["row"]), 5) for out in outputs)
+    local = list(Predictor(tiny_model, PredictOptions(device="cpu", batch_size=2, streams=1)).scores(paths))
+    rows = {int(row): (error, probabilities) for out in outputs
+            for row, error, probabilities in zip(out["row"], out["error"], out["probabilities"])}
+    for row, item in enumerate(local):
+        error, probabilities = rows[row]
+        if item.error is None:
+            assert error == b""
+            np.testing.assert_array_equal(probabilities, item.probabilities.numpy())
+        else:
+            assert error.decode() == item.error and np.isnan(probabilities).all()
