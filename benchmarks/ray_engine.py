@@ -35,19 +35,21 @@ from benchmarks.common import FULL, QUICK, Context, machine, machine_text  # noq
 from benchmarks.e2e import checkpoint  # noqa: E402
 from benchmarks.memory import peak_rss_mb  # noqa: E402
 
-from stamcli.engine import PredictOptions  # noqa: E402
-from stamcli.ray_engine import RayOptions  # noqa: E402
-from stamcli.tagging import TaggingJob, run_tagging  # noqa: E402
+from stamcli.jobs import PredictOptions, TaggingJob  # noqa: E402
+from stamcli.tagging import run_tagging  # noqa: E402
+
+LOCAL: dict = {}  #: PredictOptions fields of the local engine (its defaults)
 
 
-def timed_run(ctx: Context, spec, videos: list, ray: RayOptions | None) -> dict:
-    """One ``run_tagging`` over ``videos``: videos/s, seconds to the first record, the steady rate."""
+def timed_run(ctx: Context, spec, videos: list, engine: dict) -> dict:
+    """One ``run_tagging`` over ``videos`` with the engine ``engine`` (PredictOptions fields: :data:`LOCAL`, or
+    ``engine="ray"`` and its address): videos/s, seconds to the first record, the steady rate."""
     out = ctx.out / "ray_bench.jsonl"
     out.unlink(missing_ok=True)
     times: list[float] = []
     started = time.perf_counter()
     summary = run_tagging(TaggingJob(paths=[str(v) for v in videos], model=str(checkpoint(ctx, spec)), output=str(out),
-                                     options=PredictOptions(batch_size=ctx.profile.batch_size, device="cpu"), ray=ray),
+                                     options=PredictOptions(batch_size=ctx.profile.batch_size, device="cpu", **engine)),
                           on_record=lambda record: times.append(time.perf_counter()))
     elapsed = time.perf_counter() - started
     out.unlink(missing_ok=True)
@@ -78,7 +80,6 @@ def plan_only(count: int, model: str) -> None:
     import tempfile
 
     from stamcli import load_model
-    from stamcli.engine import ScoredVideo  # noqa: F401
     from stamcli.inputs import collect_videos
     from stamcli.ray_engine import RayPredictor
 
@@ -86,9 +87,9 @@ def plan_only(count: int, model: str) -> None:
         listing = Path(tmp) / "videos.txt"
         listing.write_text("".join(f"/nonexistent/bucket/folder/video_{i:07d}.mp4\n" for i in range(count)))
         videos = collect_videos([f"@{listing}"])
-        predictor = RayPredictor(load_model(model), PredictOptions(batch_size=8, device="cpu"), RayOptions())
+        predictor = RayPredictor(load_model(model), PredictOptions(batch_size=8, device="cpu", engine="ray"))
         taken = 0
-        for batch, _ in predictor.computed(videos, predictor.probabilities):
+        for batch, _ in predictor.compute_batches(videos, predictor.probabilities):
             taken += len(batch)
             if taken >= 100:
                 break
@@ -100,14 +101,14 @@ def inner(args) -> dict:
     profile = QUICK if args.quick else FULL
     ctx = Context(profile, Path(args.out), args.quick, log=lambda text: print(text, file=sys.stderr))
     env = dict(os.environ)
-    ray = RayOptions(address=env["RAY_ADDRESS"])
+    ray = {"engine": "ray", "ray_address": env["RAY_ADDRESS"]}
     rows = []
     for spec in (profile.small, profile.big):
         videos = ctx.clip_videos()
         checkpoint(ctx, spec)
         runs = {"local": [], "ray": []}
         for _ in range(2):
-            runs["local"].append(timed_run(ctx, spec, videos, None))
+            runs["local"].append(timed_run(ctx, spec, videos, LOCAL))
             runs["ray"].append(timed_run(ctx, spec, videos, ray))
         best = {engine: max(r["videos_per_s"] for r in rs) for engine, rs in runs.items()}
         rows.append({"model": spec.title, "videos": len(videos), "runs": runs, "local_videos_per_s": best["local"],

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_LABELS, interrupt_when
+from conftest import S3_ENV, TINY_LABELS, interrupt_when
 from ray_cluster import LoopbackNamespace, RayHead, skip_reason
 from synthetic import (index_frame, write_audio_only, write_corrupted, write_empty, write_index_video, write_text,
                        write_truncated, write_video_av)
@@ -33,6 +33,9 @@ runner = CliRunner()
 SKIP = skip_reason()
 needs_ray = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 RUN_TIMEOUT_S = 600  # a loaded 2-core machine starts Ray's workers slowly
+S3_PORT = 5555  # an S3 server in the head's namespace (private: the port never clashes)
+#: S3 clients in the head's namespace, its workers included, talk to that server
+S3_IN_NAMESPACE = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}"}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -80,14 +83,16 @@ def slow_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """``ray start --head`` in its own namespace; its workers note their pids in :attr:`pids`."""
+    """``ray start --head`` in its own namespace; its workers note their pids in :attr:`pids`, use
+    :data:`S3_IN_NAMESPACE` and download to :attr:`downloads` (their ``TMPDIR``)."""
     if SKIP:
         pytest.skip(SKIP)
-    pids = tmp_path_factory.mktemp("actor-pids")
+    pids, downloads = tmp_path_factory.mktemp("actor-pids"), tmp_path_factory.mktemp("worker-tmp")
     namespace = LoopbackNamespace()
     try:
-        cluster = RayHead(namespace, env={"STAM_TEST_ACTOR_PIDS": str(pids)})
-        cluster.pids = pids
+        cluster = RayHead(namespace, env={"STAM_TEST_ACTOR_PIDS": str(pids), "TMPDIR": str(downloads),
+                                          **S3_IN_NAMESPACE})
+        cluster.pids, cluster.downloads = pids, downloads
         yield cluster
         cluster.close()
     finally:
@@ -208,6 +213,50 @@ def test_a_local_ray_started_for_the_run_gives_the_same_records_and_is_stopped(c
     assert [(r["path"], r["status"], r.get("clips"), r.get("crops")) for r in records] == [
         ("videos/a.mp4", "ok", 2, 3), ("videos/d_rotated.mp4", "ok", 2, 3), ("videos/i_text.mp4", "error", 2, 3)]
     assert records[2]["error"].startswith("cannot read video videos/i_text.mp4:")
+
+
+@needs_ray
+def test_videos_in_s3_to_a_parquet_file_in_s3(head, corpus, tiny_checkpoint, tmp_path):
+    """``stam predict s3://bucket/videos/ --engine ray -o s3://bucket/tags.parquet`` against a real S3
+    server (moto) in the cluster's namespace: the local engine's records, the URLs as paths, every
+    download removed."""
+    s3 = subprocess.Popen(head.namespace.command([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                                  S3_PORT]), env=head.env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: any(a.endswith(f":{S3_PORT}") for a in head.namespace.listening()), s3, timeout_s=120)
+        objects = {"a.mp4": "videos/a.mp4", "c_x264.mp4": "videos/c_x264.mp4", "i_text.mp4": "videos/i_text.mp4",
+                   "d_rotated.mp4": "videos/sub/d_rotated.mp4", "b.avi": "other/b.avi"}
+        _in_namespace_s3(head, "client.create_bucket(Bucket='archive')\n"
+                         "for name, key in args: client.upload_file(name, 'archive', key)",
+                         [[str(corpus / name), key] for name, key in objects.items()])
+        env = head.env(**S3_IN_NAMESPACE, STAM_STAGING_DIR=str(tmp_path / "staging"))
+        common = ["--model", tiny_checkpoint, "-b", 2, "--device", "cpu", "-q"]
+        _stam(head.namespace, env, "predict", "s3://archive/videos/", "-o", tmp_path / "local.jsonl", *common,
+              exit_code=1)  # the local engine, reading the same URLs
+        _stam(head.namespace, env, "predict", "s3://archive/videos/", "-o", "s3://archive/tags.parquet", *common,
+              "--engine", "ray", "--ray-address", head.address, "--ray-actors", 1, exit_code=1)
+        _in_namespace_s3(head, "client.download_file('archive', 'tags.parquet', args)", str(tmp_path / "tags.parquet"))
+    finally:
+        s3.terminate()
+        s3.wait(timeout=30)
+    from stamcli.writers import read_records
+
+    records = read_records(tmp_path / "tags.parquet")
+    assert records == read_records(tmp_path / "local.jsonl")
+    assert [(r["path"], r["status"]) for r in records] == [
+        ("s3://archive/videos/a.mp4", "ok"), ("s3://archive/videos/c_x264.mp4", "ok"),
+        ("s3://archive/videos/i_text.mp4", "error"), ("s3://archive/videos/sub/d_rotated.mp4", "ok")]
+    assert records[2]["error"].startswith("cannot read video s3://archive/videos/i_text.mp4:")
+    assert list(head.downloads.glob("stam-dl-*")) == []  # the decode tasks' temporary copies are gone
+    assert list((tmp_path / "staging").rglob("*.pending")) == []  # uploaded
+
+
+def _in_namespace_s3(head, code: str, args) -> None:
+    """Run ``code`` with an S3 ``client`` (boto3) and ``args`` in the cluster's namespace."""
+    script = f"import boto3, json, sys\nclient = boto3.client('s3')\nargs = json.loads(sys.argv[1])\n{code}\n"
+    subprocess.run(head.namespace.command([sys.executable, "-c", script, json.dumps(args)]),
+                   env=head.env(**S3_IN_NAMESPACE), check=True, capture_output=True, timeout=120)
 
 
 # --------------------------------------------------------------------------- failures and interruptions
