@@ -421,3 +421,29 @@ def test_decode_tasks_and_model_actors_compute_what_the_local_engine_computes(co
             np.testing.assert_array_equal(probabilities, item.probabilities.numpy())
         else:
             assert error.decode() == item.error and np.isnan(probabilities).all()
+
+
+def test_engine_options_are_checked_once_by_resolve_and_pick_the_predictor(tiny_model):
+    pytest.importorskip("ray.data")
+    from stamcli.engine import Predictor, make_predictor
+    from stamcli.errors import UsageError
+    from stamcli.jobs import PredictOptions
+    from stamcli.ray_engine import RayPredictor
+
+    options = PredictOptions(engine=" Ray ", device="CPU", precision="fp32", ray_actors="1-3", decoder="opencv",
+                             clips=2)
+    resolved = options.resolve()
+    assert (resolved.engine, resolved.device, resolved.precision, resolved.actor_range, resolved.decoder) == (
+        "ray", "cpu", "fp32", (1, 3), "opencv")
+    assert options.engine == " Ray " and options.device == "CPU"  # the caller's copy is left as it was
+    assert PredictOptions(engine="ray").resolve().device == "auto"  # each model actor resolves it on its node
+    with pytest.raises(UsageError, match="--ray-address and --ray-actors need --engine ray"):
+        PredictOptions(ray_address="127.0.0.1:6379").resolve()
+    predictor = make_predictor(tiny_model, options)
+    assert isinstance(predictor, RayPredictor) and predictor.actors == (1, 3)
+    # decode tasks read as the local engine does (the decoder, the views), one FFmpeg thread each
+    assert (predictor.spec.decoder, predictor.spec.clips, predictor.spec.threads) == ("opencv", 2, 1)
+    assert (predictor.remote_options.engine, predictor.remote_options.device) == ("local", "cpu")
+    with pytest.raises(ValueError, match="make_predictor"):
+        Predictor(tiny_model, options)
+    assert type(make_predictor(tiny_model, PredictOptions(device="cpu"))) is Predictor

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..engine import Predictor
+from ..engine import make_predictor
 from ..errors import StamError
 from ..jobs import EvaluationJob, PredictOptions
 from ..model import STAM
@@ -57,7 +57,7 @@ def evaluate_examples(
         shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
         raise StamError(f"labels in {source} that the model does not know: {shown} (the model's labels: "
                         f"{', '.join(model.labels[:10])}{', ...' if len(model.labels) > 10 else ''})")
-    predictor = Predictor(model, options or PredictOptions())
+    predictor = make_predictor(model, options)  # this process, or Ray actors (options.engine)
     probs, targets, paths, failed = [], [], [], []
     for example, item in zip(examples, predictor.scores([e.path for e in examples])):
         if item.probabilities is None:
