@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import StamError, UsageError
+from .jobs import DEFAULT_MIN_EXAMPLES, DEFAULT_TARGET_PRECISION
 
 __all__ = ["ClassThreshold", "Thresholds", "calibrate_thresholds", "precision_recall_at", "score_floors",
            "top_k_above", "uncalibrated", "check_min_score", "check_calibration", "DEFAULT_MIN_EXAMPLES",
@@ -40,8 +41,6 @@ __all__ = ["ClassThreshold", "Thresholds", "calibrate_thresholds", "precision_re
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_EXAMPLES = 10  #: true examples a class needs before its precision is trusted
-DEFAULT_TARGET_PRECISION = 0.9
 _HEADER = ("# Per-class score thresholds written by `stam evaluate --calibrate`: a class is predicted when its\n"
            "# score is at least its threshold. Apply them with `stam predict --thresholds FILE`.\n")
 

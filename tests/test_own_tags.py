@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 import stamcli
 from synthetic import write_index_video, write_video
 from stamcli.cli import app
-from stamcli.engine import PredictOptions, Predictor
+from stamcli.engine import Predictor
+from stamcli.jobs import PredictOptions
 from stamcli.thresholds import calibrate_thresholds
 
 runner = CliRunner()
@@ -150,7 +151,24 @@ def test_bad_label_maps_and_options_are_one_line_errors(videos, tiny_checkpoint,
     wide.write_text("archery,sport,extra\n")
     video = videos / "v00.mp4"
     (tmp_path / "data.csv").write_text(f"{video},sport\n", encoding="utf-8")
+    not_thresholds = tmp_path / "tags.yaml"
+    not_thresholds.write_text(yaml.safe_dump(TAGS), encoding="utf-8")
+    other_tags = tmp_path / "other.yaml"
+    other_tags.write_text("target_precision: 0.9\nclasses:\n  sport: {threshold: 0.5}\n  music: {threshold: 0.4}\n")
+    no_model = tmp_path / "no-model.safetensors"  # these errors come before the model is looked for
     cases = [
+        (["predict", video, "-m", no_model, "--thresholds", not_thresholds], 1,
+         f"error: {not_thresholds} is not a thresholds file: no 'classes' mapping (write one with stam evaluate "
+         "--calibrate)"),
+        (["predict", video, "-m", no_model, "--label-map", typo.with_suffix(".yaml"), "--thresholds", other_tags], 1,
+         f"error: label map {typo.with_suffix('.yaml')} not found: give a YAML or CSV file, or one of the packaged "
+         "maps (kinetics400-coarse)"),
+        (["predict", video, "-m", no_model, "--label-map", not_thresholds, "--thresholds", other_tags], 1,
+         f"error: the thresholds in {other_tags} are for classes the model does not output: music"),
+        (["evaluate", tmp_path / "data.csv", "-m", no_model, "--label-map", binary], 1,
+         f"error: label map {binary} is not a text file"),
+        (["evaluate", tmp_path / "data.csv", "-m", no_model, "--min-examples", 3], 2,
+         "error: --target-precision and --min-examples need --calibrate FILE"),
         (["predict", video, "-m", tiny_checkpoint, "--label-map", typo], 1,
          f"error: label map {typo} names 1 label(s) the model does not have: 'archey' (closest: archery)"),
         (["predict", video, "-m", tmp_path / "no-model.safetensors", "--label-map", binary], 1,
@@ -283,3 +301,17 @@ def test_the_packaged_coarse_map_on_a_kinetics_model(videos, tmp_path):
     assert len(after["predictions"]) == len(coarse) == 32  # -k 40 is cut to the number of tags
     assert {p["label"]: p["score"] for p in after["predictions"]} == pytest.approx(expected, abs=1e-6)
     assert sum(p["score"] for p in after["predictions"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_resolve_reads_the_label_map_and_thresholds_into_the_resolved_copy(tag_map, tmp_path):
+    from stamcli.labelmap import LabelMap
+    from stamcli.thresholds import ClassThreshold, Thresholds
+
+    path = Thresholds({"sport": ClassThreshold(0.4, 12)}, 0.9, label_map=str(tag_map)).write(tmp_path / "t.yaml")
+    options = PredictOptions(device="cpu", label_map=str(tag_map), thresholds=str(path), min_score=0.1)
+    resolved = options.resolve()
+    assert (options.label_map, options.thresholds) == (str(tag_map), str(path))  # the given options are unchanged
+    assert isinstance(resolved.label_map, LabelMap) and resolved.label_map.tags == ["sport", "food"]
+    assert resolved.label_map.source == str(tag_map) and resolved.label_map.labels is None  # bound by the Predictor
+    assert resolved.thresholds.calibrated == {"sport": 0.4} and resolved.thresholds.source == str(path)
+    assert resolved.min_score == 0.1 and resolved.resolve() is resolved
