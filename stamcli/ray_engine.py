@@ -181,7 +181,9 @@ class RayPredictor(Predictor):
         local = dict(engine="local", ray_address=None, ray_actors=None)
         # the driver's predictor: records only, on this machine's CPU
         super().__init__(model, replace(options, **local, device="cpu", precision="fp32", workers=1, streams=1))
-        self.remote_options = replace(options, **local)  #: what each model actor's Predictor resolves on its node
+        #: what each model actor's Predictor resolves on its node: it computes the model's outputs only (the
+        #: label map and score floors are applied here, to the records)
+        self.remote_options = replace(options, **local, label_map=None, min_score=None, thresholds=None)
         self.ray_address, self.actors = options.ray_address, options.actor_range
         self.spec = replace(self.clip_spec, threads=1)  #: how decode tasks read: one FFmpeg thread (a task holds a CPU)
 
