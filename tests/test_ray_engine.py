@@ -219,7 +219,10 @@ def test_a_local_ray_started_for_the_run_gives_the_same_records_and_is_stopped(c
 def test_videos_in_s3_to_a_parquet_file_in_s3(head, corpus, tiny_checkpoint, tmp_path):
     """``stam predict s3://bucket/videos/ --engine ray -o s3://bucket/tags.parquet`` against a real S3
     server (moto) in the cluster's namespace: the local engine's records, the URLs as paths, every
-    download removed."""
+    download removed. With a label map (applied on the driver to the actors' probabilities)."""
+    tags = tmp_path / "tags.csv"
+    tags.write_text("label,tag\narchery,sport\ncycling,sport\ndiving,sport\nbaking,food\neating, with a fork,food\n"
+                    .replace("eating, with a fork", '"eating, with a fork"'), encoding="utf-8")
     s3 = subprocess.Popen(head.namespace.command([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                                   S3_PORT]), env=head.env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -231,7 +234,7 @@ def test_videos_in_s3_to_a_parquet_file_in_s3(head, corpus, tiny_checkpoint, tmp
                          "for name, key in args: client.upload_file(name, 'archive', key)",
                          [[str(corpus / name), key] for name, key in objects.items()])
         env = head.env(**S3_IN_NAMESPACE, STAM_STAGING_DIR=str(tmp_path / "staging"))
-        common = ["--model", tiny_checkpoint, "-b", 2, "--device", "cpu", "-q"]
+        common = ["--model", tiny_checkpoint, "-b", 2, "--device", "cpu", "--label-map", tags, "-q"]
         _stam(head.namespace, env, "predict", "s3://archive/videos/", "-o", tmp_path / "local.jsonl", *common,
               exit_code=1)  # the local engine, reading the same URLs
         _stam(head.namespace, env, "predict", "s3://archive/videos/", "-o", "s3://archive/tags.parquet", *common,
@@ -248,6 +251,7 @@ def test_videos_in_s3_to_a_parquet_file_in_s3(head, corpus, tiny_checkpoint, tmp
         ("s3://archive/videos/a.mp4", "ok"), ("s3://archive/videos/c_x264.mp4", "ok"),
         ("s3://archive/videos/i_text.mp4", "error"), ("s3://archive/videos/sub/d_rotated.mp4", "ok")]
     assert records[2]["error"].startswith("cannot read video s3://archive/videos/i_text.mp4:")
+    assert {p["label"] for r in records for p in r["predictions"]} == {"sport", "food"}
     assert list(head.downloads.glob("stam-dl-*")) == []  # the decode tasks' temporary copies are gone
     assert list((tmp_path / "staging").rglob("*.pending")) == []  # uploaded
 
