@@ -1,6 +1,7 @@
 """Does fine-tuning learn the order of frames from a few hundred clips? Accuracy, not speed.
 
     python -m benchmarks.learnability                 # the study in benchmarks/README.md (hours on 2 shared cores)
+    python -m benchmarks.learnability --small         # the same on a small backbone (an hour on 2 shared cores)
     python -m benchmarks.learnability --quick         # tiny sizes, about a minute (tests/test_learnability.py)
     python -m benchmarks.learnability --seeds 3 4 --json out.json
 
@@ -102,6 +103,11 @@ class Profile:
     whole_epochs: int  #: end to end, the whole model trained
     whole_img_size: int
     seeds: tuple[int, ...]
+    whole_backbone: str = ""  #: the whole-model run's backbone; "": ``backbone``
+
+    @property
+    def whole(self) -> str:
+        return self.whole_backbone or self.backbone
 
 
 def _encoders(layers: int, norm: str, input_norm: bool, lrs) -> tuple[Head, ...]:
@@ -124,7 +130,13 @@ QUICK = Profile(
     head_epochs=20, heads=(BASELINES[0], DEFAULT_HEAD), finetune_epochs=20, whole_epochs=3, whole_img_size=48,
     seeds=(0,),
 )
+SMALL = Profile(  # the full study's heads, sizes and end-to-end runs on the --quick backbone: minutes, not hours
+    backbone="tiny", img_size=48, video_size=48, train_per_class=(12, 24), val_per_class=6, test_per_class=20,
+    head_epochs=40, heads=FULL.heads, finetune_epochs=40, whole_backbone="vit_tiny_patch16_224", whole_epochs=10,
+    whole_img_size=32, seeds=(1, 2, 3),
+)
 TINY = dict(embed_dim=64, depth=2, num_heads=2, temporal_heads=4, temporal_ff=128)  #: the --quick backbone
+BACKBONE_TEXT = {"tiny": "a 2-block ViT of width 64 (temporal encoders: 4 heads, feed-forward 128)"}
 
 
 # ---------------------------------------------------------------------------- data and scores
@@ -152,21 +164,21 @@ def report_scores(report: dict) -> dict:
     return scores(predicted, targets)
 
 
-def new_model(profile: Profile, seed: int, img_size: int, root: Path) -> str:
+def new_model(backbone: str, seed: int, img_size: int, root: Path) -> str:
     """``--model`` for a new model: the timm name, or for ``tiny`` a checkpoint of a small random
     model (other labels, so its head is new; its backbone counts as trained weights)."""
-    if profile.backbone != "tiny":
-        return profile.backbone
+    if backbone != "tiny":
+        return backbone
     torch.manual_seed(seed)
     model = create_model("vit_tiny_patch16_224", frames=FRAMES, num_classes=2, labels=["a", "b"],
                          img_size=img_size, **TINY)
     return str(save_checkpoint(model, root / f"tiny-{seed}-{img_size}.safetensors"))
 
 
-def _new_model_options(profile: Profile) -> dict:
+def _new_model_options(backbone: str) -> dict:
     """FinetuneConfig options that make ``--quick``'s checkpoint start like a new model: the new
     model's temporal encoder replaces the checkpoint's, so it starts from scratch too."""
-    if profile.backbone != "tiny":
+    if backbone != "tiny":
         return {}
     return dict(NEW_MODEL_TEMPORAL)
 
@@ -219,7 +231,7 @@ def train_on_features(net: nn.Module, groups: list[dict], train, epochs: int, se
 
 def study_heads(profile: Profile, heads, data: dict[str, Path], seed: int, root: Path, log) -> list[dict]:
     torch.manual_seed(seed)
-    backbone = load_checkpoint(new_model(profile, seed, profile.img_size, root)) if profile.backbone == "tiny" else \
+    backbone = load_checkpoint(new_model(profile.backbone, seed, profile.img_size, root)) if profile.backbone == "tiny" else \
         create_model(profile.backbone, frames=FRAMES, num_classes=len(CLASSES), labels=CLASSES,
                      img_size=profile.img_size)
     index = {label: i for i, label in enumerate(CLASSES)}
@@ -245,11 +257,12 @@ def study_heads(profile: Profile, heads, data: dict[str, Path], seed: int, root:
 def finetune_end_to_end(profile: Profile, data: dict[str, Path], seed: int, root: Path, *, frozen: bool) -> dict:
     """``stam finetune`` with its defaults, then ``stam evaluate`` of its best model on the held-out clips."""
     img_size = profile.img_size if frozen else profile.whole_img_size
+    backbone = profile.backbone if frozen else profile.whole
     config = FinetuneConfig(
-        data=str(data["train"]), val=str(data["val"]), model=new_model(profile, seed, img_size, root),
+        data=str(data["train"]), val=str(data["val"]), model=new_model(backbone, seed, img_size, root),
         frames=FRAMES, img_size=img_size, epochs=profile.finetune_epochs if frozen else profile.whole_epochs,
         freeze_backbone=frozen, workers=0, seed=seed, device="cpu", output=str(root / f"run-{seed}-{frozen}"),
-        **_new_model_options(profile))
+        **_new_model_options(backbone))
     result = finetune(config)
     model = load_checkpoint(result.run_dir / "best.safetensors")
     report = evaluate(data["test"], model, PredictOptions(device="cpu", batch_size=8, workers=1))
@@ -268,7 +281,8 @@ def run(profile: Profile, log=print) -> dict:
                                                  "head_epochs": profile.head_epochs,
                                                  "finetune_epochs": profile.finetune_epochs,
                                                  "whole_epochs": profile.whole_epochs,
-                                                 "whole_img_size": profile.whole_img_size},
+                                                 "whole_img_size": profile.whole_img_size,
+                                                 "whole_backbone": profile.whole},
                "heads": [], "defaults": [], "whole_model": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -305,7 +319,8 @@ def markdown(results: dict) -> str:
     p = results["profile"]
     seeds = ", ".join(str(seed) for seed in p["seeds"])
     lines = [
-        f"Machine: {machine_text(results['machine'])}. Backbone: {p['backbone']} with random weights, frozen; "
+        f"Machine: {machine_text(results['machine'])}. Backbone: {BACKBONE_TEXT.get(p['backbone'], p['backbone'])} "
+        "with random weights, frozen; "
         f"{p['frames']} frames at {p['img_size']} px; {len(CLASSES)} classes, {len(PAIRED)} of them in "
         f"time-reversed pairs; seeds {seeds} (each: new clips, new backbone). Held-out top-1 in %: "
         "median (min-max) over the seeds.",
@@ -319,7 +334,8 @@ def markdown(results: dict) -> str:
         lines.append(f"| {clips} | {title} | {lr:g} | {_spread([r['top1'] for r in rows])} | "
                      f"{_spread([r['paired_top1'] for r in rows])} |")
     for key, title in (("defaults", f"`stam finetune --freeze-backbone`, {p['finetune_epochs']} epochs"),
-                       ("whole_model", f"`stam finetune`, the whole model trained ({p['whole_img_size']} px), "
+                       ("whole_model", f"`stam finetune`, the whole model trained (a new model on "
+                                       f"{p.get('whole_backbone', p['backbone'])}, {p['whole_img_size']} px), "
                                        f"{p['whole_epochs']} epochs")):
         if not results[key]:
             continue
@@ -352,6 +368,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learnability", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one seed (about a minute)")
+    parser.add_argument("--small", action="store_true", help="every head, size and seed on a small backbone")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the profile's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
@@ -360,7 +377,7 @@ def main(argv=None) -> None:
     if args.from_json:
         results = merge([json.loads(path.read_text()) for path in args.from_json])
     else:
-        profile = QUICK if args.quick else FULL
+        profile = QUICK if args.quick else SMALL if args.small else FULL
         if args.seeds:
             profile = replace(profile, seeds=tuple(args.seeds))
         results = run(profile, log=lambda line: print(line, file=sys.stderr, flush=True))
