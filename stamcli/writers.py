@@ -175,19 +175,23 @@ def _csv_record(row: list[str], col: dict, k: int) -> dict:
     return rec
 
 
-_TYPED_COLUMNS = {"window": int, "start_s": float, "end_s": float}  # extra CSV columns read back typed
+# extra CSV columns read back typed (``windows``, an event's window numbers, is written as a JSON list)
+_TYPED_COLUMNS = {"window": int, "start_s": float, "end_s": float, "shot": int, "event": int, "windows": json.loads}
+
+#: Record types that are part of a video's timeline and come before its ``"video"`` record.
+PART_TYPES = ("window", "event")
 
 
 def _kept_ok(records: list[dict]) -> list[dict]:
     """The records of videos done ``ok``, only the last time per path (in the order of those last times).
 
-    A ``"type": "window"`` record belongs to the next video record of its path; windows not
-    followed by an ``ok`` video record (an error, or a run cut short) are dropped.
+    A ``"type": "window"`` or ``"event"`` record belongs to the next video record of its path; those
+    not followed by an ``ok`` video record (an error, or a run cut short) are dropped.
     """
     windows: dict[str, list[dict]] = {}
     kept: dict[str, list[dict]] = {}
     for rec in records:
-        if rec.get("type") == "window":
+        if rec.get("type") in PART_TYPES:
             windows.setdefault(rec["path"], []).append(rec)
             continue
         group = windows.pop(rec["path"], [])
@@ -352,9 +356,12 @@ class JsonWriter(_FileWriter):
 
 
 def csv_cell(value) -> str:
-    """A CSV cell: empty for None, floats at full precision (``repr``), numpy scalars as Python ones."""
+    """A CSV cell: empty for None, floats at full precision (``repr``), numpy scalars as Python ones,
+    lists as JSON."""
     if value is None:
         return ""
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
     value = value.item() if hasattr(value, "item") else value
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -414,6 +421,8 @@ class TableWriter(ResultWriter):
         shown = str(record.get("path"))
         if record.get("type") == "window":  # a timeline window: where it is in the video
             shown += f" [{record['start_s']:.1f}-{record['end_s']:.1f}s]"
+        elif record.get("type") == "event":
+            shown += f" [event {record['start_s']:.1f}-{record['end_s']:.1f}s]"
         elif record.get("type") == "video" and record.get("status") == "ok":  # its summary: share of time
             shown += " [share of time]"
         line = Text(_fit(shown, wp, keep_end=True) + " ")

@@ -555,7 +555,8 @@ def test_usage_errors_exit_2(clips, tiny_checkpoint, tmp_path):
         (["--window", 0], "--window must be a number of seconds greater than 0, got 0"),
         (["--window", 2, "--stride", -1], "--stride must be a number of seconds greater than 0, got -1"),
         (["--stride", 1], "--stride needs --window"),
-        (["--format", "xml"], "unknown format 'xml': choose one of csv, json, jsonl, srt, vtt"),
+        (["--format", "xml"], "unknown format 'xml': choose one of csv, json, jsonl, srt, vtt, otio, edl, fcp7xml, "
+                              "chapters, ffmetadata"),
         ([clips / "b.mp4", "--window", 1, "-o", tmp_path / "x.srt"], "is one subtitle file, but there are 2 videos"),
         ([both, "--format", "srt", "--window", 1], "would both write their subtitles to"),
         (["--window", 1, "--preview", tmp_path / "sheets"], "--preview cannot be combined with --window"),
@@ -621,5 +622,7 @@ def test_progress_shows_where_in_a_long_video_and_counts_videos():
                           "end_s": 3725.4})
         assert task.completed == 0 and task.fields["where"] == r" \[match].mp4 at 1:02:05"
         assert progress._progress.columns[0].render(task).plain == "tagging [match].mp4 at 1:02:05"
+        progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "event", "start_s": 0.0, "end_s": 9.0})
+        assert task.completed == 0  # events are not videos
         progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "video"})
         assert task.completed == 1 and task.fields["where"] == ""
