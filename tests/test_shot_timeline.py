@@ -53,7 +53,7 @@ def scene_model(tmp_path_factory) -> Path:
     result = finetune(FinetuneConfig(
         data=str(root / "train" / "labels.csv"), val=str(root / "val" / "labels.csv"),
         model=str(save_checkpoint(base, root / "base.safetensors")),
-        epochs=12, batch_size=8, lr=3e-3, warmup=1, label_smoothing=0.0, weight_decay=0.0, workers=0, seed=0,
+        epochs=6, batch_size=8, lr=1e-2, warmup=1, label_smoothing=0.0, weight_decay=0.0, workers=0, seed=0,
         device="cpu", freeze_backbone=True, output=str(root / "run")))
     assert result.best_top1 == 1.0, result.best_top1  # it tells the scenes apart
     return result.run_dir / "best.safetensors"
