@@ -26,7 +26,7 @@ from . import __version__
 from .errors import StamError, UsageError
 from .inputs import parse_extensions
 from .jobs import (DEFAULT_EVENT_GAP_S, DEFAULT_MAX_SHOT_S, DEFAULT_MIN_EVENT_S, DEFAULT_MODEL, EmbedJob, EvaluationJob,
-                   ExportJob, PredictOptions, TaggingJob)
+                   ExportJob, PredictOptions, TaggingJob, parse_window)
 from .train.config import FinetuneConfig
 
 app = typer.Typer(
@@ -302,7 +302,7 @@ def predict_command(
         **_model_fields(model=model, labels=labels, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
                         trust_checkpoint=trust_checkpoint),
         paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
-        output=_text(output), format=fmt, preview=_text(preview), window=window, stride=stride,
+        output=_text(output), format=fmt, preview=_text(preview), window=parse_window(window), stride=stride,
         max_shot=max_shot, events=events, event_gap=event_gap, min_event=min_event,
         options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,

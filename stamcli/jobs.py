@@ -20,7 +20,7 @@ from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .zoo import model_for_frames
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "DEFAULT_MAX_SHOT_S", "DEFAULT_EVENT_GAP_S", "DEFAULT_MIN_EVENT_S",
-           "PredictOptions", "ModelJob", "VideoJob", "TaggingJob", "EmbedJob",
+           "parse_window", "PredictOptions", "ModelJob", "VideoJob", "TaggingJob", "EmbedJob",
            "EvaluationJob", "ExportJob"]
 
 DEFAULT_MODEL = "stam_16"  #: the model of predict and embed when neither --model nor --frames is given
@@ -33,6 +33,19 @@ DEFAULT_MAX_SHOT_S = 10.0
 #: window of 2 s windows, or a short shot, that flickers to another label).
 DEFAULT_EVENT_GAP_S = 2.0
 DEFAULT_MIN_EVENT_S = 1.0  #: ``--min-event``: drop events shorter than this many seconds
+
+
+def parse_window(text) -> Union[float, str, None]:
+    """``--window``: seconds (a float), or ``"shots"``; None stays None.  UsageError otherwise."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    value = str(text).strip().lower()
+    if value == "shots":
+        return "shots"
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--window takes a number of seconds or 'shots', got '{text}'") from None
 
 
 @dataclass
@@ -158,7 +171,7 @@ class TaggingJob(VideoJob):
     def timeline_options(self):
         """``(window_s, shots)`` for :class:`~stamcli.timeline.TimelinePredictor` (``shots``: a
         :class:`~stamcli.timeline.ShotWindows` with ``--window shots``, else None), checked (UsageError)."""
-        from .timeline import ShotWindows, check_timeline, parse_window
+        from .timeline import ShotWindows, check_timeline
 
         window = parse_window(self.window)
         shots = window == "shots"

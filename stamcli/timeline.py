@@ -70,7 +70,7 @@ from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions
 from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "plan_shot_windows", "DEFAULT_SHOT_BUFFER", "ShotWindows",
-           "parse_window", "timeline_columns", "window_indices", "TimelineReader", "TimelinePredictor",
+           "timeline_columns", "window_indices", "TimelineReader", "TimelinePredictor",
            "segments", "check_timeline", "TIMELINE_COLUMNS"]
 
 #: CSV columns a timeline run adds after the standard ones.
@@ -119,19 +119,6 @@ class ShotWindows:
 def _check_max_shot(max_shot_s: Optional[float]) -> None:
     if max_shot_s is not None and not (math.isfinite(max_shot_s) and max_shot_s > 0):
         raise UsageError(f"--max-shot must be a number of seconds greater than 0, got {max_shot_s:g}")
-
-
-def parse_window(text) -> "float | str | None":
-    """``--window``: seconds (a float), or ``"shots"``; None stays None.  UsageError otherwise."""
-    if text is None or isinstance(text, (int, float)):
-        return None if text is None else float(text)
-    value = str(text).strip().lower()
-    if value == "shots":
-        return "shots"
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"--window takes a number of seconds or 'shots', got '{text}'") from None
 
 
 def check_timeline(window_s: Optional[float], stride_s: Optional[float], *, shots: bool = False) -> None:

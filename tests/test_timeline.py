@@ -589,7 +589,7 @@ def test_torchrun_merge_keeps_the_timeline_columns_and_only_finished_videos(tmp_
         with open_writer(_part_path(str(out), rank, 2), "csv", top_k=1, columns=TIMELINE_COLUMNS) as writer:
             for rec in (record(path, "window", 0), record(path, "window", 1), record(path, "video")):
                 writer.write(rec)
-    _merge_parts(job, "csv", 1, Distributed(0, 2))
+    _merge_parts(job, "csv", 1, Distributed(0, 2), TIMELINE_COLUMNS)
     merged = read_records(out)
     assert [(r["path"], r["type"], r["window"]) for r in merged] == [
         ("x", "window", 0), ("x", "video", None), ("y", "window", 0), ("y", "window", 1), ("y", "video", None),
