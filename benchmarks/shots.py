@@ -1,7 +1,7 @@
 """Shot detection: which PySceneDetect detector and threshold, and what detection costs next to tagging.
 
     python -m benchmarks.shots accuracy [--out DIR]   # detectors x thresholds x widths on generated videos
-    python -m benchmarks.shots cost [--out DIR]       # seconds per minute of video: detection vs tagging
+    python -m benchmarks.shots cost [--out DIR] [--seconds S]  # seconds per minute of video: detection vs tagging
 
 ``accuracy`` decodes each video of ``tests/synthetic.SHOT_SUITE`` (320x180 H.264, 25 fps) once with
 stamcli's decoder, then feeds the same frames to every detector configuration through
@@ -12,10 +12,11 @@ that :class:`~stamcli.shots.ShotDetector`'s flash check dropped are counted apar
 within a shot is no cut).  Results go to
 ``OUT/shots_accuracy.md``.
 
-``cost`` times, on a 1-minute 640x360 H.264 video with a cut every 4 s: the detection pass
-(:func:`stamcli.shots.detect_shots`, every frame decoded), and tagging its shot windows
-(:class:`stamcli.timeline.TimelineReader` decoding + the model) with a small and a stam_16-sized model
-(random weights: speed does not depend on them).  ``OUT/shots_cost.md``.
+``cost`` times, on a 1-minute 640x360 H.264 video with a cut every 4 s (``--seconds`` for
+another length): decoding every frame, the detection alone (:func:`stamcli.shots.detect_shots`),
+reading fixed 4 s windows and the shot windows (:class:`stamcli.timeline.TimelineReader`, in one
+pass and in two), and a small and a stam_16-sized model on the shot windows (random weights:
+speed does not depend on them).  ``OUT/shots_cost.md``.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ class Score:
 
 def decoded_frames(path: Path) -> tuple[float, list]:
     """Every frame of ``path`` (BGR, full size) with stamcli's decoder, and the fps."""
-    from stamcli.sparse_decode import SparseDecoder
+    from stamcli.decode import SparseFrameStream
 
-    with SparseDecoder(path) as decoder:
-        return decoder.fps, [bgr for _, bgr in decoder.frames(range(decoder.frame_count))]
+    with SparseFrameStream(path) as stream:
+        return stream.fps, [bgr for _, bgr in stream.every_frame()]
 
 
 def accuracy(out: Path, log=print) -> str:
@@ -140,15 +141,15 @@ COST_SCENES = ("red", "grey_stripes", "pan_a", "green", "dark_a", "blue", "grey_
 
 
 def cost(out: Path, seconds: float = 60.0, shot_s: float = 4.0, width: int = 640, height: int = 360,
-         log=print) -> str:
-    """Seconds per minute of video: detection (every frame) next to tagging the shots it finds."""
+         quick: bool = False, log=print) -> str:
+    """Seconds per minute of video: finding the shots and reading their windows, next to fixed
+    windows and to the model that tags them."""
     import torch
 
-    from benchmarks.common import FULL, machine, machine_text, median_time
+    from benchmarks.common import FULL, QUICK, machine, machine_text, median_time
+    from stamcli.decode import SparseFrameStream
     from stamcli.shots import detect_shots
-    from stamcli.sparse_decode import SparseDecoder
-    from stamcli.timeline import plan_shot_windows, window_indices
-    from stamcli.video import SparseFrameStream
+    from stamcli.timeline import ShotWindows, TimelineReader
 
     fps = 25
     path = out / "cache" / f"shots_cost_{width}x{height}_{seconds:g}s.mp4"
@@ -160,46 +161,45 @@ def cost(out: Path, seconds: float = 60.0, shot_s: float = 4.0, width: int = 640
         write_shot_video(path, shots, fps=fps, height=height, width=width, options={"preset": "veryfast"})
     minutes = seconds / 60
     rows = []
+    profile = QUICK if quick else FULL
+    repeats = 1 if quick else 3
 
     def decode_all():
-        with SparseDecoder(path) as decoder:
-            for _ in decoder.frames(range(decoder.frame_count)):
+        with SparseFrameStream(path) as stream:
+            for _ in stream.every_frame():
                 pass
 
     found = detect_shots(path)
-    windows = plan_shot_windows(found.shots)
-    log(f"{len(found.shots)} shots, {len(windows)} windows")
-    rows.append(("decode every frame (PyAV), no detector", median_time(decode_all, 3)))
+    log(f"{len(found.shots)} shots")
+    rows.append(("decode every frame (PyAV), no detector", median_time(decode_all, repeats)))
     for w in (256, 128):
-        rows.append((f"shot detection: decode every frame + shrink to {w} px + AdaptiveDetector",
-                     median_time(lambda w=w: detect_shots(path, ShotOptions(width=w)), 3)))
+        rows.append((f"shot detection alone: decode every frame + shrink to {w} px + AdaptiveDetector",
+                     median_time(lambda w=w: detect_shots(path, ShotOptions(width=w)), repeats)))
 
-    for spec in (FULL.small, FULL.big):
+    def read(frames, size, window_s=None, shots=None):
+        reader = TimelineReader(path, frames, size, window_s, shots=shots)
+        return [clip.frames for _, clip in reader]
+
+    for spec in (profile.small, profile.big):
+        f, size = spec.frames, spec.img_size
+        rows.append((f"fixed {shot_s:g} s windows, {f} frames each at {size} px (no shot detection)",
+                     median_time(lambda: read(f, size, window_s=shot_s), repeats)))
+        rows.append((f"--window shots, one pass (detection; the open shot's decoded frames kept), {f} frames at {size} px",
+                     median_time(lambda: read(f, size, shots=ShotWindows()), repeats)))
+        rows.append((f"--window shots, two passes (detection, then the sampled frames), {f} frames at {size} px",
+                     median_time(lambda: read(f, size, shots=ShotWindows(buffer_mb=0)), repeats)))
+        clips = read(f, size, shots=ShotWindows())
         model = spec.build()
-
-        def decode_windows(frames=spec.frames, size=spec.img_size):
-            clips = []
-            with SparseFrameStream(path, size) as stream:
-                plans = [window_indices(w, frames) for w in windows]
-                got = dict(stream.frames(sorted({k for p in plans for k in p})))
-            for p in plans:
-                clips.append(torch.stack([got[k] for k in p]))
-            return clips
-
-        clips = decode_windows()
-        rows.append((f"decode the shot windows' sampled frames ({spec.frames} per window)",
-                     median_time(decode_windows, 3)))
 
         def run_model(clips=clips, model=model):
             with torch.inference_mode():
                 for k in range(0, len(clips), 8):
-                    batch = torch.stack(clips[k:k + 8]).float().div_(255)
-                    model(batch)
+                    model(torch.stack(clips[k:k + 8]).float().div_(255))
 
-        repeats = 1 if spec is FULL.big else 3
-        rows.append((f"model on the shot windows: {spec.title}, batch 8", median_time(run_model, repeats)))
+        rows.append((f"model on the shot windows: {spec.title}, batch 8",
+                     median_time(run_model, 1 if spec is FULL.big else repeats)))
     lines = [f"{width}x{height} H.264 at {fps} fps, {seconds:g} s, a cut every {shot_s:g} s "
-             f"({len(found.shots)} shots, {len(windows)} windows); {machine_text(machine())}", "",
+             f"({len(found.shots)} shots); {machine_text(machine())}", "",
              "| step | seconds per minute of video |", "|---|---|"]
     lines += [f"| {name} | {t / minutes:.2f} |" for name, t in rows]
     text = "\n".join(lines) + "\n"
@@ -211,12 +211,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shots", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["accuracy", "cost"])
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    parser.add_argument("--seconds", type=float, default=60.0, help="cost: length of the generated video")
+    parser.add_argument("--quick", action="store_true", help="cost: tiny models, 160x90, one repeat (a smoke test)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "accuracy":
         print(accuracy(args.out))
     else:
-        print(cost(args.out))
+        size = dict(width=160, height=90) if args.quick else {}
+        print(cost(args.out, seconds=args.seconds, quick=args.quick, **size))
 
 
 if __name__ == "__main__":

@@ -35,11 +35,12 @@ Both give the same windows and the same frames, bit for bit, where the header is
 needs every frame, so the reader decodes every frame once (same backends, same fallback) and
 hands each to a :class:`~stamcli.shots.ShotDetector`; :func:`plan_shot_windows` cuts shots
 longer than ``--max-shot`` into equal parts.  A shot's frames can only be sampled once its end
-is known, so the frames of the open shot are kept preprocessed until then (about 150 KB each at
-224 px), and its windows are handed on as soon as the detector can no longer move its end.  A
-shot still open after :attr:`ShotWindows.max_buffered` frames (30 s at 25 fps by default) stops
-the keeping for the rest of that video: the windows from that shot on are read in a second pass
-(PyAV decodes only their sampled frames), so memory stays bounded whatever the shot lengths.
+is known, so the open shot's frames are kept as decoded until then, and its windows are handed
+on, only their sampled frames preprocessed, as soon as the detector can no longer move its end
+(each frame is decoded once).  An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb`
+(512 MB by default: 20 s of 640x360, 3 s of 1080p at 25 fps) stops the keeping for the rest of
+that video: the windows from that shot on are read in a second pass (PyAV decodes only their
+sampled frames and what those are predicted from), so memory stays bounded whatever the shots.
 
 The video's own record ranks labels by the seconds they cover: each instant belongs to the
 window whose centre is nearest (:func:`segments`), and counts for that window's top-1 label, so
@@ -57,6 +58,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .decode import Clip, FrameStream, SparseFrameStream, Unsupported, VideoInfo, decode_with_fallback, sample_indices
@@ -69,7 +71,7 @@ from .parallel import ModelStreams, single_threaded_decode
 from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions
 from .writers import error_record, make_record
 
-__all__ = ["Window", "window_lengths", "plan_windows", "plan_shot_windows", "DEFAULT_SHOT_BUFFER", "ShotWindows",
+__all__ = ["Window", "window_lengths", "plan_windows", "plan_shot_windows", "DEFAULT_SHOT_BUFFER_MB", "ShotWindows",
            "timeline_columns", "window_indices", "TimelineReader", "TimelinePredictor",
            "segments", "check_timeline", "TIMELINE_COLUMNS"]
 
@@ -83,9 +85,9 @@ def timeline_columns(*, shots: bool = False, events: bool = False) -> tuple[str,
     return (*TIMELINE_COLUMNS, *(("shot",) if shots else ()), *(("event", "windows") if events else ()))
 
 
-#: The most frames of one open shot kept preprocessed while its end is not known (30 s at 25 fps;
-#: about 113 MB at 224 px); a longer shot and the rest of its video are read in a second pass.
-DEFAULT_SHOT_BUFFER = 750
+#: The most megabytes of decoded frames of one open shot kept while its end is not known (20 s of
+#: 640x360 at 25 fps, 3 s of 1080p); a longer shot and the rest of its video are read in a second pass.
+DEFAULT_SHOT_BUFFER_MB = 512.0
 
 
 # ---------------------------------------------------------------------------- planning (pure)
@@ -103,17 +105,18 @@ class Window(FrameSpan):
 class ShotWindows:
     """``--window shots``: a window per shot (found with ``detection``), shots longer than
     ``max_shot_s`` (None: no limit) cut into equal parts (:func:`plan_shot_windows`);
-    ``max_buffered``: the most frames of an open shot kept for one pass (0: always two passes)."""
+    ``buffer_mb``: the most megabytes of decoded frames of an open shot kept to read the shots in
+    one pass (0: always two passes; see :class:`TimelineReader`)."""
 
     max_shot_s: Optional[float] = DEFAULT_MAX_SHOT_S
     detection: ShotOptions = ShotOptions()
-    max_buffered: int = DEFAULT_SHOT_BUFFER
+    buffer_mb: float = DEFAULT_SHOT_BUFFER_MB
 
     def check(self) -> None:
         _check_max_shot(self.max_shot_s)
         self.detection.check()
-        if self.max_buffered < 0:
-            raise UsageError(f"the shot buffer must be 0 frames or more, got {self.max_buffered}")
+        if not (math.isfinite(self.buffer_mb) and self.buffer_mb >= 0):
+            raise UsageError(f"the shot buffer must be 0 MB or more, got {self.buffer_mb:g}")
 
 
 def _check_max_shot(max_shot_s: Optional[float]) -> None:
@@ -227,11 +230,12 @@ class TimelineReader:
     of decodable frames, :attr:`duration_s` the video's duration and :attr:`decoder` the backend
     that read it (``"pyav"`` or ``"opencv"``, see the module docstring).  :attr:`peak_buffered` is
     the most preprocessed frames held at once (it depends on the window, stride and ``F``, not on
-    the video's length; with ``--window shots`` on :attr:`ShotWindows.max_buffered`).
+    the video's length; with ``--window shots``: decoded frames of the open shot, at most
+    :attr:`ShotWindows.buffer_mb`).
 
     With ``shots`` (``--window shots``) every frame is decoded once, handed to the shot detector
-    and kept preprocessed until its shot ends; a shot's windows are handed on as soon as its end
-    is certain (:attr:`shot_list` holds the shots afterwards).  ``on_frame(k)`` is called for each
+    and kept (as decoded) until its shot ends; a shot's windows are handed on, their sampled frames
+    preprocessed, as soon as its end is certain (:attr:`shot_list` holds the shots afterwards).  ``on_frame(k)`` is called for each
     frame of that pass (to show progress, or to stop it by raising).
     """
 
@@ -246,7 +250,7 @@ class TimelineReader:
         self.choice = decoder  # the backends allowed: "auto", "pyav" or "opencv"
         self.shots, self.on_frame = shots, on_frame
         self.shot_list: Optional[ShotList] = None  #: the shots found (``--window shots``)
-        self.reread = 0  #: windows read in a second pass (shots longer than ShotWindows.max_buffered)
+        self.reread = 0  #: windows read in a second pass (from a shot longer than ShotWindows.buffer_mb)
         self.frame_count: Optional[int] = None
         self.fps = 0.0
         self.peak_buffered = 0
@@ -322,10 +326,11 @@ class TimelineReader:
 
     def _shot_windows(self, backend: Backend) -> Iterator[tuple[Window, Clip]]:
         """``--window shots`` in one pass: every frame decoded once, pushed to a
-        :class:`~stamcli.shots.ShotDetector` and kept preprocessed until the shot it belongs to
-        ends; the windows of a shot are handed on once the detector can no longer move its end.
+        :class:`~stamcli.shots.ShotDetector` and kept as decoded until the shot it belongs to
+        ends; the windows of a shot are handed on once the detector can no longer move its end,
+        and only the frames they sample are preprocessed.
 
-        A shot still open after :attr:`ShotWindows.max_buffered` frames stops the buffering for
+        An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb` stops the keeping for
         the rest of the video: its windows and all later ones are planned as the shots come and
         read in a second pass of the same backend (PyAV: only their sampled frames)."""
         pyav = backend.name == "pyav"
@@ -340,7 +345,8 @@ class TimelineReader:
             detector = ShotDetector(fps, self.shots.detection)
             planned: list[Window] = []  # every window so far; those from `deferred` on wait for a second pass
             deferred: Optional[int] = None
-            buffer: dict[int, torch.Tensor] = {}  # frame -> preprocessed, from the open shot's first frame
+            buffer: dict[int, np.ndarray] = {}  # frame -> upright BGR as decoded, from the open shot's first frame
+            budget = self.shots.buffer_mb * 2**20
             count = self._counter(stream)
 
             def ended(shots: list[Shot]) -> Iterator[tuple[Window, Clip]]:
@@ -353,7 +359,8 @@ class TimelineReader:
                         continue
                     for window in windows:
                         indices = window_indices(window, self.num_frames)
-                        yield window, self._clip(window, indices, [buffer[j] for j in indices], stream.info)
+                        frames = {j: stream.preprocess(buffer[j]) for j in set(indices)}
+                        yield window, self._clip(window, indices, [frames[j] for j in indices], stream.info)
                     for j in range(shot.start, shot.end):
                         del buffer[j]
 
@@ -362,17 +369,18 @@ class TimelineReader:
                     self.on_frame(k)
                 detector.push(bgr)
                 if deferred is None:
-                    buffer[k] = stream.preprocess(bgr)
+                    buffer[k] = bgr
                     self.peak_buffered = max(self.peak_buffered, len(buffer))
-                count()
                 yield from ended(detector.finished())
-                if deferred is None and len(buffer) > self.shots.max_buffered:
+                count()
+                if deferred is None and len(buffer) * bgr.nbytes > budget:
                     buffer.clear()  # the open shot's windows are read again, and every later one
                     deferred = len(planned)
             if detector.frames == 0:
                 raise VideoError(f"cannot read video {one_line(self.path)}: no decodable video frames")
             shots = detector.shots()
             yield from ended(shots[detector.handed:])
+            count()
             self.frame_count = detector.frames
             self.shot_list = ShotList(shots, detector.frames, fps, backend.name)
         if deferred is not None:

@@ -178,23 +178,24 @@ def test_both_decoders_give_the_same_shot_windows_in_one_pass(footage, decoder):
     assert got[1][4] == [81, 93, 106, 118]  # floor((i + 0.5) * 50 / 4) inside the shot from frame 75
     assert reader.shot_list.decoder == reader.decoder and len(reader.shot_list.shots) == 6
     assert reader.reread == 0 and reader.grabs == 600  # every frame decoded once, no second pass
+    assert reader.retrieved == 4 * 8  # only the sampled frames are preprocessed
     # only the open shot is kept: the 12 s blue shot (300 frames) and the frames that decide its end
     assert 300 < reader.peak_buffered < 340
 
 
 def test_a_shot_longer_than_the_buffer_is_read_again_with_the_same_frames(footage):
     _, once = _read(footage)
-    reader, twice = _read(footage, max_buffered=100)
+    reader, twice = _read(footage, buffer_mb=100 * 160 * 90 * 3 / 2**20)  # 100 frames of 160x90
     assert reader.reread == 6 and reader.peak_buffered <= 101  # from the blue shot on: a second pass
     assert [g[:5] for g in twice] == [g[:5] for g in once] and [g[:4] for g in once] == SHOT_WINDOWS
     assert all(torch.equal(a[5], b[5]) for a, b in zip(once, twice))  # the same frames, bit for bit
-    reader, none_kept = _read(footage, decoder="opencv", max_buffered=0)
+    reader, none_kept = _read(footage, decoder="opencv", buffer_mb=0)
     assert reader.reread == 8 and [g[:5] for g in none_kept] == [g[:5] for g in once]
     assert all(torch.equal(a[5], b[5]) for a, b in zip(once, none_kept))
 
 
-@pytest.mark.parametrize("max_buffered", [750, 100])
-def test_pyav_giving_up_while_tagging_shots_hands_each_window_on_once(footage, monkeypatch, max_buffered):
+@pytest.mark.parametrize("buffer_mb", [512, 1])
+def test_pyav_giving_up_while_tagging_shots_hands_each_window_on_once(footage, monkeypatch, buffer_mb):
     from stamcli.decode import SparseFrameStream, Unsupported
 
     def failing(method, after):
@@ -207,11 +208,11 @@ def test_pyav_giving_up_while_tagging_shots_hands_each_window_on_once(footage, m
 
     # part-way through the pass that finds the shots, after the first windows went out (or, with a
     # small buffer, part-way through the second pass)
-    if max_buffered == 750:
+    if buffer_mb == 512:
         monkeypatch.setattr(SparseFrameStream, "every_frame", failing(SparseFrameStream.every_frame, 200))
     else:
         monkeypatch.setattr(SparseFrameStream, "frames", failing(SparseFrameStream.frames, 10))
-    reader, got = _read(footage, max_buffered=max_buffered)
+    reader, got = _read(footage, buffer_mb=buffer_mb)
     assert [g[:4] for g in got] == SHOT_WINDOWS
     assert reader.decoder == "opencv"
 
