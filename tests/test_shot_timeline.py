@@ -170,6 +170,26 @@ def _read(footage, decoder="auto", **shots):
     return reader, [(w.index, w.start, w.end, w.shot, clip.indices, clip.frames) for w, clip in reader]
 
 
+def test_events_of_fixed_windows_in_json(scene_model, footage, tmp_path):
+    out = tmp_path / "t.json"
+    result = _predict(footage, "-m", scene_model, "--window", 4, "--events", "--device", "cpu", "-k", 1, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())  # one JSON array
+    windows = [r for r in records if r["type"] == "window"]
+    events = [r for r in records if r["type"] == "event"]
+    assert [(w["start_s"], w["end_s"]) for w in windows] == [(4.0 * k, 4.0 * k + 4) for k in range(6)]
+    # 0-4 s red then green, 4-8 s green then blue, blue to 17 s, then red, yellow and red: the windows
+    # that straddle a cut take either label, but blue fills windows 2 and 3 (8-16 s) and red the last
+    assert [w["predictions"][0]["label"] for w in windows][2:4] == ["blue", "blue"]
+    assert windows[5]["predictions"][0]["label"] == "red"
+    assert records[-1]["type"] == "video" and records[-1]["events"] == len(events)
+    assert sorted(k for e in events for k in e["windows"]) == sorted(set(k for e in events for k in e["windows"]))
+    assert all(e["end_s"] > e["start_s"] and e["windows"] for e in events)
+    assert [e["event"] for e in events] == list(range(len(events)))
+    blue = [e for e in events if e["label"] == "blue"]
+    assert len(blue) == 1 and 2 in blue[0]["windows"] and 3 in blue[0]["windows"]
+
+
 @pytest.mark.parametrize("decoder", ["auto", "opencv"])
 def test_both_decoders_give_the_same_shot_windows_in_one_pass(footage, decoder):
     reader, got = _read(footage, decoder)

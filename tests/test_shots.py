@@ -126,3 +126,16 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(VideoError):
         detect_shots(Path(tmp_path / "missing.mp4"))
+
+
+@pytest.mark.parametrize("name", ["cuts", "fades", "short"])
+def test_the_one_pass_reader_hands_on_the_shots_that_detection_alone_finds(videos, name):
+    from stamcli.timeline import ShotWindows, TimelineReader, plan_shot_windows
+
+    _, path = videos[name]
+    alone = detect_shots(path)
+    reader = TimelineReader(path, 4, 32, None, shots=ShotWindows(max_shot_s=None), decoder="auto")
+    got = [(w.index, w.start, w.end, w.shot) for w, _ in reader]
+    # shots handed on while the video is still being read are never moved by what comes after
+    assert got == [(w.index, w.start, w.end, w.shot) for w in plan_shot_windows(alone.shots, None)]
+    assert reader.shot_list.shots == alone.shots and reader.reread == 0
