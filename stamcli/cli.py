@@ -27,6 +27,7 @@ from .errors import StamError, UsageError
 from .inputs import parse_extensions
 from .jobs import (DEFAULT_EVENT_GAP_S, DEFAULT_MAX_SHOT_S, DEFAULT_MIN_EVENT_S, DEFAULT_MODEL, EmbedJob, EvaluationJob,
                    ExportJob, PredictOptions, TaggingJob, parse_window)
+from .jobs import DEFAULT_MIN_EXAMPLES, DEFAULT_TARGET_PRECISION  # stam evaluate --calibrate
 from .train.config import FinetuneConfig
 
 app = typer.Typer(
@@ -113,6 +114,15 @@ ResumeOption = Annotated[
 ]
 ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+# the user's own tags (predict, evaluate)
+LabelMapOption = Annotated[
+    Optional[str],
+    typer.Option("--label-map", help="Your tags: a YAML (tag: list of labels) or CSV (label,tag) file, or a packaged "
+                                     "map (kinetics400-coarse). A tag scores the sum of its labels' probabilities."),
+]
+ThresholdsOption = Annotated[
+    Optional[Path], typer.Option("--thresholds", help="Per-class thresholds from stam evaluate --calibrate.")
+]
 
 
 def _text(value: Any) -> Any:
@@ -291,6 +301,12 @@ def predict_command(
     ] = TAGGING.min_event,
     clips: ClipsOption = PREDICT.clips,
     crops: CropsOption = PREDICT.crops,
+    label_map: LabelMapOption = PREDICT.label_map,
+    min_score: Annotated[
+        Optional[float], typer.Option("--min-score", help="Leave out labels scoring below this (0-1); a video with "
+                                                          "none left is 'unsure'.")
+    ] = PREDICT.min_score,
+    thresholds: ThresholdsOption = PREDICT.thresholds,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -306,7 +322,8 @@ def predict_command(
         max_shot=max_shot, events=events, event_gap=event_gap, min_event=min_event,
         options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
-                               decoder=decoder),
+                               decoder=decoder, label_map=label_map, min_score=min_score,
+                               thresholds=_text(thresholds)),
     )
     # without --output the table goes to stdout
     _run_video_job(functools.partial(run_tagging, console=Console()), job, quiet=quiet, verb=("tagging", "tagged"))
@@ -486,28 +503,65 @@ def evaluate_command(
     trust_checkpoint: TrustCheckpointOption = EVALUATION.trust_checkpoint,
     clips: ClipsOption = PREDICT.clips,
     crops: CropsOption = PREDICT.crops,
+    label_map: LabelMapOption = PREDICT.label_map,
+    calibrate: Annotated[
+        Optional[Path], typer.Option("--calibrate", help="Write per-class thresholds reaching --target-precision "
+                                                         "on DATA to this YAML file.")
+    ] = EVALUATION.calibrate,
+    target_precision: Annotated[
+        Optional[float],
+        typer.Option("--target-precision", help=f"Precision each class's threshold must reach "
+                                                f"({DEFAULT_TARGET_PRECISION:g}; with --calibrate)."),
+    ] = EVALUATION.target_precision,
+    min_examples: Annotated[
+        Optional[int], typer.Option("--min-examples", help=f"Examples a class needs for a threshold "
+                                                           f"({DEFAULT_MIN_EXAMPLES}; with --calibrate).")
+    ] = EVALUATION.min_examples,
+    thresholds: ThresholdsOption = PREDICT.thresholds,
 ) -> None:
     """Measure a model on labelled clips: top-1, top-5, per-class accuracy, confusion matrix.
 
-    Example: stam evaluate val.csv --model runs/finetune/clips/best.safetensors -o report.json
+    With --label-map, DATA's labels are your tags. Example: stam evaluate val.csv --model
+    runs/finetune/clips/best.safetensors -o report.json
     """
     from .train.evaluate import run_evaluation
 
     report = run_evaluation(EvaluationJob(
         **_model_fields(model=model, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
                         trust_checkpoint=trust_checkpoint),
-        data=data, output=_text(output), skip_bad=skip_bad,
+        data=data, output=_text(output), skip_bad=skip_bad, calibrate=_text(calibrate),
+        target_precision=target_precision, min_examples=min_examples,
         options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
-                               workers=workers, streams=streams, clips=clips, crops=crops, decoder=decoder),
+                               workers=workers, streams=streams, clips=clips, crops=crops, decoder=decoder,
+                               label_map=label_map, thresholds=_text(thresholds)),
     ))
-    table = Table(title=f"{escape(report['model'])} on {escape(str(data))}")
+    tags = f" (tags of {escape(report['label_map'])})" if "label_map" in report else ""
+    table = Table(title=f"{escape(report['model'])} on {escape(str(data))}{tags}")
     for column in ("videos", "top-1", "top-5", "mean class accuracy", "unreadable"):
         table.add_column(column, justify="right")
     table.add_row(str(report["videos"]), f"{100 * report['top1']:.2f}%", f"{100 * report['top5']:.2f}%",
                   f"{100 * report['mean_class_accuracy']:.2f}%", str(len(report["failed"])))
     Console().print(table)
+    _print_thresholds(report)
     if output:
         stderr.print(f"report: {escape(str(output))}", highlight=False)
+
+
+def _print_thresholds(report: dict) -> None:
+    """evaluate's lines on --thresholds (precision/recall at them) and --calibrate (the file written)."""
+    def percent(value: Optional[float]) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    at = report.get("at_thresholds")
+    if at:
+        stderr.print(f"at the thresholds of {escape(at['file'])} ({at['classes']} classes, calibrated to precision "
+                     f"{at['target_precision']:g}): mean precision {percent(at['mean_precision'])}, mean recall "
+                     f"{percent(at['mean_recall'])}, {at['unsure']} of {report['videos']} videos unsure",
+                     highlight=False)
+    calibration = report.get("calibration")
+    if calibration:
+        stderr.print(f"thresholds for {calibration['calibrated']} of {calibration['classes']} classes at precision "
+                     f"{calibration['target_precision']:g}: {escape(calibration['file'])}", highlight=False)
 
 
 # --------------------------------------------------------------------------- export

@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
@@ -22,8 +23,10 @@ from .decode import Clip, ClipSpec, resolve_decoder
 from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
+from .labelmap import LabelMap
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
+from .thresholds import Thresholds, score_floors, top_k_above, uncalibrated
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class Predictor:
 
     >>> predictor = Predictor(stamcli.load_model("stam_16"), PredictOptions(top_k=3))
     >>> for record in predictor.predict(["a.mp4", "b.mp4"]): print(record["predictions"][0])
+
+    Records name :attr:`classes`: the model's labels, or the tags of ``options.label_map``.
     """
 
     def __init__(self, model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False):
@@ -53,12 +58,43 @@ class Predictor:
             keep_freed_memory()  # no page faults on reused activations (stamcli.allocator)
         self.model = model.to(self.device).eval()
         self.num_frames = self.options.num_frames or model.config.frames
-        self.top_k = min(self.options.top_k, model.config.num_classes)
+        #: the options' label map checked against the model's labels (None: records name the model's labels)
+        self.label_map: Optional[LabelMap] = (None if self.options.label_map is None
+                                              else self.options.label_map.bind(model.labels))
+        self.classes: list[str] = self.label_map.tags if self.label_map else list(model.labels)  #: what records name
+        self.top_k = min(self.options.top_k, len(self.classes))
+        self.floors = self._floors()  #: each class's lowest score to be predicted (None: no floor)
         self.workers = self.options.workers or default_workers(self.device)
         self.streams = self.options.streams or default_streams(self.device)
         #: how each video is read (picklable: decode workers in other processes can use it)
         self.clip_spec = ClipSpec(self.num_frames, model.config.img_size, self.options.clips, self.options.crops,
                                   resolve_decoder(self.options.decoder), threads=1 if self.workers > 1 else 0)
+
+    def _floors(self) -> Optional[torch.Tensor]:
+        """Each of :attr:`classes`' lowest score to be predicted (--min-score, --thresholds), or None."""
+        thresholds, min_score = self.options.thresholds, self.options.min_score
+        if thresholds is None and min_score is None:
+            return None
+        floors = score_floors(self.classes, min_score, thresholds)
+        if thresholds is not None:
+            self._check_calibrated_for(thresholds)
+            missing = uncalibrated(self.classes, thresholds)
+            if missing:
+                fallback = f"--min-score {min_score:g}" if min_score is not None else "no threshold: any score"
+                shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
+                log.warning("%d of %d classes have no calibrated threshold and use %s: %s", len(missing),
+                            len(self.classes), fallback, shown)
+        return floors
+
+    def _check_calibrated_for(self, thresholds: Thresholds) -> None:
+        """Warn when ``thresholds`` were calibrated for another model or label map (their scores differ)."""
+        given = self.label_map.source if self.label_map else None
+        if thresholds.model and thresholds.model != self.model.name:
+            log.warning("the thresholds in %s were calibrated for model %s, not %s", thresholds.source,
+                        thresholds.model, self.model.name)
+        if given and thresholds.label_map and Path(thresholds.label_map).name != Path(given).name:
+            log.warning("the thresholds in %s were calibrated with label map %s, not %s", thresholds.source,
+                        thresholds.label_map, given)
 
     # ------------------------------------------------------------------ model side
 
@@ -99,11 +135,17 @@ class Predictor:
         return (video_embeddings.float().view(count, -1, *video_embeddings.shape[1:]).mean(dim=1).cpu(),
                 frame_embeddings.float().view(count, -1, *frame_embeddings.shape[1:]).mean(dim=1).cpu())
 
+    def class_scores(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Scores of :attr:`classes` from the model's probabilities ``(..., labels)``: the tags' summed
+        probabilities with a label map, else the probabilities themselves."""
+        return probabilities if self.label_map is None else self.label_map.apply(probabilities)
+
     def top_predictions(self, probabilities: torch.Tensor) -> list[dict]:
-        """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first."""
-        scores, indexes = probabilities.topk(self.top_k)
-        labels = self.model.labels
-        return [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
+        """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first: tags with a
+        label map (``index`` is the tag's), and only classes at or above their floor (none left: the
+        video is unsure)."""
+        ranked = top_k_above(self.class_scores(probabilities), self.top_k, self.floors)
+        return [{"label": self.classes[i], "index": i, "score": s} for i, s in ranked]
 
     def record(self, item: "VideoItem") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""

@@ -13,11 +13,15 @@ no torch, so that the command line starts fast: what needs torch is imported whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .zoo import model_for_frames
+
+if TYPE_CHECKING:
+    from .labelmap import LabelMap
+    from .thresholds import Thresholds
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "DEFAULT_MAX_SHOT_S", "DEFAULT_EVENT_GAP_S", "DEFAULT_MIN_EVENT_S",
            "parse_window", "PredictOptions", "ModelJob", "VideoJob", "TaggingJob", "EmbedJob",
@@ -25,6 +29,8 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "DEFAULT_MAX_SHOT_S", "DEFAULT_EVEN
 
 DEFAULT_MODEL = "stam_16"  #: the model of predict and embed when neither --model nor --frames is given
 DEFAULT_OPSET = 17  #: first ONNX opset with a LayerNormalization operator
+DEFAULT_TARGET_PRECISION = 0.9  #: stam evaluate --calibrate: the precision each class's threshold must reach
+DEFAULT_MIN_EXAMPLES = 10  #: stam evaluate --calibrate: true examples a class needs for a threshold
 #: ``--max-shot``: shots longer than this many seconds are tagged in equal parts no longer than it.
 #: 10 s is the length of the Kinetics clips the zoo's models were trained on, so the frames a
 #: window samples are spaced as in training (16 frames: one every 0.63 s).
@@ -56,6 +62,11 @@ class PredictOptions:
 
     ``clips`` x ``crops`` test-time views per video (:func:`stamcli.decode.read_views`): the model
     sees every view and the softmax is averaged over them.
+
+    The user's own tags (:mod:`stamcli.labelmap`, :mod:`stamcli.thresholds`): ``label_map`` (a file,
+    a packaged name or a :class:`~stamcli.labelmap.LabelMap`) turns the model's labels into tags
+    before top-k; ``min_score`` and ``thresholds`` (a file from ``stam evaluate --calibrate`` or a
+    :class:`~stamcli.thresholds.Thresholds`) leave out predictions scoring below them.
     """
 
     num_frames: Optional[int] = None
@@ -68,6 +79,9 @@ class PredictOptions:
     clips: int = 1
     crops: int = 1
     decoder: Optional[str] = None  #: auto, pyav or opencv; None: $STAM_DECODER, else auto
+    label_map: Union[None, str, "LabelMap"] = None  #: resolved: a LabelMap (read, not yet bound to a model)
+    min_score: Optional[float] = None  #: leave out predictions below this score
+    thresholds: Union[None, str, "Thresholds"] = None  #: resolved: a Thresholds
 
     @property
     def views(self) -> int:
@@ -93,11 +107,30 @@ class PredictOptions:
         if self.crops not in CROPS:
             raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
         decoder = resolve_decoder(self.decoder)  # a bad --decoder / STAM_DECODER stops the run here
+        label_map, thresholds = self._own_tags()
         device = resolve_device(self.device)
         resolved = replace(self, device=str(device), precision=resolve_precision(self.precision, device),
-                           decoder=decoder)
+                           decoder=decoder, label_map=label_map, thresholds=thresholds)
         resolved._resolved = True
         return resolved
+
+    def _own_tags(self) -> tuple[Optional["LabelMap"], Optional["Thresholds"]]:
+        """``label_map`` and ``thresholds`` read from their files and checked with ``min_score``: a bad
+        file stops the run before a model is loaded (whether the map's labels are the model's is
+        checked when it is bound to the model: :class:`~stamcli.engine.Predictor`)."""
+        from .labelmap import LabelMap
+        from .thresholds import Thresholds, check_min_score, score_floors
+
+        check_min_score(self.min_score)
+        label_map = self.label_map
+        if label_map is not None and not isinstance(label_map, LabelMap):
+            label_map = LabelMap.read(label_map)
+        thresholds = self.thresholds
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            thresholds = Thresholds.read(thresholds)
+        if thresholds is not None and label_map is not None:
+            score_floors(label_map.tags, self.min_score, thresholds)  # thresholds of other classes than the tags
+        return label_map, thresholds
 
 
 @dataclass(kw_only=True)
@@ -216,7 +249,22 @@ class EvaluationJob(ModelJob):
     model: str
     output: Optional[str] = None  #: report JSON (+ confusion CSV/PNG, misclassified CSV beside it)
     skip_bad: bool = False  #: drop bad examples instead of stopping
-    options: PredictOptions = field(default_factory=PredictOptions)
+    calibrate: Optional[str] = None  #: write per-class thresholds reaching ``target_precision`` to this YAML file
+    target_precision: Optional[float] = None  #: with ``calibrate``; None: DEFAULT_TARGET_PRECISION
+    min_examples: Optional[int] = None  #: with ``calibrate``; None: DEFAULT_MIN_EXAMPLES
+    options: PredictOptions = field(default_factory=PredictOptions)  #: label_map: DATA is labelled with tags
+
+    def calibration(self) -> tuple[float, int]:
+        """``(target_precision, min_examples)`` with their defaults, checked; a :class:`UsageError` when
+        they are given without ``calibrate`` or out of range."""
+        if self.calibrate is None and (self.target_precision is not None or self.min_examples is not None):
+            raise UsageError("--target-precision and --min-examples need --calibrate FILE")
+        from .thresholds import check_calibration
+
+        target = DEFAULT_TARGET_PRECISION if self.target_precision is None else self.target_precision
+        min_examples = DEFAULT_MIN_EXAMPLES if self.min_examples is None else self.min_examples
+        check_calibration(target, min_examples)
+        return target, min_examples
 
 
 @dataclass(kw_only=True)

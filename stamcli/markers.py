@@ -81,7 +81,7 @@ def marks_from_records(windows: Sequence[dict], events: Optional[Sequence[dict]]
     spans = [(w["start_s"], w["end_s"]) for w in windows]
     for (a, b), w in zip(segments(spans, duration_s) if owned else spans, windows):
         label, score = _top(w)
-        if b > a:
+        if b > a and w.get("predictions"):  # a window left with no label (--min-score, --thresholds): no mark
             marks.append(Mark(label, a, b, score, {"score": score, "window": w.get("window")}))
     return marks
 

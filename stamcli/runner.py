@@ -70,7 +70,9 @@ class ResultSink(Protocol):
 
 @dataclass
 class RunSummary:
-    """What a run did: videos ``ok`` and ``failed`` in this run, ``skipped`` (already done, ``--resume``)."""
+    """What a run did: videos ``ok`` and ``failed`` in this run, ``skipped`` (already done, ``--resume``).
+    ``unsure`` (predict): the ``ok`` videos left with no prediction by ``--min-score`` / ``--thresholds``,
+    counted by its sink (:class:`stamcli.tagging.RecordSink`)."""
 
     ok: int
     failed: int
@@ -79,6 +81,7 @@ class RunSummary:
     videos_per_s: float
     output: Optional[str]
     interrupted: bool = False
+    unsure: int = 0
 
 
 class _Counts:

@@ -81,19 +81,21 @@ def subtitle_cues(windows: Sequence[dict], duration_s: float) -> list[tuple[int,
     """``(start_ms, end_ms, text)`` cues from window records (their top-1 label and score).
 
     Each window shows over its :func:`segments` part; consecutive windows with the same label
-    become one cue showing their mean score; cues never overlap and empty ones are dropped.
+    become one cue showing their mean score; cues never overlap and empty ones are dropped, as are
+    windows with no label (below ``--min-score`` or their thresholds): the track has a gap there.
     """
     spans = [(w["start_s"], w["end_s"]) for w in windows]
-    merged: list[list] = []  # [start_ms, end_ms, label, scores]
+    merged: list[list] = []  # [start_ms, end_ms, label, scores]; label None: a gap
     for (a, b), window in zip(segments(spans, duration_s), windows):
-        top = window["predictions"][0]
+        top = (window["predictions"] or [{"label": None, "score": None}])[0]
         a_ms, b_ms = round(a * 1000), round(b * 1000)
         if merged and merged[-1][2] == top["label"]:
             merged[-1][1] = b_ms
             merged[-1][3].append(top["score"])
         else:
             merged.append([a_ms, b_ms, top["label"], [top["score"]]])
-    return [(a, b, _cue_text(label, sum(scores) / len(scores))) for a, b, label, scores in merged if b > a]
+    return [(a, b, _cue_text(label, sum(scores) / len(scores))) for a, b, label, scores in merged
+            if b > a and label is not None]
 
 
 def _timestamp(ms: int, separator: str) -> str:

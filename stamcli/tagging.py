@@ -111,15 +111,19 @@ class PredictorSource:
 
 
 class RecordSink:
-    """Writes each result's record with ``writer`` and, with ``previews``, the contact sheet of its clip."""
+    """Writes each result's record with ``writer`` and, with ``previews``, the contact sheet of its clip;
+    counts the ``unsure`` videos (``ok`` with no prediction left by ``--min-score`` / ``--thresholds``)."""
 
     def __init__(self, writer: ResultWriter, previews: Optional[PreviewWriter] = None):
         self.writer, self.previews = writer, previews
+        self.unsure = 0
         self._stack = ExitStack()
 
     def write(self, results: Sequence[VideoResult]) -> None:
         for result in results:
             self.writer.write(result.record)
+            record = result.record
+            self.unsure += record["status"] == "ok" and not record["predictions"] and record.get("type") not in PART_TYPES
             if self.previews is not None and result.clip is not None:
                 self.previews.write(result.clip, result.record)
 
@@ -198,4 +202,4 @@ def run_tagging(
         if dist.rank == 0:
             _merge_parts(job, fmt, source.top_k, dist, columns)
         dist.barrier()
-    return summary
+    return replace(summary, unsure=sink.unsure)

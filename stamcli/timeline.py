@@ -502,7 +502,7 @@ class TimelinePredictor:
         check_timeline(window_s, stride_s, shots=shots is not None)
         self.predictor, self.window_s, self.stride_s, self.shots = predictor, window_s, stride_s, shots
         self.peak_buffered = 0  #: the most frames any video's reader held at once
-        self._tops: dict[str, list[tuple[Window, dict]]] = {}  # scored windows of unfinished videos
+        self._tops: dict[str, list[tuple[Window, Optional[dict]]]] = {}  # scored windows of unfinished videos
 
     def reader(self, path: str, on_frame: Optional[Callable[[int], None]] = None) -> TimelineReader:
         spec = self.predictor.clip_spec
@@ -585,7 +585,8 @@ class TimelinePredictor:
         for item in batch:
             if item.window is not None:
                 predictions = self.predictor.top_predictions(next(probabilities))
-                self._tops.setdefault(item.path, []).append((item.window, predictions[0]))
+                top = predictions[0] if predictions else None  # None: no label reached --min-score/thresholds
+                self._tops.setdefault(item.path, []).append((item.window, top))
                 w = item.window
                 shot = {} if self.shots is None else {"shot": w.shot}
                 yield make_record(item.path, predictions=predictions, frames=w.end - w.start, model=model,
@@ -599,11 +600,14 @@ class TimelinePredictor:
             else:
                 yield self._summary(item.path, item.reader, tops)
 
-    def _summary(self, path: str, reader: TimelineReader, tops: list[tuple[Window, dict]]) -> dict:
-        """The video record: labels ranked by the seconds where they are the top-1 label."""
+    def _summary(self, path: str, reader: TimelineReader, tops: list[tuple[Window, Optional[dict]]]) -> dict:
+        """The video record: labels ranked by the seconds where they are the top-1 label (the seconds of
+        windows with no label count for none, so the shares may sum to less than 1)."""
         duration = reader.duration_s
         seconds: dict[tuple[str, int], float] = {}
         for (a, b), (_, top) in zip(segments([(w.start_s, w.end_s) for w, _ in tops], duration), tops):
+            if top is None:
+                continue
             key = (top["label"], top["index"])
             seconds[key] = seconds.get(key, 0.0) + (b - a)
         ranked = sorted(seconds.items(), key=lambda kv: (-kv[1], kv[0][1]))
