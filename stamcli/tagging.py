@@ -123,7 +123,8 @@ class RecordSink:
         for result in results:
             self.writer.write(result.record)
             record = result.record
-            self.unsure += record["status"] == "ok" and not record["predictions"] and record.get("type") not in PART_TYPES
+            self.unsure += (record["status"] == "ok" and not record["predictions"]
+                            and record.get("type") not in PART_TYPES)
             if self.previews is not None and result.clip is not None:
                 self.previews.write(result.clip, result.record)
 

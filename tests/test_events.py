@@ -83,6 +83,14 @@ def test_min_score_unlabels_weak_windows():
     assert event.label == "a"
 
 
+def test_windows_left_without_a_label_count_for_no_event():
+    # what --min-score / --thresholds leave: a window record with no predictions
+    windows = seq("aaa")
+    windows[1]["predictions"] = []
+    assert spans(merge_events(windows, 6.0)) == [("a", 0, 6, [0, 2])]  # bridged: a 2 s gap
+    assert spans(merge_events(windows, 6.0, EventOptions(gap_s=1.0))) == [("a", 0, 2, [0]), ("a", 4, 6, [2])]
+
+
 def test_the_label_covering_more_time_wins_interleaving():
     # a(1 s) b(3 s) a(1 s) b(1 s): b, the longest run, bridges over the second a; the first a stays
     windows = [win(0, 0, 1, "a"), win(1, 1, 4, "b"), win(2, 4, 5, "a"), win(3, 5, 6, "b")]

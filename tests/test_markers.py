@@ -165,3 +165,5 @@ def test_marks_prefer_events():
     assert [(m.label, m.start_s, m.end_s, m.score) for m in marks_from_records(windows, None)] == [
         (LABELS[0], 0.0, 2.0, 0.8)]
     assert marks_from_records(windows, []) == []
+    unsure = dict(windows[0], predictions=[], window=1, start_s=2.0, end_s=4.0)  # no label left (--min-score)
+    assert [m.label for m in marks_from_records([*windows, unsure], None)] == [LABELS[0]]

@@ -190,6 +190,16 @@ def test_events_of_fixed_windows_in_json(scene_model, footage, tmp_path):
     assert len(blue) == 1 and 2 in blue[0]["windows"] and 3 in blue[0]["windows"]
 
 
+def test_min_score_leaves_windows_unlabelled_and_they_make_no_event(scene_model, footage, tmp_path):
+    out = tmp_path / "t.jsonl"
+    result = _predict(footage, "-m", scene_model, "--window", "shots", "--max-shot", 5, "--events", "--event-gap", 0,
+                      "--min-event", 0, "--min-score", 1.0, "--device", "cpu", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["window"] * 8 + ["video"]  # no label reached 1.0: no event
+    assert all(r["predictions"] == [] for r in records) and records[-1]["events"] == 0
+
+
 @pytest.mark.parametrize("decoder", ["auto", "opencv"])
 def test_both_decoders_give_the_same_shot_windows_in_one_pass(footage, decoder):
     reader, got = _read(footage, decoder)
