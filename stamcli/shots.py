@@ -30,8 +30,9 @@ Times are ``frame / fps`` with the header's nominal frame rate, as for fixed win
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from .decode.files import one_line
 from .errors import StamError, UsageError, VideoError
 
 __all__ = ["FrameSpan", "Shot", "ShotOptions", "ShotList", "DETECTORS", "DETECTION_WIDTH", "ShotDetector", "shots_from_cuts",
-           "detect_shots", "shrink", "shot_spans"]
+           "detect_shots", "every_frame_stream", "shrink", "shot_spans"]
 
 
 @dataclass(frozen=True)
@@ -297,15 +298,26 @@ def detect_shots(path, options: ShotOptions = ShotOptions(), *, decoder: str = "
                                                                                 on_frame)])))
 
 
-def _detect(path, backend, options: ShotOptions, threads: int, on_frame) -> ShotList:
+@contextmanager
+def every_frame_stream(backend, path, img_size: int = 224, threads: int = 0) -> Iterator:
+    """``(stream, fps)``: ``path`` opened by ``backend`` to walk every frame (``stream.every_frame()``,
+    ``stream.preprocess(bgr)`` to ``img_size``): a :class:`~stamcli.decode.SparseFrameStream` for
+    PyAV, a :class:`~stamcli.decode.FrameStream` for OpenCV.  A video without a frame rate cannot
+    place shots in seconds: :class:`~stamcli.decode.Unsupported` (PyAV, so that OpenCV may try) or
+    a one-line :class:`~stamcli.errors.VideoError`."""
     pyav = backend.name == "pyav"
-    with (SparseFrameStream if pyav else FrameStream)(path, threads=threads) as stream:
+    with (SparseFrameStream if pyav else FrameStream)(path, img_size, threads=threads) as stream:
         fps = stream.fps if pyav else stream.info.fps
         if fps <= 0:
             if pyav:
                 raise Unsupported("no frame rate")  # OpenCV's path explains it
             raise VideoError(f"cannot read video {stream.info.path}: its header has no frame rate, needed to place "
                              "shots in seconds")
+        yield stream, fps
+
+
+def _detect(path, backend, options: ShotOptions, threads: int, on_frame) -> ShotList:
+    with every_frame_stream(backend, path, threads=threads) as (stream, fps):
         detector = ShotDetector(fps, options)
         for k, bgr in stream.every_frame():
             detector.push(bgr)

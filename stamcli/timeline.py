@@ -68,7 +68,7 @@ from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
 from .jobs import DEFAULT_MAX_SHOT_S
 from .parallel import ModelStreams, single_threaded_decode
-from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions
+from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions, every_frame_stream
 from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "plan_shot_windows", "DEFAULT_SHOT_BUFFER_MB", "ShotWindows",
@@ -333,14 +333,7 @@ class TimelineReader:
         An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb` stops the keeping for
         the rest of the video: its windows and all later ones are planned as the shots come and
         read in a second pass of the same backend (PyAV: only their sampled frames)."""
-        pyav = backend.name == "pyav"
-        with (SparseFrameStream if pyav else FrameStream)(self.path, self.img_size, threads=self.threads) as stream:
-            fps = stream.fps if pyav else stream.info.fps
-            if fps <= 0:
-                if pyav:
-                    raise Unsupported("no frame rate")  # OpenCV's path explains it
-                raise VideoError(f"cannot read video {stream.info.path}: its header has no frame rate, "
-                                 "needed to place shots in seconds")
+        with every_frame_stream(backend, self.path, self.img_size, self.threads) as (stream, fps):
             self.decoder, self.fps = backend.name, fps
             detector = ShotDetector(fps, self.shots.detection)
             planned: list[Window] = []  # every window so far; those from `deferred` on wait for a second pass
@@ -385,7 +378,7 @@ class TimelineReader:
             self.shot_list = ShotList(shots, detector.frames, fps, backend.name)
         if deferred is not None:
             self.reread = len(planned) - deferred
-            yield from self._reread(planned[deferred:], pyav)
+            yield from self._reread(planned[deferred:], backend.name == "pyav")
 
     def _reread(self, windows: list[Window], pyav: bool) -> Iterator[tuple[Window, Clip]]:
         """The second pass over planned shot windows, with the backend of the first."""
