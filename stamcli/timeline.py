@@ -234,9 +234,10 @@ class TimelineReader:
     :attr:`ShotWindows.buffer_mb`).
 
     With ``shots`` (``--window shots``) every frame is decoded once, handed to the shot detector
-    and kept (as decoded) until its shot ends; a shot's windows are handed on, their sampled frames
-    preprocessed, as soon as its end is certain (:attr:`shot_list` holds the shots afterwards).  ``on_frame(k)`` is called for each
-    frame of that pass (to show progress, or to stop it by raising).
+    and kept (as decoded) until its shot ends; a shot's windows are handed on, their sampled
+    frames preprocessed, as soon as its end is certain (:attr:`shot_list` holds the shots
+    afterwards; :attr:`reread` counts the windows a second pass read).  ``on_frame(k)`` is called
+    for each frame of that pass (to show progress, or to stop it by raising).
     """
 
     def __init__(self, path, num_frames: int, img_size: int, window_s: Optional[float],
