@@ -286,22 +286,24 @@ def test_resume_after_ctrl_c_keeps_whole_videos_and_their_events(tiny_checkpoint
 
 
 def test_ctrl_c_while_finding_shots_stops_at_once(tiny_checkpoint, tmp_path):
-    long = write_shot_video(tmp_path / "long.mp4", [ShotSpec("red", 750), ShotSpec("blue", 750)], fps=FPS, height=90,
-                            width=160)
-    assert long.frames == 1500
+    long = write_shot_video(tmp_path / "long.mp4", [ShotSpec("red", 750), ShotSpec("blue", 750), ShotSpec("green", 750)],
+                            fps=FPS, height=90, width=160)
+    assert long.frames == 2250
     out = tmp_path / "t.jsonl"
     command = [sys.executable, "-m", "stamcli", "predict", str(tmp_path / "long.mp4"), "-m", str(tiny_checkpoint),
                "--window", "shots", "--device", "cpu", "-o", str(out)]
-    # the writer opens just before the video is read, and finding the shots reads all 1500 frames first
-    stderr = interrupt_when(command, lambda: out.exists() and (time.sleep(0.5) or True))
+    # the first shot's windows are written as soon as its end is certain, while the pass that finds
+    # the shots still has two thirds of the video to read: Ctrl-C then
+    stderr = interrupt_when(command, lambda: out.exists() and '"window"' in out.read_text())
     assert "interrupted" in stderr
-    assert all(r["type"] == "window" for r in read_records(out))  # a valid file, the video not done
+    kept = read_records(out)
+    assert kept and all(r["type"] == "window" for r in kept)  # a valid file, the video not done
     result = _predict(tmp_path / "long.mp4", "-m", tiny_checkpoint, "--window", "shots", "--device", "cpu", "-o", out,
                       "--resume", "-q")
     assert result.exit_code == 0, result.output
-    assert [(r["type"], r["start_s"], r["end_s"]) for r in read_records(out)] == [
-        ("window", 0.0, 10.0), ("window", 10.0, 20.0), ("window", 20.0, 30.0), ("window", 30.0, 40.0),
-        ("window", 40.0, 50.0), ("window", 50.0, 60.0), ("video", 0.0, 60.0)]
+    assert [(r["type"], r["shot"] if r["type"] == "window" else r["shots"], r["start_s"], r["end_s"])
+            for r in read_records(out)] == [
+        *(("window", k // 3, 10.0 * k, 10.0 * k + 10) for k in range(9)), ("video", 3, 0.0, 90.0)]
 
 
 @pytest.mark.parametrize("args, message", [
