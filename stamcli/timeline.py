@@ -38,7 +38,7 @@ longer than ``--max-shot`` into equal parts.  A shot's frames can only be sample
 is known, so the open shot's frames are kept as decoded until then, and its windows are handed
 on, only their sampled frames preprocessed, as soon as the detector can no longer move its end
 (each frame is decoded once).  An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb`
-(512 MB by default: 20 s of 640x360, 3 s of 1080p at 25 fps) stops the keeping for the rest of
+(512 MiB by default: 31 s of 640x360, 3.4 s of 1080p at 25 fps) stops the keeping for the rest of
 that video: the windows from that shot on are read in a second pass (PyAV decodes only their
 sampled frames and what those are predicted from), so memory stays bounded whatever the shots.
 
@@ -85,8 +85,9 @@ def timeline_columns(*, shots: bool = False, events: bool = False) -> tuple[str,
     return (*TIMELINE_COLUMNS, *(("shot",) if shots else ()), *(("event", "windows") if events else ()))
 
 
-#: The most megabytes of decoded frames of one open shot kept while its end is not known (20 s of
-#: 640x360 at 25 fps, 3 s of 1080p); a longer shot and the rest of its video are read in a second pass.
+#: The most MiB of decoded frames (3 bytes a pixel) of one open shot kept while its end is not known:
+#: 31 s of 640x360 or 3.4 s of 1080p at 25 fps; a longer shot and the rest of its video are read in a
+#: second pass.
 DEFAULT_SHOT_BUFFER_MB = 512.0
 
 
