@@ -347,3 +347,29 @@ def test_table_on_stdout_shows_shots_and_events(tiny_checkpoint, footage):
     assert sum("match.mp4 [" in line and "s]" in line and "event" not in line for line in lines) == 7  # windows
     assert any("match.mp4 [event 0.0-" in line for line in lines)
     assert sum("[share of time]" in line for line in lines) == 1
+
+
+def test_torchrun_merge_keeps_shots_and_events(tmp_path):
+    from stamcli.distributed import Distributed
+    from stamcli.events import EventOptions
+    from stamcli.tagging import TaggingJob, TimelinePlan, _merge_parts, _part_path
+    from stamcli.timeline import ShotWindows
+    from stamcli.writers import make_record, open_writer
+
+    plan = TimelinePlan(None, None, ShotWindows(), EventOptions())
+    assert plan.columns == ("type", "window", "start_s", "end_s", "shot", "event", "windows")
+    top = [{"label": "red", "index": 2, "score": 0.9}]
+    out = tmp_path / "m.csv"
+    job = TaggingJob(paths=[], output=str(out), window="shots", events=True)
+    for rank, path in enumerate(("a", "b")):
+        with open_writer(_part_path(str(out), rank, 2), "csv", top_k=1, columns=plan.columns) as writer:
+            writer.write(make_record(path, predictions=top, type="window", window=0, start_s=0.0, end_s=3.0, shot=0))
+            writer.write(make_record(path, predictions=top, type="window", window=1, start_s=3.0, end_s=5.0, shot=1))
+            writer.write(make_record(path, predictions=top, type="event", window=None, start_s=0.0, end_s=5.0,
+                                     event=0, label="red", score=0.9, windows=[0, 1]))
+            writer.write(make_record(path, predictions=top, type="video", window=None, start_s=0.0, end_s=5.0))
+    _merge_parts(job, "csv", 1, Distributed(0, 2), plan.columns)
+    merged = read_records(out)
+    assert [(r["path"], r["type"], r.get("shot"), r.get("windows")) for r in merged] == [
+        ("a", "window", 0, None), ("a", "window", 1, None), ("a", "event", None, [0, 1]), ("a", "video", None, None),
+        ("b", "window", 0, None), ("b", "window", 1, None), ("b", "event", None, [0, 1]), ("b", "video", None, None)]
