@@ -285,25 +285,68 @@ def test_resume_after_ctrl_c_keeps_whole_videos_and_their_events(tiny_checkpoint
     assert b[-1]["events"] == sum(r["type"] == "event" for r in b)
 
 
-def test_ctrl_c_while_finding_shots_stops_at_once(tiny_checkpoint, tmp_path):
-    long = write_shot_video(tmp_path / "long.mp4", [ShotSpec("red", 750), ShotSpec("blue", 750), ShotSpec("green", 750)],
+def test_ctrl_c_in_the_middle_of_shots_leaves_a_valid_file_and_resume_finishes(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    long = write_shot_video(folder / "v0.mp4", [ShotSpec("red", 750), ShotSpec("blue", 750), ShotSpec("green", 750)],
                             fps=FPS, height=90, width=160)
     assert long.frames == 2250
+    for k in range(1, 6):  # six videos: Ctrl-C comes long before the run could end, however fast the machine
+        (folder / f"v{k}.mp4").write_bytes((folder / "v0.mp4").read_bytes())
     out = tmp_path / "t.jsonl"
-    command = [sys.executable, "-m", "stamcli", "predict", str(tmp_path / "long.mp4"), "-m", str(tiny_checkpoint),
-               "--window", "shots", "--device", "cpu", "-o", str(out)]
-    # the first shot's windows are written as soon as its end is certain, while the pass that finds
-    # the shots still has two thirds of the video to read: Ctrl-C then
-    stderr = interrupt_when(command, lambda: out.exists() and '"window"' in out.read_text())
-    assert "interrupted" in stderr
+    command = [sys.executable, "-m", "stamcli", "predict", str(folder), "-m", str(tiny_checkpoint), "--window", "shots",
+               "--device", "cpu", "-o", str(out)]
+    # the first shot's windows are written as soon as its end is certain, while the pass that finds the
+    # shots still has two thirds of the first video to read: Ctrl-C then
+    stderr = interrupt_when(command, lambda: out.exists() and '"window"' in out.read_text().split("\n")[0]
+                            and "\n" in out.read_text())  # a whole window record
+    assert "interrupted" in stderr and "--resume" in stderr
     kept = read_records(out)
-    assert kept and all(r["type"] == "window" for r in kept)  # a valid file, the video not done
-    result = _predict(tmp_path / "long.mp4", "-m", tiny_checkpoint, "--window", "shots", "--device", "cpu", "-o", out,
-                      "--resume", "-q")
+    assert kept and all(r["type"] == "window" for r in kept if r["path"].endswith("v5.mp4"))  # a valid file
+    result = _predict(folder, "-m", tiny_checkpoint, "--window", "shots", "--device", "cpu", "-o", out, "--resume",
+                      "-q")
     assert result.exit_code == 0, result.output
-    assert [(r["type"], r["shot"] if r["type"] == "window" else r["shots"], r["start_s"], r["end_s"])
-            for r in read_records(out)] == [
-        *(("window", k // 3, 10.0 * k, 10.0 * k + 10) for k in range(9)), ("video", 3, 0.0, 90.0)]
+    records = read_records(out)
+    for k in range(6):  # every video once, whole: 3 shots of 30 s in 10 s parts
+        mine = [r for r in records if r["path"].endswith(f"v{k}.mp4")]
+        assert [(r["type"], r["shot"] if r["type"] == "window" else r["shots"], r["start_s"], r["end_s"])
+                for r in mine] == [*(("window", j // 3, 10.0 * j, 10.0 * j + 10) for j in range(9)),
+                                   ("video", 3, 0.0, 90.0)]
+
+
+def test_stopping_the_run_stops_the_pass_that_finds_the_shots(tiny_checkpoint, footage, monkeypatch):
+    """What Ctrl-C does to a timeline run: the consumer stops the generator, which sets the stop event;
+    the decode thread, in the middle of a shot, leaves the video at the next frame instead of reading on."""
+    import threading
+
+    import stamcli.timeline as timeline
+    from stamcli import PredictOptions, Predictor, load_model
+    from stamcli.shots import ShotDetector
+
+    events = []
+
+    class Event(threading.Event):
+        def __init__(self):
+            super().__init__()
+            events.append(self)
+
+    pushed = []
+    push = ShotDetector.push
+
+    def counted(self, bgr):
+        push(self, bgr)
+        pushed.append(self.frames)
+        if self.frames == 200:  # inside the 12 s blue shot: wait (at most 30 s) for the run to stop
+            events[-1].wait(30)
+
+    monkeypatch.setattr(timeline.threading, "Event", Event)
+    monkeypatch.setattr(ShotDetector, "push", counted)
+    predictor = Predictor(load_model(str(tiny_checkpoint)), PredictOptions(device="cpu", batch_size=1))
+    records = timeline.TimelinePredictor(predictor, None, shots=timeline.ShotWindows()).predict([str(footage)])
+    first = next(records)  # the first shot's window (frames 0-75), out while frame 200 is being read
+    assert (first["type"], first["window"], first["end_s"]) == ("window", 0, 3.0)
+    records.close()  # as a KeyboardInterrupt in the consumer does: stop, then join the decode thread
+    assert events[-1].is_set() and max(pushed) <= 201  # it stopped at the next frame, not at frame 600
 
 
 @pytest.mark.parametrize("args, message", [
