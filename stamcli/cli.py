@@ -104,7 +104,10 @@ CropsOption = Annotated[
 ]
 SkipBadOption = Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")]
 # the inputs of the per-video commands (predict, embed)
-PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
+PathsArgument = Annotated[
+    List[str], typer.Argument(help="Video files, folders, glob patterns, @list.txt files, or s3://, gs://, az:// "
+                                   "prefixes and http(s):// URLs.")
+]
 RecursiveOption = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 ExtOption = Annotated[
     Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
@@ -114,6 +117,20 @@ ResumeOption = Annotated[
 ]
 ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+# where predict and embed run (stamcli.ray_engine)
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: decode tasks + model actors).")
+]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="Ray cluster for --engine ray (default: $RAY_ADDRESS; none: a local Ray "
+                                       "for the run)."),
+]
+RayActorsOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-actors", help="Model workers for --engine ray: N, or MIN-MAX to autoscale (default: one "
+                                      "per GPU; on CPUs, one per model stream)."),
+]
 # the user's own tags (predict, evaluate)
 LabelMapOption = Annotated[
     Optional[str],
@@ -254,11 +271,13 @@ def predict_command(
     device: DeviceOption = PREDICT.device,
     precision: PrecisionOption = PREDICT.precision,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
+        Optional[str], typer.Option("--output", "-o", help="Results file, or an s3://, gs://, az:// URL for jsonl "
+                                                           "and parquet (default: a table on stdout).")
     ] = TAGGING.output,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json, jsonl; per video: srt, vtt, otio, edl, fcp7xml, "
-                                                     "chapters, ffmetadata (default: from --output's extension).")
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, parquet; per video: srt, vtt, otio, edl, "
+                                                     "fcp7xml, chapters, ffmetadata (default: from --output's "
+                                                     "extension).")
     ] = TAGGING.format,
     recursive: RecursiveOption = TAGGING.recursive,
     ext: ExtOption = None,
@@ -307,6 +326,9 @@ def predict_command(
                                                           "none left is 'unsure'.")
     ] = PREDICT.min_score,
     thresholds: ThresholdsOption = PREDICT.thresholds,
+    engine: EngineOption = PREDICT.engine,
+    ray_address: RayAddressOption = PREDICT.ray_address,
+    ray_actors: RayActorsOption = PREDICT.ray_actors,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -323,7 +345,8 @@ def predict_command(
         options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
                                decoder=decoder, label_map=label_map, min_score=min_score,
-                               thresholds=_text(thresholds)),
+                               thresholds=_text(thresholds), engine=engine, ray_address=ray_address,
+                               ray_actors=ray_actors),
     )
     # without --output the table goes to stdout
     _run_video_job(functools.partial(run_tagging, console=Console()), job, quiet=quiet, verb=("tagging", "tagged"))
@@ -357,6 +380,9 @@ def embed_command(
     offline: OfflineOption = EMBEDDING.offline,
     trust_checkpoint: TrustCheckpointOption = EMBEDDING.trust_checkpoint,
     quiet: QuietOption = False,
+    engine: EngineOption = PREDICT.engine,
+    ray_address: RayAddressOption = PREDICT.ray_address,
+    ray_actors: RayActorsOption = PREDICT.ray_actors,
 ) -> None:
     """Write each video's embedding (the temporal class token), row i for video i of an index CSV.
 
@@ -370,7 +396,8 @@ def embed_command(
         paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
         output=str(output), per_frame=per_frame,
         options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
-                               workers=workers, streams=streams, decoder=decoder),
+                               workers=workers, streams=streams, decoder=decoder, engine=engine,
+                               ray_address=ray_address, ray_actors=ray_actors),
     )
     _run_video_job(run_embedding, job, quiet=quiet, verb=("embedding", "embedded"))
 

@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
@@ -24,10 +24,13 @@ from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
 from .labelmap import LabelMap
-from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
+from .storage import abort_downloads
 from .thresholds import Thresholds, score_floors, top_k_above, uncalibrated
 from .writers import error_record, make_record
+
+if TYPE_CHECKING:  # not imported at run time: Ray decode tasks import this module and need no timm
+    from .model import STAM
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class Predictor:
 
     def __init__(self, model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False):
         self.options = (options or PredictOptions()).resolve()  # checked once: a resolved copy is kept as it is
+        if self.options.engine != "local":
+            raise ValueError(f"Predictor runs the model in this process; for engine {self.options.engine!r} use "
+                             "make_predictor()")
         self.keep_clips = keep_clips
         self.device, self.precision = torch.device(self.options.device), self.options.precision
         if self.device.type == "cpu":
@@ -216,6 +222,8 @@ class Predictor:
             finally:
                 for _, future in pending:
                     future.cancel()
+                if pending:
+                    abort_downloads()  # a run cut short: running downloads stop now, not at their last byte
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
     @staticmethod
@@ -241,10 +249,21 @@ class VideoItem:
     probabilities: Optional[torch.Tensor] = None  #: set by :meth:`Predictor.scores`
 
 
+def make_predictor(model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False) -> Predictor:
+    """The predictor of ``options.engine``: a :class:`Predictor` (``local``), or a
+    :class:`~stamcli.ray_engine.RayPredictor` (``ray``: the same records, computed on a Ray cluster)."""
+    options = (options or PredictOptions()).resolve()
+    if options.engine == "ray":
+        from .ray_engine import RayPredictor  # Ray is an optional extra
+
+        return RayPredictor(model, options)
+    return Predictor(model, options, keep_clips=keep_clips)
+
+
 def predict(
     paths: Iterable[str],
     model: STAM,
     options: Optional[PredictOptions] = None,
 ) -> list[dict]:
     """Tag ``paths`` with ``model``; a list of records (schema: docs/formats.md)."""
-    return list(Predictor(model, options).predict(paths))
+    return list(make_predictor(model, options).predict(paths))

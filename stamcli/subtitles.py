@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from .errors import UsageError
 from .fileutils import write_atomic
 from .markers import MARKER_FORMATS
+from .storage import is_url
 from .timeline import TIMELINE_COLUMNS, segments
 from .writers import FORMATS, ResultWriter, format_for, open_writer
 
@@ -56,6 +57,11 @@ def subtitle_paths(videos: Sequence[str], output: Optional[str], fmt: str) -> di
     ``output/<stem><suffix>``; the suffix is :data:`SIDECAR_FORMATS`' (``.srt``, ``.otio``...)."""
     suffix = SIDECAR_FORMATS[fmt]
     noun = "subtitle" if fmt in SUBTITLE_FORMATS else fmt
+    if output is not None and is_url(str(output)):
+        raise UsageError(f"--output {output}: {noun} files are written to local files; give a folder")
+    if (output is None or str(output) == "-") and any(is_url(video) for video in videos):
+        raise UsageError(f"{noun} files of videos read from URLs need --output FOLDER (they cannot go beside the "
+                         "videos)")
     if output is None or str(output) == "-":
         paths = {video: Path(video).with_name(Path(video).stem + suffix) for video in videos}
     elif _sidecar_from_suffix(output) is not None and not Path(output).is_dir():

@@ -3,7 +3,8 @@
 Kept apart from the CLI so that Python users get the same behaviour as the command:
 ``run_tagging(TaggingJob(paths=["videos/"], output="tags.csv"))``. The loop that writes the
 results and reports progress is :func:`stamcli.runner.run_loop`; this module supplies its source
-(:class:`PredictorSource`: the local model, per video or per timeline window) and its sink
+(:class:`PredictorSource`: the model in this process or, with ``--engine ray``, in Ray actors
+(:mod:`stamcli.ray_engine`), per video or per timeline window) and its sink
 (:class:`RecordSink`: the result writer and the contact sheets), and merges the ranks' files under
 torchrun.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 from .distributed import Distributed
-from .engine import Predictor
+from .engine import Predictor, make_predictor
 from .errors import UsageError
 from .inputs import shard
 from .jobs import PredictOptions, TaggingJob
@@ -26,6 +27,7 @@ from .preview import PreviewWriter
 from .runner import RunSummary, VideoResult, run_loop
 from .events import EventOptions, with_events
 from .markers import require_editors
+from .storage import is_url
 from .subtitles import SIDECAR_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import ShotWindows, TimelinePredictor, timeline_columns
 from .writers import PART_TYPES, ResultWriter, open_writer, read_records
@@ -42,6 +44,8 @@ def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]
     """The videos this process tags and the file it writes (a part file under torchrun)."""
     if job.shard and dist.active:
         raise UsageError("--shard cannot be combined with torchrun: each rank already takes its own shard")
+    if dist.active and job.output and is_url(job.output):
+        raise UsageError("under torchrun, --output must be a local file (rank 0 merges the ranks' parts into it)")
     videos = job.videos()
     if dist.active:
         if not job.output:
@@ -141,11 +145,16 @@ class RecordSink:
 def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions, Optional[str], Optional[TimelinePlan]]:
     """The job's options checked and resolved (a copy), its output format and its timeline (None
     without ``--window``), before any model is loaded."""
+    if dist.active and str(job.options.engine).strip().lower() == "ray":
+        raise UsageError("--engine ray cannot run under torchrun: Ray spreads the videos over its own workers")
     # under torchrun, auto/cuda means this rank's GPU
     options = replace(job.options, device=dist.device_for(job.options.device)).resolve()
     window_s, shots = job.timeline_options()
     events = job.event_options()
     plan = None if job.window is None else TimelinePlan(window_s, job.stride, shots, events)
+    if options.engine == "ray" and job.preview is not None:
+        raise UsageError("--preview needs every video's frames on this machine; with --engine ray they stay on "
+                         "the cluster (use --engine local)")
     if job.window is not None and job.preview is not None:
         raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
     if job.window is not None and options.views > 1:
@@ -158,11 +167,17 @@ def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions
 
 
 def _source(job: TaggingJob, options: PredictOptions, plan: Optional[TimelinePlan], model) -> PredictorSource:
-    """What produces the records of ``job``: the local model, per video or per window."""
-    predictor = Predictor(model, options, keep_clips=job.preview is not None)
+    """What produces the records of ``job``: the model of ``options.engine`` (this process, or Ray
+    actors: :func:`~stamcli.engine.make_predictor`), per video or per window (then with events)."""
+    predictor = make_predictor(model, options, keep_clips=job.preview is not None)
     if plan is None:
         return PredictorSource(predictor)
-    timeline = TimelinePredictor(predictor, plan.window_s, plan.stride_s, shots=plan.shots)
+    if options.engine == "ray":
+        from .ray_engine import RayTimelinePredictor  # Ray is an optional extra
+
+        timeline = RayTimelinePredictor(predictor, plan.window_s, plan.stride_s, shots=plan.shots)
+    else:
+        timeline = TimelinePredictor(predictor, plan.window_s, plan.stride_s, shots=plan.shots)
     return PredictorSource(predictor, timeline, plan.events)
 
 

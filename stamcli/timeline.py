@@ -69,6 +69,7 @@ from .errors import UsageError, VideoError
 from .jobs import DEFAULT_MAX_SHOT_S
 from .parallel import ModelStreams, single_threaded_decode
 from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions, every_frame_stream
+from .storage import abort_downloads, local_input
 from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "plan_shot_windows", "DEFAULT_SHOT_BUFFER_MB", "ShotWindows",
@@ -224,7 +225,8 @@ class _Open:
 
 
 class TimelineReader:
-    """The windows of one video with their ``F`` preprocessed frames, decoding it once.
+    """The windows of one video (a file, or a URL read from a temporary local copy) with their ``F``
+    preprocessed frames, decoding it once.
 
     ``decoder``: ``auto``, ``pyav`` or ``opencv`` (:mod:`stamcli.decode.decoders`).  Iterating
     yields ``(Window, Clip)`` as each window fills.  Afterwards :attr:`frame_count` is the number
@@ -265,16 +267,17 @@ class TimelineReader:
         return (self.frame_count or 0) / self.fps if self.fps > 0 else 0.0
 
     def __iter__(self) -> Iterator[tuple[Window, Clip]]:
-        return decode_with_fallback(self.choice, self.path, self._windows)
+        with local_input(self.path) as local:  # a URL is read from a temporary local copy
+            yield from decode_with_fallback(self.choice, local, lambda backend: self._windows(backend, local))
 
-    def _windows(self, backend: Backend) -> Iterator[tuple[Window, Clip]]:
-        """Every window, read by ``backend``: PyAV knows the exact frame count before decoding and
-        plans every window up front; OpenCV walks the video and checks the header's count.  Shots
-        are found in the same pass that reads their frames (:meth:`_shot_windows`)."""
+    def _windows(self, backend: Backend, local) -> Iterator[tuple[Window, Clip]]:
+        """Every window of the file ``local``, read by ``backend``: PyAV knows the exact frame count
+        before decoding and plans every window up front; OpenCV walks the video and checks the
+        header's count.  Shots are found in the same pass that reads their frames (:meth:`_shot_windows`)."""
         self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0  # PyAV may have begun
         if self.shots is not None:
-            return self._shot_windows(backend)
-        return self._planned() if backend.name == "pyav" else self._streamed()
+            return self._shot_windows(backend, local)
+        return self._planned(local) if backend.name == "pyav" else self._streamed(local)
 
     def _clip(self, window: Window, indices: list[int], frames: list[torch.Tensor], info: VideoInfo) -> Clip:
         return Clip(path=os.fsdecode(self.path), frames=torch.stack(frames), indices=indices,
@@ -309,10 +312,10 @@ class TimelineReader:
                 ready += 1
                 yield window, self._window_clip(window, indices, buffer, need, set(indices), info())
 
-    def _planned(self) -> Iterator[tuple[Window, Clip]]:
+    def _planned(self, local) -> Iterator[tuple[Window, Clip]]:
         """PyAV (:class:`SparseFrameStream`): the exact frame count first, so every window is planned
         up front and only their sampled frames (and what those are predicted from) are decoded."""
-        with SparseFrameStream(self.path, self.img_size, threads=self.threads) as stream:
+        with SparseFrameStream(local, self.img_size, threads=self.threads) as stream:
             if stream.fps <= 0:
                 raise Unsupported("no frame rate")  # OpenCV's path explains it
             self.decoder, self.fps, self.frame_count = "pyav", stream.fps, stream.frame_count
@@ -326,7 +329,7 @@ class TimelineReader:
             self.retrieved = stream.retrieved
         return count
 
-    def _shot_windows(self, backend: Backend) -> Iterator[tuple[Window, Clip]]:
+    def _shot_windows(self, backend: Backend, local) -> Iterator[tuple[Window, Clip]]:
         """``--window shots`` in one pass: every frame decoded once, pushed to a
         :class:`~stamcli.shots.ShotDetector` and kept as decoded until the shot it belongs to
         ends; the windows of a shot are handed on once the detector can no longer move its end,
@@ -335,7 +338,7 @@ class TimelineReader:
         An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb` stops the keeping for
         the rest of the video: its windows and all later ones are planned as the shots come and
         read in a second pass of the same backend (PyAV: only their sampled frames)."""
-        with every_frame_stream(backend, self.path, self.img_size, self.threads) as (stream, fps):
+        with every_frame_stream(backend, local, self.img_size, self.threads) as (stream, fps):
             self.decoder, self.fps = backend.name, fps
             detector = ShotDetector(fps, self.shots.detection)
             planned: list[Window] = []  # every window so far; those from `deferred` on wait for a second pass
@@ -380,17 +383,17 @@ class TimelineReader:
             self.shot_list = ShotList(shots, detector.frames, fps, backend.name)
         if deferred is not None:
             self.reread = len(planned) - deferred
-            yield from self._reread(planned[deferred:], backend.name == "pyav")
+            yield from self._reread(planned[deferred:], backend.name == "pyav", local)
 
-    def _reread(self, windows: list[Window], pyav: bool) -> Iterator[tuple[Window, Clip]]:
-        """The second pass over planned shot windows, with the backend of the first."""
+    def _reread(self, windows: list[Window], pyav: bool, local) -> Iterator[tuple[Window, Clip]]:
+        """The second pass over planned shot windows of the file ``local``, with the backend of the first."""
         if pyav:
-            with SparseFrameStream(self.path, self.img_size, threads=self.threads) as stream:
+            with SparseFrameStream(local, self.img_size, threads=self.threads) as stream:
                 if stream.frame_count != self.frame_count:
                     raise Unsupported("the second pass found other frames")
                 yield from self._fill(windows, stream.frames, lambda: stream.info, self._counter(stream))
             return
-        with FrameStream(self.path, self.img_size, threads=self.threads) as stream:
+        with FrameStream(local, self.img_size, threads=self.threads) as stream:
 
             def frames(wanted: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
                 for i, frame in stream.frames(set(wanted).__contains__):
@@ -405,10 +408,10 @@ class TimelineReader:
                 raise VideoError(f"cannot read video {stream.info.path}: it ended at another frame when read "
                                  "again after finding its shots")
 
-    def _streamed(self) -> Iterator[tuple[Window, Clip]]:
+    def _streamed(self, local) -> Iterator[tuple[Window, Clip]]:
         """OpenCV (:class:`FrameStream`): every frame decoded in turn, windows opened as the stream
         reaches them and planned from the header's count, which the stream's end then checks."""
-        with FrameStream(self.path, self.img_size, threads=self.threads) as stream:
+        with FrameStream(local, self.img_size, threads=self.threads) as stream:
             info = stream.info
             if info.fps <= 0:
                 raise VideoError(f"cannot read video {info.path}: its header has no frame rate, "
@@ -519,6 +522,8 @@ class TimelinePredictor:
                     yield from self._records(batch, probabilities)
         finally:
             stop.set()
+            if thread.is_alive():
+                abort_downloads()  # a run cut short: a running download stops now, not at its last byte
             thread.join()
             torch.set_num_threads(model_threads)  # the default that threads started later inherit
 

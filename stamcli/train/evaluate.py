@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..engine import Predictor
+from ..engine import make_predictor
 from ..errors import StamError
 from ..jobs import DEFAULT_MIN_EXAMPLES, DEFAULT_TARGET_PRECISION, EvaluationJob, PredictOptions
 from ..model import STAM
@@ -70,7 +70,7 @@ def evaluate_examples(
     """The report of :func:`evaluate` for examples already read (``source`` names them in messages)."""
     if calibrate is not None:
         check_calibration(target_precision, min_examples)
-    predictor = Predictor(model, options or PredictOptions())
+    predictor = make_predictor(model, options)  # this process, or Ray actors (options.engine)
     classes = predictor.classes  # the model's labels, or the label map's tags
     index = {label: i for i, label in enumerate(classes)}
     unknown = sorted({e.label for e in examples if e.label not in index})
