@@ -200,6 +200,27 @@ def test_min_score_leaves_windows_unlabelled_and_they_make_no_event(scene_model,
     assert all(r["predictions"] == [] for r in records) and records[-1]["events"] == 0
 
 
+def test_shots_and_events_in_parquet_read_back_as_jsonl_and_resume(scene_model, footage, tmp_path):
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    args = [footage, "-m", scene_model, "--window", "shots", "--max-shot", 5, "--events", "--event-gap", 2.5,
+            "--device", "cpu", "-q"]
+    assert _predict(*args, "-o", tmp_path / "t.jsonl").exit_code == 0
+    result = _predict(*args, "-o", tmp_path / "t.parquet")
+    assert result.exit_code == 0, result.output
+    jsonl = read_records(tmp_path / "t.jsonl")
+    assert read_records(tmp_path / "t.parquet") == jsonl  # windows, events and the video record, as JSONL
+    table = pq.read_table(tmp_path / "t.parquet").to_pydict()
+    assert table["type"] == ["window"] * 8 + ["event"] * 4 + ["video"]
+    assert table["shot"][:8] == [0, 1, 2, 2, 2, 3, 4, 5] and table["shots"][-1] == 6
+    assert table["label"][8:12] == ["red", "green", "blue", "red"] and table["event"][8:12] == [0, 1, 2, 3]
+    assert table["event_windows"][8:12] == [[0], [1], [2, 3, 4], [5, 7]] and table["windows"][-1] == 8
+    assert table["events"][-1] == 4 and table["extra"] == [None] * 13  # every field in its own column
+    result = _predict(*args, "-o", tmp_path / "t.parquet", "--resume")
+    assert result.exit_code == 0 and read_records(tmp_path / "t.parquet") == jsonl  # done: nothing added
+
+
 @pytest.mark.parametrize("decoder", ["auto", "opencv"])
 def test_both_decoders_give_the_same_shot_windows_in_one_pass(footage, decoder):
     reader, got = _read(footage, decoder)
