@@ -266,6 +266,11 @@ class TimelineReader:
     def duration_s(self) -> float:
         return (self.frame_count or 0) / self.fps if self.fps > 0 else 0.0
 
+    @property
+    def shot_count(self) -> Optional[int]:
+        """The number of shots found (``--window shots``), else None."""
+        return None if self.shot_list is None else len(self.shot_list.shots)
+
     def __iter__(self) -> Iterator[tuple[Window, Clip]]:
         with local_input(self.path) as local:  # a URL is read from a temporary local copy
             yield from decode_with_fallback(self.choice, local, lambda backend: self._windows(backend, local))
@@ -614,7 +619,7 @@ class TimelinePredictor:
         predictions = [{"label": label, "index": index, "score": s / duration if duration > 0 else 0.0}
                        for (label, index), s in ranked[: self.predictor.top_k]]
         coverage = [{"label": label, "index": index, "seconds": s} for (label, index), s in ranked]
-        shots = {} if reader.shot_list is None else {"shots": len(reader.shot_list.shots)}
+        shots = {} if reader.shot_count is None else {"shots": reader.shot_count}
         return make_record(path, predictions=predictions, frames=reader.frame_count, model=self.predictor.model.name,
                            duration_s=duration, fps=reader.fps, type="video", window=None, start_s=0.0,
                            end_s=duration, windows=len(tops), **shots, coverage=coverage)

@@ -4,6 +4,7 @@ test to tell the generated scenes apart, so that labels are checked as well as s
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import sys
 import time
@@ -437,3 +438,23 @@ def test_torchrun_merge_keeps_shots_and_events(tmp_path):
     assert [(r["path"], r["type"], r.get("shot"), r.get("windows")) for r in merged] == [
         ("a", "window", 0, None), ("a", "window", 1, None), ("a", "event", None, [0, 1]), ("a", "video", None, None),
         ("b", "window", 0, None), ("b", "window", 1, None), ("b", "event", None, [0, 1]), ("b", "video", None, None)]
+
+
+def test_ray_decode_tasks_carry_the_shots(footage):
+    """The cluster-side code of ``--engine ray --window shots`` in this process (no Ray cluster): each
+    window row carries its shot, the end row the number of shots; the driver turns them into records."""
+    import numpy as np
+
+    from stamcli.decode import ClipSpec
+    from stamcli.ray_tasks import decode_task, path_table, read_windows
+    from stamcli.timeline import ShotWindows
+
+    read = functools.partial(read_windows, window_s=None, stride_s=None, shots=ShotWindows(max_shot_s=5))
+    batches = list(decode_task({"id": np.array([0])}, paths=[path_table([str(footage)])], per_task=1,
+                               spec=ClipSpec(4, 32, threads=1), read=read, chunk=20, folder=str(footage.parent)))
+    (batch,) = batches
+    assert batch["window"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, -1]
+    assert batch["shot"].tolist() == [0, 1, 2, 2, 2, 3, 4, 5, -1] and batch["shots"].tolist() == [-1] * 8 + [6]
+    assert [(s, e) for s, e in zip(batch["start"].tolist(), batch["end"].tolist())][:8] == [
+        (w[1], w[2]) for w in SHOT_WINDOWS]
+    assert batch["frame_count"].tolist()[-1] == 600
