@@ -174,7 +174,7 @@ def test_grad_accum_takes_one_step_per_n_batches_like_a_batch_n_times_larger(dat
     moved = max((a[k] - start[k]).abs().max().item() for k in temporal)
     same = _max_diff(a, b)
     assert moved > 1e-4  # 6 steps of lr 1e-3 moved the temporal weights ...
-    assert same < moved / 1000, f"batch 4 x 2 differs from batch 8 by {same} (training moved {moved})"
+    assert same < moved / 100, f"batch 4 x 2 differs from batch 8 by {same} (training moved {moved})"
 
 
 def test_grad_accum_steps_on_a_last_short_group(data, tmp_path, spy):
