@@ -4,7 +4,6 @@ with a tiny model and generated videos on the CPU."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import torch
