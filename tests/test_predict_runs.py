@@ -64,7 +64,8 @@ def test_progress_and_summary_go_to_stderr_and_the_table_to_stdout(videos, tiny_
         assert any(video.name in line and label in line for line in result.stdout.splitlines()), result.stdout
     assert {label for label in TINY_LABELS if label in result.stdout} == set(top)
     assert "tagged" not in result.stdout
-    # stderr: the summary, and no row of the table
+    # stderr: the progress bar and the summary, and no row of the table
+    assert "tagging" in result.stderr and "2/2" in result.stderr
     assert "tagged 2, failed 0" in " ".join(result.stderr.split())
     assert not any(video.name in result.stderr for video in videos[:2])
     assert not any(label in result.stderr for label in TINY_LABELS)
