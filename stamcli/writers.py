@@ -320,14 +320,21 @@ class _FileWriter(ResultWriter):
         except BaseException as err:
             if pos is not None:  # never leave half a record behind (e.g. Ctrl-C mid-write)
                 try:
-                    self._fh.truncate(pos)
-                    self._fh.seek(pos)
+                    if not isinstance(err, OSError) and self._whole_record_in_file(pos, text):
+                        self._n += 1  # only its fsync was cut short (Ctrl-C): the record is kept
+                    else:
+                        self._fh.truncate(pos)
+                        self._fh.seek(pos)
                 except OSError:
                     pass
             if isinstance(err, OSError):
                 raise StamError(f"cannot write results to {self.path}: {err.strerror or err}") from None
             raise
         self._n += 1
+
+    def _whole_record_in_file(self, pos: int, text: str) -> bool:
+        """Whether all of ``text``, written from ``pos`` on, already reached the file (not only its buffer)."""
+        return os.fstat(self._fh.fileno()).st_size == pos + len(text.encode(*_ENC))
 
     def close(self) -> None:
         if self.closed:
