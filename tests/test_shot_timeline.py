@@ -319,8 +319,8 @@ def test_ctrl_c_in_the_middle_of_shots_leaves_a_valid_file_and_resume_finishes(t
     command = [sys.executable, "-m", "stamcli", "predict", str(folder), "-m", str(tiny_checkpoint), "--window", "shots",
                "--device", "cpu", "-o", str(out)]
     # the first shot's windows are written as soon as its end is certain, while the pass that finds the
-    # shots still has two thirds of the first video to read: Ctrl-C then. Two whole lines: the first
-    # record is synced (a record being written or synced when Ctrl-C comes is dropped)
+    # shots still has two thirds of the first video to read: Ctrl-C then, once two lines are out (the
+    # first is whole whatever the signal interrupts)
     stderr = interrupt_when(command, lambda: out.exists() and out.read_text().count("\n") >= 2)
     assert "interrupted" in stderr and "--resume" in stderr
     kept = read_records(out)  # a valid file: whole records, the last video not done
