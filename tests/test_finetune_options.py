@@ -22,7 +22,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from stamcli import create_model, save_checkpoint
 from stamcli.train import embeddings as embeddings_module
 from stamcli.train.config import FinetuneConfig
-from stamcli.train.finetune import STATE_FILE, _param_groups, finetune
+from stamcli.train.finetune import STATE_FILE, finetune
+from stamcli.train.parts import param_groups, plan_parts
 from conftest import CHILD_ENV
 from gate import ctrl_c_at
 from synthetic import MOTION_CLASSES, write_motion_dataset
@@ -112,7 +113,8 @@ def test_warmup_then_cosine_learning_rate_at_every_step(data, tmp_path, spy):
                 for s in range(total)]
     assert len(spy.steps) == total
     for step, want in zip(spy.steps, expected):
-        assert step["lr"] == pytest.approx([want, want], rel=1e-9)
+        # the temporal part (trained weights) at --lr, the new head (other labels) at 10x, each in 2 groups
+        assert step["lr"] == pytest.approx([want, want, 10 * want, 10 * want], rel=1e-9)
     # metrics.csv logs the rate in effect at each epoch's end: the one the next step would use
     logged = [float(row["lr"]) for row in _metrics(result.run_dir)]
     after = [lr * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))) for s in (3, 6, 9)]
@@ -127,11 +129,12 @@ def test_fractional_warmup_rounds_to_steps(data, tmp_path, spy):
 def test_no_weight_decay_on_biases_norms_tokens_and_position_embeddings(data, tmp_path, spy):
     model = create_model("vit_tiny_patch16_224", frames=4, num_classes=3, img_size=32, embed_dim=64, depth=1,
                          num_heads=2, temporal_layers=1, temporal_heads=4, temporal_ff=128)
-    groups = _param_groups(model, 0.05)
+    parts = plan_parts(model, set(), lr=1e-4, scratch_lr_scale=10.0, freeze_backbone=False)
+    groups = param_groups(model, parts, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in groups[0]["params"]}
-    plain = {names[id(p)] for p in groups[1]["params"]}
-    assert (groups[0]["weight_decay"], groups[1]["weight_decay"]) == (0.05, 0.0)
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
+    plain = {names[id(p)] for g in groups if not g["weight_decay"] for p in g["params"]}
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0] * 3  # backbone, temporal, head
     assert decayed | plain == set(names.values()) and not decayed & plain
     for name, param in model.named_parameters():
         expect_plain = param.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
@@ -151,12 +154,13 @@ def test_no_weight_decay_on_biases_norms_tokens_and_position_embeddings(data, tm
         run.request_stop()
 
     finetune(_config(data, tmp_path / "run", weight_decay=0.3), on_step=groups_of_run)
-    (decay, decayed), (no_decay, plain) = seen["groups"]
-    assert (decay, no_decay) == (0.3, 0.0)
+    assert [wd for wd, _ in seen["groups"]] == [0.3, 0.0, 0.3, 0.0]  # the temporal part and the head
+    decayed = [n for wd, group in seen["groups"] if wd for n in group]
+    plain = [n for wd, group in seen["groups"] if not wd for n in group]
     assert decayed and plain and all("bias" not in n and "norm" not in n for n in decayed)
     assert {n for n in plain if n.endswith(".weight")} <= {n for n in plain if "norm" in n}
     assert not any(n.startswith("spatial") for n in decayed + plain)
-    assert spy.steps[0]["weight_decay"] == [0.3, 0.0]
+    assert spy.steps[0]["weight_decay"] == [0.3, 0.0, 0.3, 0.0]
 
 
 def test_grad_accum_takes_one_step_per_n_batches_like_a_batch_n_times_larger(data, tmp_path, spy):

@@ -23,7 +23,9 @@ def _config(model, **overrides) -> FinetuneConfig:
 
 def test_a_checkpoint_with_the_same_labels_continues_with_its_head(checkpoint):
     original = make_tiny_model(seed=3)
-    model = build_model(_config(checkpoint), TINY_LABELS)
+    start = build_model(_config(checkpoint), TINY_LABELS)
+    model = start.model
+    assert start.scratch == set()
     assert model.training and model.labels == TINY_LABELS
     for key, value in original.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -31,7 +33,9 @@ def test_a_checkpoint_with_the_same_labels_continues_with_its_head(checkpoint):
 
 def test_new_labels_get_a_new_head_and_keep_the_rest(checkpoint):
     original = make_tiny_model(seed=3)
-    model = build_model(_config(checkpoint), ["x", "y", "z"])
+    start = build_model(_config(checkpoint), ["x", "y", "z"])
+    model = start.model
+    assert start.scratch == {"head"}  # what trains at the rate of new parts
     assert model.labels == ["x", "y", "z"] and model.config.num_classes == 3
     assert model.head.weight.shape[0] == 3
     kept = {k: v for k, v in original.state_dict().items() if not k.startswith("head.")}
@@ -40,25 +44,25 @@ def test_new_labels_get_a_new_head_and_keep_the_rest(checkpoint):
     with torch.no_grad():
         assert model.eval()(torch.rand(1, 4, 3, 32, 32)).shape == (1, 3)
     # the same labels in another order are other classes: a new head too
-    reordered = build_model(_config(checkpoint), list(reversed(TINY_LABELS)))
+    reordered = build_model(_config(checkpoint), list(reversed(TINY_LABELS))).model
     assert reordered.labels == list(reversed(TINY_LABELS))
     assert not torch.equal(reordered.head.weight, original.head.weight)
 
 
 def test_frames_and_input_size_are_changed_when_asked(checkpoint):
-    model = build_model(_config(checkpoint, frames=6, img_size=48), TINY_LABELS)
+    model = build_model(_config(checkpoint, frames=6, img_size=48), TINY_LABELS).model
     assert (model.config.frames, model.config.img_size) == (6, 48)
     with torch.no_grad():
         assert model.eval()(torch.rand(2, 6, 3, 48, 48)).shape == (2, 5)
-    same = build_model(_config(checkpoint), TINY_LABELS)
+    same = build_model(_config(checkpoint), TINY_LABELS).model
     assert (same.config.frames, same.config.img_size) == (4, 32)
 
 
 def test_a_timm_name_makes_a_new_model_with_the_labels():
-    model = build_model(_config("vit_tiny_patch16_224", frames=2, img_size=32), ["a", "b"])
+    model = build_model(_config("vit_tiny_patch16_224", frames=2, img_size=32), ["a", "b"]).model
     assert model.labels == ["a", "b"] and model.config.backbone == "vit_tiny_patch16_224"
     assert (model.config.frames, model.config.img_size) == (2, 32) and model.training
-    default = build_model(_config("vit_tiny_patch16_224"), ["a", "b"])
+    default = build_model(_config("vit_tiny_patch16_224"), ["a", "b"]).model
     assert (default.config.frames, default.config.img_size) == (NEW_MODEL_FRAMES, NEW_MODEL_IMG_SIZE) == (8, 224)
 
 
