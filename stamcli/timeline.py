@@ -41,7 +41,8 @@ import math
 import os
 import queue
 import threading
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -283,6 +284,27 @@ class TimelineReader:
 _END = object()
 
 
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` into ``out`` once there is room; False if ``stop`` is set first."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _get(source: queue.Queue, stop: threading.Event):
+    """The next item of ``source``; None if ``stop`` is set first."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    return None
+
+
 @dataclass
 class _Item:
     """What the decode thread hands over: a filled window, or the end of a video (its reader or error)."""
@@ -298,9 +320,10 @@ class TimelinePredictor:
     """Tags every window of each video with a :class:`~stamcli.engine.Predictor`'s model.
 
     :meth:`predict` yields, per video in input order, its window records (``"type": "window"``)
-    and then its video record (``"type": "video"``: the summary, or the error).  One thread decodes
-    the videos one after another, a bounded number of windows ahead; windows are scored
-    ``--batch-size`` at a time, across videos, on the predictor's model streams.
+    and then its video record (``"type": "video"``: the summary, or the error).  The predictor's
+    decode workers (``--workers``) each decode one video at a time, up to that many videos at once
+    (one thread cannot feed a GPU), a bounded number of windows ahead; windows are handed on in
+    input order and scored ``--batch-size`` at a time, across videos, on the predictor's model streams.
 
     >>> timeline = TimelinePredictor(Predictor(stamcli.load_model("stam_16")), window_s=10, stride_s=5)
     >>> for record in timeline.predict(["match.mp4"]): print(record["start_s"], record["predictions"][0])
@@ -314,7 +337,9 @@ class TimelinePredictor:
 
     def reader(self, path: str) -> TimelineReader:
         model = self.predictor.model
-        return TimelineReader(path, self.predictor.num_frames, model.config.img_size, self.window_s, self.stride_s)
+        threads = 1 if self.predictor.workers > 1 else 0  # as Predictor: one codec thread per worker
+        return TimelineReader(path, self.predictor.num_frames, model.config.img_size, self.window_s, self.stride_s,
+                              threads=threads)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """Window records and a video record for each path (see the README for the schema)."""
@@ -346,33 +371,48 @@ class TimelinePredictor:
             yield pending
 
     def _decode(self, paths: list[str], items: queue.Queue, stop: threading.Event) -> None:
-        """The decode thread: every window of every video, then its end, then ``_END``."""
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    items.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
-        single_threaded_decode()
-        try:
-            for path in paths:
-                reader = self.reader(path)
-                try:
-                    for window, clip in reader:
-                        if not put(_Item(path, window, clip)):
+        """The decode thread: hands on every window of every video, then its end, then ``_END``, in
+        input order, while up to ``workers`` videos decode at once (each into a queue of its own)."""
+        workers = self.predictor.workers
+        ahead = self.predictor.options.batch_size  # windows a video may decode before its turn
+        started: deque[queue.Queue] = deque()  # the queues of the videos being decoded, in input order
+        halt = threading.Event()  # tells the workers to stop
+        todo = iter(paths)
+        with ThreadPoolExecutor(workers, thread_name_prefix="stam-timeline-decode",
+                                initializer=single_threaded_decode) as pool:
+            try:
+                while True:
+                    while len(started) < workers and (path := next(todo, None)) is not None:
+                        started.append(queue.Queue(maxsize=ahead))
+                        pool.submit(self._decode_video, path, started[-1], halt)
+                    if not started:
+                        return
+                    video = started.popleft()
+                    while (item := _get(video, stop)) is not None:
+                        if not _put(items, item, stop):
                             return
-                    end = _Item(path, reader=reader)
-                except Exception as err:  # one bad video never stops the run
-                    end = _Item(path, error=error_reason(err))
-                self.peak_buffered = max(self.peak_buffered, reader.peak_buffered)
-                if not put(end):
+                        if item.window is None:  # the video's end
+                            break
+                    else:
+                        return
+            finally:
+                halt.set()  # workers still decoding (the run ended early) stop at their next window
+                _put(items, _END, stop)
+
+    def _decode_video(self, path: str, out: queue.Queue, stop: threading.Event) -> None:
+        """A decode worker: every window of the video at ``path``, then its end item (its reader or error)."""
+        reader = None
+        try:
+            reader = self.reader(path)
+            for window, clip in reader:
+                if not _put(out, _Item(path, window, clip), stop):
                     return
-        finally:
-            put(_END)
+            end = _Item(path, reader=reader)
+        except Exception as err:  # one bad video never stops the run
+            end = _Item(path, error=error_reason(err))
+        if reader is not None:
+            self.peak_buffered = max(self.peak_buffered, reader.peak_buffered)
+        _put(out, end, stop)
 
     def _score(self, batch: list[_Item]) -> Optional[torch.Tensor]:
         """The probabilities of the batch's windows (None when it has none); runs on a model stream."""

@@ -597,3 +597,35 @@ def test_progress_shows_where_in_a_long_video_and_counts_videos():
         assert progress._progress.columns[0].render(task).plain == "tagging [match].mp4 at 1:02:05"
         progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "video"})
         assert task.completed == 1 and task.fields["where"] == ""
+
+
+def test_decode_workers_read_several_videos_at_once_and_the_records_keep_the_input_order(clips, tiny_checkpoint,
+                                                                                        monkeypatch):
+    # One decode thread cannot feed a GPU: with --workers 3, three videos decode at once. Here the
+    # first window of each of the first three videos is handed on only once all three have started.
+    import threading
+
+    from stamcli import load_checkpoint
+    from stamcli.jobs import PredictOptions
+
+    all_started = threading.Barrier(3, timeout=10)
+    readers = []
+    real_iter = TimelineReader.__iter__
+
+    def iterate(reader):
+        windows = real_iter(reader)
+        first = next(windows)
+        readers.append(reader)
+        if len(readers) <= 3:
+            all_started.wait()
+        yield first
+        yield from windows
+
+    monkeypatch.setattr(TimelineReader, "__iter__", iterate)
+    predictor = Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu", workers=3, batch_size=1))
+    paths = [str(clips / name) for name in ("a.mp4", "b.mp4", "long.mp4", "a.mp4")]
+    records = list(TimelinePredictor(predictor, window_s=2).predict(paths))
+    videos = [(r["path"], r["status"]) for r in records if r["type"] == "video"]
+    assert videos == [(path, "ok") for path in paths]
+    groups = [r["path"] for r in records]  # each video's windows and then its record, video after video
+    assert groups == [p for p, n in zip(paths, (3, 2, 8, 3)) for _ in range(n + 1)]
