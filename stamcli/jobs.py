@@ -12,6 +12,7 @@ no torch, so that the command line starts fast: what needs torch is imported whe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -21,6 +22,8 @@ from .zoo import model_for_frames
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "PredictOptions", "ModelJob", "VideoJob", "TaggingJob", "EmbedJob",
            "EvaluationJob", "ExportJob"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stam_16"  #: the model of predict and embed when neither --model nor --frames is given
 DEFAULT_OPSET = 17  #: first ONNX opset with a LayerNormalization operator
@@ -73,7 +76,13 @@ class PredictOptions:
             raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
         decoder_choice()  # a bad STAM_DECODER stops the run here, not at every video
         device = resolve_device(self.device)
-        resolved = replace(self, device=str(device), precision=resolve_precision(self.precision, device))
+        streams = self.streams
+        if device.type == "cuda" and streams is not None and streams > 1:
+            log.warning("--streams %d is for the CPU: on a GPU one stream at a larger --batch-size does the same "
+                        "work with less memory; using 1", streams)
+            streams = 1
+        resolved = replace(self, device=str(device), precision=resolve_precision(self.precision, device),
+                           streams=streams)
         resolved._resolved = True
         return resolved
 

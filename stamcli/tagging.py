@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+import torch
+
 from .distributed import Distributed
 from .engine import Predictor
 from .errors import UsageError
@@ -145,6 +147,9 @@ def run_tagging(
     ``console``: where the table goes when there is no output file. ``job`` is left as it was."""
     dist = Distributed.from_env()
     options, fmt = _checked_options(job, dist)
+    # Join at the start (this rank's GPU becomes the current device); the ranks wait for each
+    # other only at the end, however far apart their shards finish (Distributed.barrier).
+    dist.init(torch.device(options.device))
     videos, target = _plan(job, dist)
     if fmt in SUBTITLE_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
