@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from stamcli import create_model, load_checkpoint, save_checkpoint
 from stamcli.cli import app
+from stamcli.jobs import PredictOptions
 from stamcli.train.config import FinetuneConfig
 from stamcli.train.data import ClipDataset
 from stamcli.train.finetune import finetune
@@ -51,7 +52,8 @@ def motion(tmp_path_factory):
 def _config(motion, tmp_path, **overrides) -> FinetuneConfig:
     train, val, base = motion
     options = dict(data=str(train), val=str(val), model=str(base), epochs=12, batch_size=8, lr=2e-3, warmup=1,
-                   label_smoothing=0.0, weight_decay=0.01, workers=0, seed=0, output=str(tmp_path / "run"))
+                   label_smoothing=0.0, weight_decay=0.01, workers=0, seed=0, output=str(tmp_path / "run"),
+                   device="cpu")
     options.update(overrides)
     return FinetuneConfig(**options)
 
@@ -84,13 +86,14 @@ def test_temporal_order_is_learned_and_the_run_folder_is_complete(motion, tmp_pa
     # the fine-tuned checkpoint works in `stam predict` and prints the user's labels
     out = tmp_path / "tags.jsonl"
     video = next((Path(motion[1]).parent / "left").glob("*.avi"))
-    cli = runner.invoke(app, ["predict", str(video), "--model", str(run / "best.safetensors"), "-o", str(out), "-q"])
+    cli = runner.invoke(app, ["predict", str(video), "--model", str(run / "best.safetensors"), "-o", str(out), "-q",
+                              "--device", "cpu"])
     assert cli.exit_code == 0, cli.output
     record = json.loads(out.read_text())
     assert {p["label"] for p in record["predictions"]} <= set(CLASSES)
     # and `stam evaluate` agrees with the run's own report
     cli = runner.invoke(app, ["evaluate", str(motion[1]), "--model", str(run / "best.safetensors"),
-                              "-o", str(tmp_path / "eval.json")])
+                              "-o", str(tmp_path / "eval.json"), "--device", "cpu"])
     assert cli.exit_code == 0, cli.output
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["top1"] == pytest.approx(report["top1"], abs=1e-6)
@@ -140,7 +143,7 @@ def test_resume_after_interrupt_gives_the_same_final_weights(motion, tmp_path):
 def test_runs_never_overwrite_and_yaml_config_with_flags_winning(motion, tmp_path):
     train, val, base = motion
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"model: {base}\nepochs: 1\nbatch-size: 16\nlr: 0.001\nworkers: 0\nval: {val}\n")
+    cfg.write_text(f"model: {base}\nepochs: 1\nbatch-size: 16\nlr: 0.001\nworkers: 0\nval: {val}\ndevice: cpu\n")
     args = ["finetune", str(train), "--config", str(cfg), "--lr", "0.002", "-o", str(tmp_path / "run")]
     for _ in range(2):
         result = runner.invoke(app, args)
@@ -158,7 +161,8 @@ def test_bad_data_is_reported_before_training(tmp_path, motion):
     train = tmp_path / "bad.csv"
     good = next((Path(motion[0]).parent / "left").glob("*.avi"))
     train.write_text(f"path,label\n{good},left\nmissing.mp4,right\n{good},left\n,up\n")
-    result = runner.invoke(app, ["finetune", str(train), "--model", str(motion[2]), "-o", str(tmp_path / "r")])
+    result = runner.invoke(app, ["finetune", str(train), "--model", str(motion[2]), "-o", str(tmp_path / "r"),
+                                 "--device", "cpu"])
     assert result.exit_code == 1
     assert "missing.mp4" in result.output and "bad.csv:3" in result.output
     assert not (tmp_path / "r").exists()
@@ -169,7 +173,7 @@ def test_distributed_training_with_torchrun_on_cpu(motion, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "stamcli", "finetune", str(train), "--val", str(val), "--model", str(base), "--epochs", "2",
-               "--batch-size", "8", "--workers", "0", "-o", str(out), "--lr", "0.002"]
+               "--batch-size", "8", "--workers", "0", "-o", str(out), "--lr", "0.002", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -207,7 +211,7 @@ def test_real_ctrl_c_saves_last_and_resume_finishes_the_run(motion, tmp_path):
     train, val, base = motion
     out = tmp_path / "run"
     command = [sys.executable, "-m", "stamcli", "finetune", str(train), "--val", str(val), "--model", str(base),
-               "--epochs", "3", "--workers", "0", "-o", str(out)]
+               "--epochs", "3", "--workers", "0", "-o", str(out), "--device", "cpu"]
     stderr = interrupt_when(command, (out / "metrics.csv").exists)  # during epoch 2: finish the step, save `last`, exit
     assert f"stam finetune --resume {out}" in " ".join(stderr.split())
     state = torch.load(out / "last_state.pt", weights_only=True)
@@ -230,13 +234,13 @@ def test_evaluate_lists_unreadable_videos_and_rejects_unknown_labels(motion, tmp
     broken.write_text("not a video")
     data = tmp_path / "eval.csv"
     data.write_text("".join(f"{p},left\n" for p in good) + f"{broken},up\n")
-    report = evaluate(data, model, output=tmp_path / "r.json")
+    report = evaluate(data, model, PredictOptions(device="cpu"), output=tmp_path / "r.json")
     assert report["videos"] == 2 and [f["path"] for f in report["failed"]] == [str(broken)]
     assert "cannot read video" in report["failed"][0]["error"]
     assert json.loads((tmp_path / "r.json").read_text())["failed"] == report["failed"]
     data.write_text(f"{good[0]},jumping\n")
     with pytest.raises(StamError, match=r"labels in .*eval.csv that the model does not know: jumping"):
-        evaluate(data, model)
+        evaluate(data, model, PredictOptions(device="cpu"))
 
 
 def test_new_run_dir_skips_taken_names_including_files(tmp_path):

@@ -51,11 +51,12 @@ GOOD = ["a.mp4", "b, with comma.avi", "sub/c portrait.mp4", "sub/d_one_frame.mp4
 
 
 def _predict(*args, cwd: Path | None = None):
+    """``stam predict --device cpu ARGS`` (ARGS may name another device): CPU fp32 is the reference."""
     old = os.getcwd()
     if cwd:
         os.chdir(cwd)
     try:
-        return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+        return runner.invoke(app, ["predict", "--device", "cpu", *map(str, args)], catch_exceptions=False)
     finally:
         os.chdir(old)
 
@@ -132,8 +133,8 @@ def test_bad_inputs_give_error_records_and_exit_1(videos, tiny_checkpoint, tmp_p
 
 
 def test_stdout_table_when_no_output(videos, tiny_checkpoint):
-    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(tiny_checkpoint), "-q"],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(tiny_checkpoint), "-q",
+                                 "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     model = load_checkpoint(tiny_checkpoint)
     clip = read_clip(videos / "a.mp4", 4, 32)
@@ -250,7 +251,7 @@ def test_torchrun_ranks_tag_their_shards_and_rank0_merges_with_resume(videos, ti
     assert _predict(all_paths[0], "--model", tiny_checkpoint, "-o", out, "-q").exit_code == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "stamcli", "predict", str(videos), "--model", str(tiny_checkpoint), "-o", str(out), "-q",
-               "--workers", "1", "--resume"]
+               "--workers", "1", "--resume", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -296,7 +297,7 @@ def test_real_ctrl_c_leaves_valid_json_and_resume_completes_it(videos, tmp_path)
     )
     out = tmp_path / "tags.json"
     command = [sys.executable, "-m", "stamcli", "predict", str(folder), "--model", str(slow), "-o", str(out),
-               "-b", "1", "-w", "1", "-q"]
+               "-b", "1", "-w", "1", "-q", "--device", "cpu"]
     interrupt_when(command, lambda: out.exists() and out.read_text(encoding="utf-8").count('"path"') >= 2)
     records = json.loads(out.read_text(encoding="utf-8"))  # a complete, valid JSON array
     assert 2 <= len(records) < 30

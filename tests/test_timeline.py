@@ -341,7 +341,8 @@ def test_cues_do_not_overlap_and_merge_equal_labels():
 
 
 def _predict(*args):
-    return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+    """``stam predict --device cpu ARGS`` (ARGS may name another device)."""
+    return runner.invoke(app, ["predict", "--device", "cpu", *map(str, args)], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -571,8 +572,8 @@ def test_torchrun_merge_keeps_the_timeline_columns_and_only_finished_videos(tmp_
 
 
 def test_table_on_stdout_shows_each_window_and_the_video(clips, tiny_checkpoint):
-    result = runner.invoke(app, ["predict", str(clips / "b.mp4"), "-m", str(tiny_checkpoint), "--window", "2", "-q"],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["predict", str(clips / "b.mp4"), "-m", str(tiny_checkpoint), "--window", "2", "-q",
+                                 "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if "b.mp4" in line]
     assert [row.split(" ok ")[0].split("b.mp4 ")[1].strip() for row in rows] == ["[0.0-2.0s]", "[2.0-4.0s]",
