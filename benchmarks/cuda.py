@@ -16,7 +16,7 @@ import torch
 from stamcli.device import autocast_for
 from stamcli.engine import PredictOptions, Predictor
 from stamcli.parallel import cpu_cores, default_workers
-from stamcli.video import read_clip
+from stamcli.decode import read_clip
 
 from .common import Context, ModelSpec
 

@@ -17,9 +17,9 @@ import time
 
 from stamcli.jobs import PredictOptions
 from stamcli.parallel import cpu_cores
+from stamcli.decode import read_clip
 from stamcli.jobs import TaggingJob
 from stamcli.tagging import run_tagging
-from stamcli.video import read_clip
 
 from . import baseline
 from .common import Context, ModelSpec, duration_text, median_time, save_authors_checkpoint

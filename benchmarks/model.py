@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stamcli.allocator import keep_freed_memory
 from stamcli.parallel import ModelStreams, cpu_cores, default_streams
-from stamcli.video import read_clip
+from stamcli.decode import read_clip
 
 from . import baseline
 from .common import Context, ModelSpec, median_time
@@ -127,7 +127,7 @@ def model_only(ctx: Context, spec: ModelSpec, repeats: int, streams: int | None 
         outputs["logits"], outputs["embeddings"] = model.forward_with_embedding(videos)
 
     # each round measures the ceiling right before the model, so that a shared machine's drifts
-    # (seen: 130-180 GFLOP/s within minutes) cancel out of the ratio
+    # (tens of percent within minutes: benchmarks/README.md) cancel out of the ratio
     rounds = []
     for _ in range(max(1, repeats)):
         ceiling_now = measure_ceiling(ctx)

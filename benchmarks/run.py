@@ -1,6 +1,6 @@
 """Run the benchmark suite on this machine; write ``results.md`` and ``results.json`` to ``--out``.
 
-    python -m benchmarks                     # everything (about 10 minutes on 2 CPU cores)
+    python -m benchmarks                     # everything (about 25 minutes on 2 idle CPU cores)
     python -m benchmarks --quick             # tiny sizes, seconds: a smoke test (CI)
     python -m benchmarks --only decode e2e   # some sections
 

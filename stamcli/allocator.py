@@ -4,10 +4,11 @@ glibc serves every allocation above its mmap threshold (128 KiB, raised on the f
 with a fresh ``mmap`` and hands it back to the kernel when it is freed; the next allocation of
 the same size is then page-faulted in again, 4 KiB at a time. A STAM forward pass on the CPU
 allocates and frees tens of MB per layer (ViT-B's MLP activations for 16 frames are 39 MB), so
-with the defaults a stam_16 pass over 4 videos page-faulted 914,000 times (3.6 GB touched
-anew), and with freed memory kept, none (after the first passes; ``tests/test_allocator.py``
-shows the same on a one-block model). This is the same fix as preloading jemalloc or tcmalloc,
-which PyTorch's CPU performance guides recommend, without an extra library.
+with the defaults every pass page-faults its activations in anew, and with freed memory kept it
+does not (after the first passes; ``tests/test_allocator.py`` shows it on a one-block model;
+counts and speed-ups: ``benchmarks/README.md``, "Measurements behind the code"). This is the
+same fix as preloading jemalloc or tcmalloc, which PyTorch's CPU performance guides recommend,
+without an extra library.
 
 glibc caps the mmap threshold at 32 MiB (on 64-bit systems), so a single tensor larger than that
 is still mapped afresh each time; :class:`stamcli.model.STAM` runs its ViT on a few frames at a

@@ -16,7 +16,6 @@ Pickles are never unpickled beyond tensors (``weights_only=True``) unless the ca
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import struct
@@ -29,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError, StamError
+from .fileutils import atomic_path
 from .model import STAM, STAMConfig
 from .zoo import read_labels_file
 
@@ -310,10 +310,8 @@ def save_checkpoint(
         "provenance": dict(provenance or {}),
     }
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"stamcli": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"stamcli": json.dumps(meta)})
     return path
 
 

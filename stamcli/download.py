@@ -38,6 +38,7 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from .errors import CheckpointError, DownloadError
+from .fileutils import write_atomic
 
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "stamcli"
@@ -357,13 +358,8 @@ def _install(part: Path, dest: Path, url: str, digest: str, size: int) -> None:
     record.unlink(missing_ok=True)
     os.replace(part, dest)
     downloaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_json_atomic(record, {"url": url, "sha256": digest, "size": size, "downloaded_at": downloaded_at})
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps({"url": url, "sha256": digest, "size": size, "downloaded_at": downloaded_at}, indent=2)
+    write_atomic(record, (text + "\n").encode("utf-8"), what="the download record ")
 
 
 # ----------------------------------------------------------------------------- small helpers

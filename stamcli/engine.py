@@ -18,12 +18,12 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import torch
 
 from .allocator import keep_freed_memory
+from .decode import Clip, ClipSpec, resolve_decoder
 from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
 from .model import STAM
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
-from .video import Clip, read_clip, read_views
 from .writers import error_record, make_record
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class Predictor:
         self.top_k = min(self.options.top_k, model.config.num_classes)
         self.workers = self.options.workers or default_workers(self.device)
         self.streams = self.options.streams or default_streams(self.device)
+        #: how each video is read (picklable: decode workers in other processes can use it)
+        self.clip_spec = ClipSpec(self.num_frames, model.config.img_size, self.options.clips, self.options.crops,
+                                  resolve_decoder(self.options.decoder), threads=1 if self.workers > 1 else 0)
 
     # ------------------------------------------------------------------ model side
 
@@ -80,7 +83,7 @@ class Predictor:
     def probabilities(self, clips: list[Clip]) -> torch.Tensor:
         """Softmax probabilities ``(len(clips), classes)`` in float32 on the CPU.
 
-        A :class:`~stamcli.video.Views` of ``V`` views runs as ``V`` inputs of the model, and its
+        A :class:`~stamcli.decode.Views` of ``V`` views runs as ``V`` inputs of the model, and its
         probabilities are the mean of their softmaxes (all clips must have the same ``V``).
         """
         logits = self._run_model(lambda videos: self.model(videos.flatten(0, 1)), clips)
@@ -89,7 +92,7 @@ class Predictor:
     def embeddings(self, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor]:
         """Video embeddings ``(len(clips), D)`` and frame embeddings ``(len(clips), F, D)`` from one forward
         pass (:meth:`~stamcli.model.STAM.embed_with_frames`), float32 on the CPU (the mean over views
-        for :class:`~stamcli.video.Views`)."""
+        for :class:`~stamcli.decode.Views`)."""
         video_embeddings, frame_embeddings = self._run_model(
             lambda videos: self.model.embed_with_frames(videos.flatten(0, 1)), clips)
         count = len(clips)
@@ -114,21 +117,17 @@ class Predictor:
     # ------------------------------------------------------------------ decode side
 
     def _decode(self, path: str) -> Clip:
-        threads = 1 if self.workers > 1 else 0
-        if self.options.views == 1:
-            return read_clip(path, self.num_frames, self.model.config.img_size, threads=threads)
-        return read_views(path, self.num_frames, self.model.config.img_size, clips=self.options.clips,
-                          crops=self.options.crops, threads=threads)
+        return self.clip_spec.read(path)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
-        """One output record per path, in order (see the README for the schema)."""
+        """One output record per path, in order (schema: docs/formats.md)."""
         for item in self.scores(paths):
             yield self.record(item)
 
     def scores(self, paths: Iterable[str]) -> Iterator["VideoItem"]:
         """Every class probability of each video, in order. Decoding runs ahead in worker threads.
 
-        With ``keep_clips`` each item also holds its :class:`~stamcli.video.Clip` (the sampled frames,
+        With ``keep_clips`` each item also holds its :class:`~stamcli.decode.Clip` (the sampled frames,
         e.g. for a preview); otherwise the frames are dropped once the batch is scored.
         """
         for batch, probabilities in self.compute_batches(paths, self.probabilities):
@@ -205,5 +204,5 @@ def predict(
     model: STAM,
     options: Optional[PredictOptions] = None,
 ) -> list[dict]:
-    """Tag ``paths`` with ``model``; a list of records (see the README for the schema)."""
+    """Tag ``paths`` with ``model``; a list of records (schema: docs/formats.md)."""
     return list(Predictor(model, options).predict(paths))

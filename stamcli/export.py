@@ -1,7 +1,7 @@
 """Export a STAM model for serving without stamcli: TorchScript or ONNX.
 
 The exported model takes ``videos``, float32 ``(batch, F, 3, S, S)`` RGB in [0, 1] (preprocessed
-as ``stam predict`` does, see :func:`stamcli.video.read_clip`), and returns ``logits``
+as ``stam predict`` does, see :func:`stamcli.decode.read_clip`), and returns ``logits``
 ``(batch, classes)``. The batch is dynamic; the frame count ``F`` and the size ``S`` are fixed
 at export (``num_frames`` resamples the temporal position embedding once, as
 :meth:`stamcli.model.STAM.set_frames` does). The labels, the architecture and the preprocessing
@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from torch import nn
 
 from .checkpoints import preprocessing_of
 from .errors import StamError, UsageError
+from .fileutils import atomic_path
 from .jobs import DEFAULT_OPSET, ExportJob
 from .model import STAM
 
@@ -237,29 +237,26 @@ def export_model(
     meta = json.dumps(export_metadata(model))
     module = _Exported(model, check=fmt == "torchscript").eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with _quiet_export(), _standard_ops(), torch.no_grad():
-            if fmt == "torchscript":
-                _export_torchscript(module, _example(TRACE_BATCH, num_frames, size, 0), tmp, meta)
-            else:
-                _export_onnx(module, _example(TRACE_BATCH, num_frames, size, 0), tmp, meta, opset)
-        diff = None
-        if verify:
-            videos = _example(1, num_frames, size, 1)
-            with torch.no_grad():
-                expected = model(videos)
-            diff = (run_exported(tmp, videos, fmt) - expected).abs().max().item()
-            if not diff <= VERIFY_ATOL:
-                raise StamError(f"the exported {fmt} model does not match PyTorch (max abs logit difference "
-                                f"{diff:.3g} > {VERIFY_ATOL:g}); not written")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # renamed into place only once written and verified
+            with _quiet_export(), _standard_ops(), torch.no_grad():
+                if fmt == "torchscript":
+                    _export_torchscript(module, _example(TRACE_BATCH, num_frames, size, 0), tmp, meta)
+                else:
+                    _export_onnx(module, _example(TRACE_BATCH, num_frames, size, 0), tmp, meta, opset)
+            diff = None
+            if verify:
+                videos = _example(1, num_frames, size, 1)
+                with torch.no_grad():
+                    expected = model(videos)
+                diff = (run_exported(tmp, videos, fmt) - expected).abs().max().item()
+                if not diff <= VERIFY_ATOL:
+                    raise StamError(f"the exported {fmt} model does not match PyTorch (max abs logit difference "
+                                    f"{diff:.3g} > {VERIFY_ATOL:g}); not written")
     except StamError:
         raise
     except Exception as err:  # exporter failures are long and technical: one line for the user
         raise StamError(f"{fmt} export failed: {_first_line(err)} (run with --debug for details)") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path, fmt, num_frames, size, diff)
 
 

@@ -35,7 +35,7 @@ class PredictOptions:
     model was trained for; ``workers``/``streams`` None: chosen for the device
     (:mod:`stamcli.parallel`).
 
-    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.video.read_views`): the model
+    ``clips`` x ``crops`` test-time views per video (:func:`stamcli.decode.read_views`): the model
     sees every view and the softmax is averaged over them.
     """
 
@@ -64,8 +64,7 @@ class PredictOptions:
         if getattr(self, "_resolved", False):
             return self
         from .device import resolve_device, resolve_precision
-        from .sparse_decode import decoder_choice
-        from .video import CROPS
+        from .decode import CROPS, resolve_decoder
 
         for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
                             ("--frames", self.num_frames), ("--workers", self.workers), ("--streams", self.streams),
@@ -74,7 +73,7 @@ class PredictOptions:
                 raise UsageError(f"{name} must be at least 1")
         if self.crops not in CROPS:
             raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
-        decoder_choice()  # a bad STAM_DECODER stops the run here, not at every video
+        decoder = resolve_decoder(self.decoder)  # a bad --decoder / STAM_DECODER stops the run here
         device = resolve_device(self.device)
         streams = self.streams
         if device.type == "cuda" and streams is not None and streams > 1:
@@ -82,7 +81,7 @@ class PredictOptions:
                         "work with less memory; using 1", streams)
             streams = 1
         resolved = replace(self, device=str(device), precision=resolve_precision(self.precision, device),
-                           streams=streams)
+                           streams=streams, decoder=decoder)
         resolved._resolved = True
         return resolved
 

@@ -1,6 +1,7 @@
 """The STAM network: a timm Vision Transformer on every frame, a temporal transformer on top.
 
-Shapes follow ``../shared/docs/stam-reference.md``: input ``(videos, frames, 3, H, W)`` floats in
+Shapes follow the authors' release (Sharir et al., 2021, and their public code, whose checkpoints
+:mod:`stamcli.checkpoints` loads): input ``(videos, frames, 3, H, W)`` floats in
 [0, 1] with no mean/std normalisation; each frame goes through the spatial ViT, whose final-norm
 class token is the frame embedding; a learned temporal class token and position embedding are
 added and a post-norm ``nn.TransformerEncoder`` (ReLU feed-forward, LayerNorm eps 1e-5) mixes the
@@ -31,10 +32,10 @@ log = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5  # the authors' value in both transformers (timm's ViT default is 1e-6)
 
-#: Frames the spatial ViT takes per pass on the CPU. Their activations then stay below glibc's
-#: 32 MiB mmap threshold and are reused from the heap (:mod:`stamcli.allocator`): a batch of 4
-#: stam_16 videos page-faulted 1.5 million times per forward pass in one ViT pass, 0.5 million in
-#: 16-frame passes and none in 8-frame passes. The results are the same to float rounding.
+#: Frames the spatial ViT takes per pass on the CPU, so that its activations stay below glibc's
+#: 32 MiB mmap threshold and are reused from the heap (:mod:`stamcli.allocator`); the results are
+#: the same to float rounding. Chosen by page-fault counts: ``benchmarks/README.md``,
+#: "Measurements behind the code".
 CPU_FRAME_CHUNK = 8
 
 

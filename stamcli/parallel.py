@@ -6,11 +6,9 @@
   through the model at once, each on its share of the cores (one core each on up to 4 cores),
   instead of one batch spread over every core. A forward pass is hundreds of ops, and with every
   core on each op the cores wait for each other at the end of every op (layer norms, GELUs,
-  attention on 197 tokens). Measured on 2 shared cores (AMD EPYC), fp32, batch 8, interleaved
-  runs: 2 streams of 1 thread against 1 stream of 2 threads, model only, 1.12-1.21x for
-  ViT-Ti/16 x 16 frames and 1.10-1.19x for stam_16; ``stam predict`` with ViT-Ti, 1.10-1.25x.
-  Each stream holds a batch and its activations (stam_16 at batch 8: +292 MiB per stream).
-  On a GPU there is one stream: large batches keep the device busy.
+  attention on 197 tokens). Each stream holds a batch and its activations in memory. Gains and
+  memory cost: ``benchmarks/README.md``, "Model streams". On a GPU there is one stream: large
+  batches keep the device busy.
 - **Several processes on one machine** (``torchrun --nproc-per-node N``): each takes its share of
   the cores (:func:`process_cores`), so N ranks do not start N times as many threads as there are cores.
 
@@ -86,9 +84,8 @@ def one_torch_thread() -> Iterator[None]:
     """Run this thread's torch ops on one core, then restore its thread count (OpenMP builds).
 
     Preprocessing is 16 small resizes per clip: splitting each over every core gains little on
-    an idle machine and loses a lot on a busy one (OpenMP threads wait for each other). Measured
-    on 2 shared cores: ``read_clip`` of a 10 s 360p H.264 clip took 0.85-0.94 s with 2 threads
-    and 0.33-0.49 s with 1.
+    an idle machine and loses a lot on a busy one (OpenMP threads wait for each other; measured
+    in ``benchmarks/README.md``, "Measurements behind the code").
     """
     previous = torch.get_num_threads()
     if not PER_THREAD_OMP or previous == 1:
@@ -101,8 +98,8 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-# Without this each decode thread opens its own OpenMP team next to the model's, and on 2 cores
-# end-to-end time rose by 13% (stam_16, 4 videos: 23.2 s with 2 decode threads vs 20.6 s).
+# Without this each decode thread opens its own OpenMP team next to the model's, which competes
+# with the model for the cores (measured: benchmarks/README.md, "Measurements behind the code").
 def single_threaded_decode() -> None:
     """Decode-thread initializer: torch ops in this thread use one core (OpenMP builds only)."""
     if PER_THREAD_OMP:

@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 
 from .errors import StamError
-from .plots import write_png
-from .video import Clip, Views
+from .decode import Clip, Views
+from .fileutils import write_atomic
 
 COLUMNS = 8  #: tiles per row (fewer when the clip has fewer frames)
 MIN_TILE = 128  #: smallest tile side in pixels; smaller inputs are enlarged by an integer factor
@@ -104,7 +104,7 @@ def contact_sheet(clip: Clip, predictions: Sequence[dict], title: Optional[str] 
     """The sheet of ``clip``'s frames with ``predictions`` (``label``/``score`` dicts, best first), BGR uint8.
 
     ``title`` (default: the clip's path) heads the caption; a long one keeps its end.  Of test-time
-    :class:`~stamcli.video.Views`, the sheet shows the first temporal clip's centre crop.
+    :class:`~stamcli.decode.Views`, the sheet shows the first temporal clip's centre crop.
     """
     frames, indices = clip.frames.numpy(), clip.indices  # (F, 3, S, S) RGB
     if isinstance(clip, Views):
@@ -172,10 +172,10 @@ def preview_name(path: str) -> str:
 class PreviewWriter:
     """Writes one contact sheet per ``ok`` video into ``folder`` (created if needed).
 
-    Drawing and PNG encoding (about 0.1 s for 16 frames of 224 px on one CPU core; OpenCV releases the
-    GIL) run in a background thread, at most ``max_pending`` sheets behind, so that they overlap the
-    model instead of adding to it. A failed write is raised by a later :meth:`write` or by
-    :meth:`close`, which waits for every sheet (a context manager closes it on exit).
+    Drawing and PNG encoding (OpenCV releases the GIL) run in a background thread, at most
+    ``max_pending`` sheets behind, so that they overlap the model instead of adding to it. A failed
+    write is raised by a later :meth:`write` or by :meth:`close`, which waits for every sheet (a
+    context manager closes it on exit).
     """
 
     def __init__(self, folder, *, background: bool = True, max_pending: int = 8) -> None:
@@ -203,8 +203,10 @@ class PreviewWriter:
         return target
 
     def _write(self, clip: Clip, record: dict, target: Path) -> None:
-        # atomic: never a half-written sheet, even on Ctrl-C
-        write_png(target, contact_sheet(clip, record.get("predictions") or []), what="preview ")
+        ok, encoded = cv2.imencode(".png", contact_sheet(clip, record.get("predictions") or []))
+        if not ok:
+            raise StamError(f"cannot write preview {target}: PNG encoding failed")
+        write_atomic(target, encoded.tobytes(), what="preview ")  # never a half-written sheet, even on Ctrl-C
         self.written += 1
 
     def close(self) -> None:

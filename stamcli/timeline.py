@@ -2,7 +2,7 @@
 
 ``stam predict LONG.mp4 --window 10 --stride 5`` cuts each video into windows of ``window_s``
 seconds starting every ``stride_s`` seconds, samples ``F`` frames inside each window by the same
-uniform rule as a whole video (:func:`~stamcli.video.sample_indices`), and tags every window.
+uniform rule as a whole video (:func:`~stamcli.decode.sample_indices`), and tags every window.
 
 Window planning (:func:`plan_windows`) works in whole frames: a window is ``W = round(window_s *
 fps)`` frames long and window ``k`` starts at frame ``k * S`` with ``S = round(stride_s * fps)``
@@ -11,19 +11,21 @@ window that reaches the end of the video, so the last window may be shorter (a t
 shorter than one window gives one window over the whole video.  Times are ``frame / fps``.
 
 Decoding (:class:`TimelineReader`) reads each video once, and only the frames of windows still
-open are kept, so memory does not grow with the video's length.  Two decoders, as for
-:func:`~stamcli.video.read_clip`:
+open are kept, so memory does not grow with the video's length.  The backends and the fallback
+are those of :func:`~stamcli.decode.read_clip` (:func:`~stamcli.decode.decode_with_fallback`,
+decoder ``auto``, ``pyav`` or ``opencv``):
 
-* PyAV first (:class:`~stamcli.video.SparseFrameStream`): a pass over the packets gives the
+* PyAV (:class:`~stamcli.decode.SparseFrameStream`): a pass over the packets gives the
   exact frame count, so all windows are planned up front; only their sampled frames, and the
   frames those are predicted from, are decoded (the rest of x264's B-frames are dropped unseen).
   A window is handed on as soon as its last sampled frame is out.  If PyAV gives up, also
-  part-way, OpenCV reads the video again and the windows already handed on are not repeated.
-* OpenCV (:class:`~stamcli.video.FrameStream`; always with ``STAM_DECODER=opencv``) walks the
-  video frame after frame: every frame is grabbed, only the frames some open window samples are
-  retrieved and preprocessed, and a window is handed on when its last frame is decoded.  Full
-  windows do not depend on the header's frame count; the tail does, so the header count plans
-  it and the real end of the stream confirms it.  When the stream ends elsewhere (the header
+  part-way, OpenCV reads the video again (``auto``) and the windows already handed on are not
+  repeated.
+* OpenCV (:class:`~stamcli.decode.FrameStream`) walks the video frame after frame: every frame
+  is grabbed, only the frames some open window samples are retrieved and preprocessed, and a
+  window is handed on when its last frame is decoded.  Full windows do not depend on the
+  header's frame count; the tail does, so the header count plans it and the real end of the
+  stream confirms it.  When the stream ends elsewhere (the header
   lied), the window the stream ends in is truncated at the last decoded frame and uses the
   frames it had sampled, resampled uniformly to ``F``; later windows are dropped.
 
@@ -48,11 +50,11 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from .decode import Clip, FrameStream, SparseFrameStream, Unsupported, VideoInfo, decode_with_fallback, sample_indices
+from .decode.backend import Backend
 from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
 from .parallel import ModelStreams, single_threaded_decode
-from .sparse_decode import Unsupported, decoder_choice
-from .video import Clip, FrameStream, SparseFrameStream, VideoInfo, sample_indices
 from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "window_indices", "TimelineReader", "TimelinePredictor",
@@ -115,9 +117,9 @@ def plan_windows(n: int, fps: float, window_s: float, stride_s: Optional[float] 
     return windows
 
 
-def window_indices(window: Window, frames: int) -> list[int]:
-    """The ``frames`` source frames sampled in ``window``: :func:`sample_indices` inside it."""
-    return [window.start + i for i in sample_indices(window.end - window.start, frames)]
+def window_indices(window: Window, num_frames: int) -> list[int]:
+    """The ``num_frames`` source frames sampled in ``window``: :func:`sample_indices` inside it."""
+    return [window.start + i for i in sample_indices(window.end - window.start, num_frames)]
 
 
 def segments(spans: Sequence[tuple[float, float]], duration_s: float) -> list[tuple[float, float]]:
@@ -140,30 +142,32 @@ def segments(spans: Sequence[tuple[float, float]], duration_s: float) -> list[tu
 class _Open:
     """A window being filled: the frames it samples if it is full, or if it is the header's tail."""
 
-    def __init__(self, index: int, start: int, length: int, frames: int, header_n: Optional[int]):
+    def __init__(self, index: int, start: int, length: int, num_frames: int, header_n: Optional[int]):
         self.index, self.start = index, start
-        self.full = [start + i for i in sample_indices(length, frames)]
+        self.full = [start + i for i in sample_indices(length, num_frames)]
         self.tail = None  # sampled for the tail the header predicts, [start, header_n)
         if header_n is not None and start < header_n < start + length:
-            self.tail = [start + i for i in sample_indices(header_n - start, frames)]
+            self.tail = [start + i for i in sample_indices(header_n - start, num_frames)]
         self.wanted = set(self.full) | set(self.tail or ())
 
 
 class TimelineReader:
     """The windows of one video with their ``F`` preprocessed frames, decoding it once.
 
-    Iterating yields ``(Window, Clip)`` as each window fills.  Afterwards :attr:`frame_count`
-    is the number of decodable frames, :attr:`duration_s` the video's duration and
-    :attr:`decoder` what read it (``"pyav"`` or ``"opencv"``, see the module docstring).
-    :attr:`peak_buffered` is the most preprocessed frames held at once (it depends on the
-    window, stride and ``F``, not on the video's length).
+    ``decoder``: ``auto``, ``pyav`` or ``opencv`` (:mod:`stamcli.decode.decoders`).  Iterating
+    yields ``(Window, Clip)`` as each window fills.  Afterwards :attr:`frame_count` is the number
+    of decodable frames, :attr:`duration_s` the video's duration and :attr:`decoder` the backend
+    that read it (``"pyav"`` or ``"opencv"``, see the module docstring).  :attr:`peak_buffered` is
+    the most preprocessed frames held at once (it depends on the window, stride and ``F``, not on
+    the video's length).
     """
 
-    def __init__(self, path, frames: int, img_size: int, window_s: float, stride_s: Optional[float] = None, *,
-                 threads: int = 0):
+    def __init__(self, path, num_frames: int, img_size: int, window_s: float, stride_s: Optional[float] = None, *,
+                 threads: int = 0, decoder: str = "auto"):
         check_timeline(window_s, stride_s)
-        self.path, self.frames, self.img_size = path, frames, img_size
+        self.path, self.num_frames, self.img_size = path, num_frames, img_size
         self.window_s, self.stride_s, self.threads = window_s, stride_s, threads
+        self.choice = decoder  # the backends allowed: "auto", "pyav" or "opencv"
         self.frame_count: Optional[int] = None
         self.fps = 0.0
         self.peak_buffered = 0
@@ -176,18 +180,12 @@ class TimelineReader:
         return (self.frame_count or 0) / self.fps if self.fps > 0 else 0.0
 
     def __iter__(self) -> Iterator[tuple[Window, Clip]]:
-        handed = 0  # windows already yielded, should PyAV give up part-way
-        if decoder_choice() == "auto":
-            try:
-                for item in self._planned():
-                    yield item
-                    handed += 1
-                return
-            except Unsupported:
-                self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0
-        for item in self._streamed():
-            if item[0].index >= handed:
-                yield item
+        return decode_with_fallback(self.choice, self.path, self._windows)
+
+    def _windows(self, backend: Backend) -> Iterator[tuple[Window, Clip]]:
+        """Every window, read by ``backend``: PyAV knows the exact frame count before decoding and
+        plans every window up front; OpenCV walks the video and checks the header's count."""
+        return self._planned() if backend.name == "pyav" else self._streamed()
 
     def _window_clip(self, window: Window, indices: list[int], buffer: dict, need: Counter, sampled,
                      info: VideoInfo) -> Clip:
@@ -211,7 +209,7 @@ class TimelineReader:
                 raise Unsupported("no frame rate")  # OpenCV's path explains it
             self.decoder, self.fps, self.frame_count = "pyav", stream.fps, stream.frame_count
             windows = plan_windows(stream.frame_count, stream.fps, self.window_s, self.stride_s)
-            plans = [window_indices(w, self.frames) for w in windows]
+            plans = [window_indices(w, self.num_frames) for w in windows]
             need = Counter(j for indices in plans for j in set(indices))
             buffer: dict[int, torch.Tensor] = {}
             ready = 0  # windows handed on
@@ -227,6 +225,7 @@ class TimelineReader:
     def _streamed(self) -> Iterator[tuple[Window, Clip]]:
         """OpenCV (:class:`FrameStream`): every frame decoded in turn, windows opened as the stream
         reaches them and planned from the header's count, which the stream's end then checks."""
+        self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0  # PyAV may have begun
         with FrameStream(self.path, self.img_size, threads=self.threads) as stream:
             info = stream.info
             if info.fps <= 0:
@@ -242,7 +241,7 @@ class TimelineReader:
             def wanted(i: int) -> bool:
                 nonlocal next_k
                 while next_k * stride <= i:
-                    opened.append(_Open(next_k, next_k * stride, length, self.frames, info.frame_count))
+                    opened.append(_Open(next_k, next_k * stride, length, self.num_frames, info.frame_count))
                     need.update(opened[-1].wanted)
                     next_k += 1
                 return need[i] > 0
@@ -269,7 +268,7 @@ class TimelineReader:
                     indices = window.tail
                 else:  # the header was wrong: resample what this window has read
                     got = sorted(j for j in window.wanted if j < n)
-                    indices = [got[j] for j in sample_indices(len(got), self.frames)] if got else []
+                    indices = [got[j] for j in sample_indices(len(got), self.num_frames)] if got else []
                 if indices:
                     last_end = n
                     yield close(window, n, indices)
@@ -336,10 +335,9 @@ class TimelinePredictor:
         self._tops: dict[str, list[tuple[Window, dict]]] = {}  # scored windows of unfinished videos
 
     def reader(self, path: str) -> TimelineReader:
-        model = self.predictor.model
-        threads = 1 if self.predictor.workers > 1 else 0  # as Predictor: one codec thread per worker
-        return TimelineReader(path, self.predictor.num_frames, model.config.img_size, self.window_s, self.stride_s,
-                              threads=threads)
+        spec = self.predictor.clip_spec  # threads: as Predictor, one codec thread per worker
+        return TimelineReader(path, spec.num_frames, spec.img_size, self.window_s, self.stride_s,
+                              threads=spec.threads, decoder=spec.decoder)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """Window records and a video record for each path (see the README for the schema)."""

@@ -165,3 +165,48 @@ def save_authors_checkpoint(model, path: Path) -> Path:
     """``model`` in the authors' file format: ``torch.save({"model": state_dict})``."""
     torch.save({"model": authors_state_dict(model)}, path)
     return path
+
+
+@pytest.fixture(params=["auto", "opencv"])
+def decode_counter(monkeypatch, request):
+    """Counts videos opened and frames given by whichever backend reads them: OpenCV captures, or
+    :class:`stamcli.decode.pyav.SparseDecoder` reads and the frames they give.  ``.decoder`` is the
+    decoder choice the test should pass (``auto``: PyAV reads; ``opencv``: OpenCV alone)."""
+    import cv2
+
+    from stamcli.decode.pyav import SparseDecoder
+
+    real_capture = cv2.VideoCapture
+
+    class Counter:
+        decoder = request.param
+        opened = 0
+        retrieved = 0
+
+    class CountingCapture:
+        def __init__(self, *args):
+            Counter.opened += 1
+            self.real = real_capture(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def retrieve(self, *args):
+            Counter.retrieved += 1
+            return self.real.retrieve(*args)
+
+    enter, frames = SparseDecoder.__enter__, SparseDecoder.frames
+
+    def counted_enter(self):
+        Counter.opened += 1
+        return enter(self)
+
+    def counted_frames(self, wanted):
+        for item in frames(self, wanted):
+            Counter.retrieved += 1
+            yield item
+
+    monkeypatch.setattr(cv2, "VideoCapture", CountingCapture)
+    monkeypatch.setattr(SparseDecoder, "__enter__", counted_enter)
+    monkeypatch.setattr(SparseDecoder, "frames", counted_frames)
+    return Counter

@@ -131,6 +131,22 @@ def quadrant_colors(frame_rgb) -> tuple[str, str, str, str]:
 # ---------------------------------------------------------------------------- writers
 
 
+BANDS = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}  #: BGR colours of :func:`band_frame`
+
+
+def band_frame(height: int, width: int) -> np.ndarray:
+    """Three equal solid bands along the longer side: red, green, blue (left to right, or top to bottom)."""
+    img = np.zeros((height, width, 3), np.uint8)
+    long_side = max(height, width)
+    for k, bgr in enumerate(BANDS.values()):
+        lo, hi = k * long_side // 3, (k + 1) * long_side // 3
+        if width >= height:
+            img[:, lo:hi] = bgr
+        else:
+            img[lo:hi, :] = bgr
+    return img
+
+
 def write_video(path, frames: Iterable[np.ndarray], fps: float = 25, fourcc: str = "mp4v") -> Path:
     """Write BGR frames with OpenCV's VideoWriter (``mp4v``, ``MJPG``, ``XVID``, ``FFV1``...)."""
     import cv2
@@ -199,6 +215,25 @@ def write_index_video(path, n: int, height: int = 48, width: int = 64, fps: floa
     if codec:
         return write_video_av(path, frames, fps, codec, **av_kwargs)
     return write_video(path, frames, fps, fourcc)
+
+
+def write_raw_h264(path, n: int = 40, height: int = 48, width: int = 64, fps: float = 25) -> Path:
+    """A raw H.264 elementary stream (``.h264``) of ``n`` index frames, no B-frames: OpenCV reads it,
+    PyAV cannot (its packets have no timestamps to order frames by)."""
+    import av
+
+    path = Path(path)
+    src = write_index_video(path.with_suffix(".src.mp4"), n, height, width, fps, codec="libx264",
+                            options={"bf": "0"})
+    with av.open(str(src)) as inp, av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                packet.pts = packet.dts = None
+                out.mux(packet)
+    src.unlink()
+    return path
 
 
 # ---------------------------------------------------------------------------- broken files

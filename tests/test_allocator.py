@@ -46,15 +46,17 @@ def _faults(mode: str, **env) -> dict:
 
 @glibc
 def test_kept_memory_is_reused_without_page_faults():
-    default = _faults("default")
+    # The baseline is glibc handing freed memory back at once (fixed thresholds, as MALLOC_TRIM_THRESHOLD_
+    # sets): every pass page-faults its activations in again (about 18,800 pages of 4 KiB). glibc's own
+    # defaults move their thresholds as they go and vary between machines, so they make no baseline.
+    returned = _faults("default", MALLOC_TRIM_THRESHOLD_="131072")
     kept = _faults("keep")
     assert kept["applied"] is True
-    # glibc's defaults hand the activations back and page-fault them in again on every pass (18,849
-    # pages of 4 KiB measured); kept, the passes after the first reuse them. A thread's arena may
-    # still grow now and then in a later pass (1,182-5,910 faults seen, in one pass or two of 8)
-    assert statistics.median(default["faults"][2:]) > 10_000
+    assert min(returned["faults"][2:]) > 10_000
+    # Kept, the passes after the first reuse it. A thread's arena may still grow now and then in a later
+    # pass (one or two of the six, by up to about 6,000 pages), so the median and the sum are asserted.
     assert statistics.median(kept["faults"][2:]) < 1_000
-    assert sum(kept["faults"][2:]) < sum(default["faults"][2:]) / 10
+    assert sum(kept["faults"][2:]) < sum(returned["faults"][2:]) / 5
 
 
 @glibc

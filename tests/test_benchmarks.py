@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import CHILD_ENV, REPO
+from stamcli.decode import SEEK_MIN_GAP
 from stamcli.parallel import default_streams
 from stamcli.timeline import plan_windows
 
@@ -40,6 +41,14 @@ def test_the_quick_suite_measures_every_section_and_writes_its_tables(tmp_path):
         assert t["ours"]["frame_count"] == t["opencv"]["frame_count"] == t["opencv"]["decoded"] == n
         assert 0 < t["ours"]["decoded"] < n  # x264's unsampled B-frames are skipped
         assert t["speedup_vs_opencv"] == pytest.approx(t["opencv_ms"] / t["ours_ms"])
+    seeks = s["decode"]["seeks"]
+    assert [row["video"] for row in seeks] == ["MJPEG (all key frames)", "mp4v (GOP 12)", "H.264 (GOP 25)",
+                                               "H.264 (GOP 250)"]
+    assert s["decode"]["seek_min_gap"] == SEEK_MIN_GAP
+    for row in seeks:
+        assert row["frames"] == 150 and row["grab_ms"] > 0 and row["seek_ms"] > 0
+        assert row["grabs_per_seek"] == pytest.approx(row["seek_ms"] / row["grab_ms"])
+    assert "| a seek in grabs |" in (tmp_path / "results.md").read_text()
 
     assert s["model"]["matmul_gflops"] > 0
     for row in s["model"]["rows"]:
@@ -96,7 +105,7 @@ def test_the_authors_style_pipeline_gives_the_frames_stamcli_gives(tmp_path):
     sys.path.insert(0, str(REPO))
     from benchmarks.common import write_clip
     from benchmarks.decode import authors_clip
-    from stamcli.video import read_clip
+    from stamcli.decode import read_clip
 
     video = write_clip(tmp_path / "v.mp4", 2.0, 160, 96, seed=3)
     theirs, ours = authors_clip(video, 8, 64), read_clip(video, 8, 64).frames

@@ -21,7 +21,7 @@ from stamcli.cli import app
 from stamcli.embedding import EmbeddingStore
 from stamcli.engine import PredictOptions, Predictor
 from stamcli.model import STAM
-from stamcli.video import read_clip
+from stamcli.decode import read_clip
 
 runner = CliRunner()
 

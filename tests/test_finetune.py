@@ -64,7 +64,9 @@ def test_temporal_order_is_learned_and_the_run_folder_is_complete(motion, tmp_pa
     # slower: about 40% after 24 epochs here.)
     result = finetune(_config(motion, tmp_path, epochs=EPOCHS, lr=1e-3, freeze_backbone=True))
     run = result.run_dir
-    assert result.best_top1 >= 0.9, f"validation top-1 {result.best_top1:.3f}"
+    # Order-blind, the classes come in time-reversed pairs: 1/2 at best. The authors' post-norm encoder
+    # from scratch ends between 0.81 and 0.9 depending on the CPU's float kernels.
+    assert result.best_top1 >= 0.75, f"validation top-1 {result.best_top1:.3f}"
     assert sorted(p.name for p in run.iterdir()) == sorted([
         "best.safetensors", "last.safetensors", "last_state.pt", "config.yaml", "metrics.csv", "cache",
         "training_curves.png", "val_report.json", "val_report_confusion.csv", "val_report_confusion.png",
@@ -165,6 +167,21 @@ def test_bad_data_is_reported_before_training(tmp_path, motion):
                                  "--device", "cpu"])
     assert result.exit_code == 1
     assert "missing.mp4" in result.output and "bad.csv:3" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_config_s_decoder_checks_the_data(tmp_path, motion):
+    """A raw H.264 stream: OpenCV reads it, PyAV alone cannot (no timestamps)."""
+    from stamcli.errors import StamError
+    from synthetic import write_raw_h264
+
+    train = tmp_path / "raw.csv"
+    good = next((Path(motion[0]).parent / "left").glob("*.avi"))
+    train.write_text(f"path,label\n{good},left\n{write_raw_h264(tmp_path / 'raw.h264', 8)},right\n")
+    config = FinetuneConfig(data=str(train), model=str(motion[2]), output=str(tmp_path / "r"), device="cpu",
+                            decoder="pyav")
+    with pytest.raises(StamError, match=r"raw\.h264: unreadable video: PyAV cannot read it exactly"):
+        finetune(config)
     assert not (tmp_path / "r").exists()
 
 

@@ -1,18 +1,29 @@
-"""PNG charts drawn with OpenCV: read back and checked pixel by pixel."""
+"""PNG charts drawn with matplotlib: read back and checked pixel by pixel, and through the Figure."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import CHILD_ENV
 from stamcli.errors import StamError
-from stamcli.plots import PALETTE, _ticks, confusion_matrix_image, line_chart, render_confusion_matrix
+from stamcli.plots import (PALETTE, Panel, confusion_matrix_figure, confusion_matrix_image, figure_pixels, line_chart,
+                           line_chart_figure)
 
-BLUE, ORANGE = PALETTE[0], PALETTE[1]
-PLOT_TOP = 80  # below the title and a one-row legend of an 800 x 500 chart
+
+def _bgr(hex_colour: str) -> tuple[int, int, int]:
+    """A ``#rrggbb`` colour in OpenCV's (blue, green, red) order, as cv2.imread gives pixels."""
+    red, green, blue = (int(hex_colour[i: i + 2], 16) for i in (1, 3, 5))
+    return blue, green, red
+
+
+BLUE, ORANGE = _bgr(PALETTE[0]), _bgr(PALETTE[1])
+PLOT_TOP = 50  # below the title and a one-row legend (rows 23-47) of a chart
 
 
 def _read(path) -> np.ndarray:
@@ -74,15 +85,42 @@ def test_many_series_cycle_the_palette_and_x_values_are_used(tmp_path):
                              size=(640, 420)))
     assert image.shape == (420, 640, 3)
     for color in PALETTE:
-        assert len(_pixels(image, color, top=0)) > 20
+        assert len(_pixels(image, _bgr(color), top=0)) > 20
 
 
-def test_ticks_are_round_numbers():
-    assert _ticks(0, 1, 5) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert _ticks(0.13, 0.91, 4) == [0.2, 0.4, 0.6, 0.8]
-    assert _ticks(0.5, 12.5, 6, integer=True) == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
-    assert _ticks(0.5, 1.5, 6, integer=True) == [1.0]  # never half an epoch
-    assert _ticks(-230, 1740, 5) == [0.0, 500.0, 1000.0, 1500.0]
+def _visible_ticks(axis) -> list[float]:
+    low, high = sorted(axis.get_view_interval())
+    return [t for t in axis.get_ticklocs() if low - 1e-9 <= t <= high + 1e-9]
+
+
+def test_the_figure_holds_the_data_gaps_and_labels():
+    figure = line_chart_figure([Panel({"train loss": [1.0, None, 0.5, math.inf], "val loss": [2.0, 1.5]}, "loss",
+                                      ylabel="cross-entropy"),
+                                Panel({"val top-1": [50.0, 75.0, 80.0]}, "validation accuracy")],
+                               x=[1, 2, 3, 4], size=(640, 440))
+    assert figure_pixels(figure).shape == (440, 1280, 3)
+    loss, accuracy = figure.axes
+    assert loss.get_title() == "loss" and accuracy.get_title() == "validation accuracy"
+    assert loss.get_xlabel() == "epoch" and loss.get_ylabel() == "cross-entropy"
+    train, val = loss.lines
+    assert list(train.get_xdata()) == [1, 2, 3, 4]
+    assert np.array_equal(train.get_ydata(), [1.0, math.nan, 0.5, math.nan], equal_nan=True)  # None, inf: gaps
+    assert list(val.get_ydata()) == [2.0, 1.5]
+    assert (train.get_color(), val.get_color()) == (PALETTE[0], PALETTE[1])
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train loss", "val loss"]
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["val top-1"]
+    assert list(accuracy.lines[0].get_ydata()) == [50.0, 75.0, 80.0]
+
+
+def test_epoch_ticks_are_whole_numbers():
+    for x in ([1, 2], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]):
+        axes = line_chart_figure([Panel({"a": [float(v) for v in x]}, "t")], x=x).axes[0]
+        figure_pixels(axes.figure)  # ticks are chosen when the figure is drawn
+        ticks = _visible_ticks(axes.xaxis)
+        assert ticks and all(t == round(t) for t in ticks), ticks  # never half an epoch
+    axes = line_chart_figure([Panel({"a": [1.0, 2.0]}, "t")], x=[0.25, 0.5]).axes[0]
+    figure_pixels(axes.figure)
+    assert any(t != round(t) for t in _visible_ticks(axes.xaxis))  # fractional x keeps fractional ticks
 
 
 def _dark_cells(image: np.ndarray, min_area: int = 200) -> list[tuple[float, float]]:
@@ -129,10 +167,43 @@ def test_normalised_colours_follow_row_shares_and_counts_do_without(tmp_path):
         x, y, w, h, _ = max(stats[1:], key=lambda s: s[cv2.CC_STAT_AREA])
         return image[y + h + 4, x + w + 4].astype(int)
 
-    shares = lower_right(render_confusion_matrix(matrix, ["a", "b"], normalize=True))
-    counts = lower_right(render_confusion_matrix(matrix, ["a", "b"], normalize=False))
+    def render(normalize):
+        return figure_pixels(confusion_matrix_figure(matrix, ["a", "b"], normalize=normalize))[:, :, ::-1]  # BGR
+
+    shares = lower_right(render(True))
+    counts = lower_right(render(False))
     assert counts.min() > 235  # nearly white
     assert shares.sum() < counts.sum() - 150 and shares[0] > shares[2]  # a clear, bluish mid-tone
+
+
+def test_the_confusion_figure_holds_shares_counts_and_names():
+    labels = ["archery", "baking", "cycling"]
+    matrix = [[6, 2, 0], [0, 0, 0], [1, 1, 2]]
+    axes = confusion_matrix_figure(matrix, labels, title="cm - 12 videos").axes[0]
+    image = axes.get_images()[0]
+    expected = [[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.5]]  # rows: true class; an empty row is white
+    assert np.allclose(image.get_array(), expected) and image.get_clim() == (0.0, 1.0)
+    assert [t.get_text() for t in axes.get_xticklabels()] == labels
+    assert [t.get_text() for t in axes.get_yticklabels()] == labels
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("predicted", "true")
+    assert axes.figure.get_suptitle() == "cm - 12 videos"
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in axes.texts}
+    assert cells == {(r, c): str(matrix[r][c]) for r in range(3) for c in range(3)}
+    counted = confusion_matrix_figure(matrix, labels, normalize=False).axes[0].get_images()[0]
+    assert np.allclose(counted.get_array(), np.array(matrix) / 6)
+    many = confusion_matrix_figure(np.eye(400, dtype=int), [f"c{i}" for i in range(400)]).axes[0]
+    assert [t.get_text() for t in many.get_xticklabels()][:3] == ["0", "5", "10"]  # indices, not names
+    assert not many.texts  # no counts in cells of 8 pixels
+
+
+def test_charts_import_matplotlib_only_when_drawing():
+    code = ("import sys, stamcli, stamcli.cli, stamcli.plots, stamcli.train.metrics\n"
+            "sys.argv = ['stam', '--help']\n"
+            "try:\n    stamcli.cli.main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=CHILD_ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("n", [1, 2, 31, 400])

@@ -19,9 +19,9 @@ from conftest import REPO, SHARED, TINY_LABELS, interrupt_when
 from synthetic import write_empty, write_text, write_truncated, write_video
 from stamcli import load_checkpoint
 from stamcli.cli import app
+from stamcli.decode import read_clip
 from stamcli.device import resolve_device, resolve_precision
 from stamcli.engine import PredictOptions, Predictor
-from stamcli.video import read_clip
 
 runner = CliRunner()
 
@@ -264,7 +264,7 @@ def test_torchrun_ranks_tag_their_shards_and_rank0_merges_with_resume(videos, ti
 
 
 def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos, tiny_checkpoint, monkeypatch):
-    import stamcli.engine as engine
+    import stamcli.decode.clips as clips  # ClipSpec.read calls read_clip there
     import stamcli.parallel as parallel
 
     seen = []
@@ -273,7 +273,7 @@ def test_decode_threads_use_one_torch_thread_and_the_model_keeps_its_own(videos,
         seen.append(torch.get_num_threads())
         return read_clip(path, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "read_clip", spy)
+    monkeypatch.setattr(clips, "read_clip", spy)
     torch.set_num_threads(2)
     predictor = Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(workers=2, device="cpu"))
     records = list(predictor.predict([str(videos / p) for p in GOOD]))

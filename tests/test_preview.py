@@ -17,7 +17,7 @@ from stamcli.cli import app
 from stamcli.preview import (
     BACKGROUND, MAX_NAME, ascii_text, contact_sheet, fit_text, preview_name, sheet_shape, tile_size,
 )
-from stamcli.video import Clip, read_clip
+from stamcli.decode import Clip, read_clip
 
 runner = CliRunner()
 
@@ -67,7 +67,7 @@ def test_a_sheet_per_ok_video_with_the_models_frames_and_labels(run_dir, tiny_ch
 
 
 def test_sheets_reuse_the_decoded_clips(run_dir, tiny_checkpoint, monkeypatch):
-    import stamcli.engine as engine
+    import stamcli.decode.clips as clips  # ClipSpec.read calls read_clip there
 
     decoded = []
 
@@ -75,7 +75,7 @@ def test_sheets_reuse_the_decoded_clips(run_dir, tiny_checkpoint, monkeypatch):
         decoded.append(path)
         return read_clip(path, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "read_clip", spy)
+    monkeypatch.setattr(clips, "read_clip", spy)
     result = runner.invoke(app, ["predict", "v/a.mp4", "v/b.mp4", "-m", str(tiny_checkpoint), "-o", "t.csv",
                                  "--preview", "p", "-q", "--device", "cpu"], catch_exceptions=False)
     assert result.exit_code == 0
@@ -133,7 +133,7 @@ def test_a_sheet_that_cannot_be_written_is_one_line_error(run_dir, tiny_checkpoi
 
 
 def test_a_sheet_of_test_time_views_shows_the_first_clips_centre_crop(run_dir):
-    from stamcli.video import read_views
+    from stamcli.decode import read_views
 
     views = read_views("v/a.mp4", 4, 32, clips=2, crops=3)
     assert views.frames.shape == (6, 4, 3, 32, 32)

@@ -15,18 +15,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_LABELS
-from synthetic import (decode_clip_index, quadrant_colors, quadrant_frame, write_empty, write_index_video, write_text,
-                       write_video_av)
-import stamcli.video as video
+from conftest import TINY_LABELS, make_tiny_model
+from synthetic import (decode_clip_index, quadrant_colors, quadrant_frame, write_empty, write_index_video,
+                       write_raw_h264, write_text, write_video_av)
 from stamcli.cli import app
-from stamcli.engine import Predictor
+from stamcli.decode import opencv, sample_indices
+from stamcli.decode.pyav import SparseDecoder, Unsupported
+from stamcli.engine import PredictOptions, Predictor
 from stamcli.errors import UsageError, VideoError
-from stamcli.sparse_decode import SparseDecoder, Unsupported
 from stamcli.subtitles import format_subtitles, subtitle_cues
 from stamcli.timeline import (TimelinePredictor, TimelineReader, Window, check_timeline, plan_windows, segments,
                               window_indices, window_lengths)
-from stamcli.video import sample_indices
 from stamcli.writers import read_records
 
 runner = CliRunner()
@@ -67,15 +66,15 @@ _REAL_CAPTURE = cv2.VideoCapture
 
 
 @pytest.fixture(params=["auto", "opencv"])
-def decoder(request, monkeypatch):
-    """The default decoding (PyAV, OpenCV where PyAV gives up) and OpenCV alone (``STAM_DECODER=opencv``)."""
-    monkeypatch.setenv("STAM_DECODER", request.param)
+def decoder(request):
+    """The default decoding (PyAV, OpenCV where PyAV gives up) and OpenCV alone."""
     return request.param
 
 
 @pytest.fixture
-def opencv_only(monkeypatch):
-    """OpenCV alone (``STAM_DECODER=opencv``): for tests of the OpenCV stream's own logic."""
+def opencv_default(monkeypatch):
+    """``stam predict`` decodes with OpenCV alone (``STAM_DECODER=opencv``): for CLI tests of the
+    OpenCV stream's own logic."""
     monkeypatch.setenv("STAM_DECODER", "opencv")
 
 
@@ -83,7 +82,7 @@ def opencv_only(monkeypatch):
 def counting(monkeypatch):
     CountingCapture.opened, CountingCapture.grabs = 0, 0
     CountingCapture.frame_count_lie = CountingCapture.fps_lie = None
-    monkeypatch.setattr(video.cv2, "VideoCapture", CountingCapture)
+    monkeypatch.setattr(opencv.cv2, "VideoCapture", CountingCapture)
     return CountingCapture
 
 
@@ -143,8 +142,8 @@ def test_option_checks():
 # ---------------------------------------------------------------------------- the reader
 
 
-def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, opencv_only, counting):
-    reader = TimelineReader(clips / "a.mp4", 4, 64, 2, 1.5)
+def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, counting):
+    reader = TimelineReader(clips / "a.mp4", 4, 64, 2, 1.5, decoder="opencv")
     got = list(reader)
     planned = plan_windows(60, 10, 2, 1.5)
     assert [w for w, _ in got] == planned
@@ -164,7 +163,7 @@ def test_reader_decodes_once_and_returns_the_planned_source_frames(clips, opencv
 def test_buffered_frames_do_not_grow_with_the_video(clips, decoder):
     peaks = []
     for name, n in (("b.mp4", 40), ("long.mp4", 160)):
-        reader = TimelineReader(clips / name, 4, 32, 1, 0.5)
+        reader = TimelineReader(clips / name, 4, 32, 1, 0.5, decoder=decoder)
         windows = [w for w, _ in reader]
         assert _spans(windows) == _spans(plan_windows(n, 10, 1, 0.5))
         peaks.append(reader.peak_buffered)
@@ -178,9 +177,9 @@ def test_buffered_frames_do_not_grow_with_the_video(clips, decoder):
     (25, [31, 35, 35, 39]),  # under-count: windows go on past the header's end
     (0, [31, 35, 35, 39]),  # no count at all
 ])
-def test_a_lying_header_count_still_gives_the_real_windows(clips, opencv_only, counting, lie, tail_ids):
+def test_a_lying_header_count_still_gives_the_real_windows(clips, counting, lie, tail_ids):
     counting.frame_count_lie = lie
-    reader = TimelineReader(clips / "b.mp4", 4, 64, 1.5, 1)
+    reader = TimelineReader(clips / "b.mp4", 4, 64, 1.5, 1, decoder="opencv")
     got = list(reader)
     assert _spans(w for w, _ in got) == _spans(plan_windows(40, 10, 1.5, 1)) == [(0, 15), (10, 25), (20, 35), (30, 40)]
     for window, clip in got[:3]:  # full windows never depend on the count
@@ -192,7 +191,7 @@ def test_a_lying_header_count_still_gives_the_real_windows(clips, opencv_only, c
 def test_rotation_is_honoured(tmp_path, decoder):
     src = quadrant_frame(48, 80)
     path = write_video_av(tmp_path / "rot.mp4", [src] * 6, 10, "libx264", rotation=90)
-    reader = TimelineReader(path, 2, 32, 5)
+    reader = TimelineReader(path, 2, 32, 5, decoder=decoder)
     (window, clip), = list(reader)
     assert reader.decoder == clip.decoder == {"auto": "pyav", "opencv": "opencv"}[decoder]
     upright = np.rot90(src, k=1)
@@ -207,9 +206,8 @@ def h264(tmp_path_factory) -> Path:
                              options={"g": "30"})
 
 
-def _timeline(path, monkeypatch, choice: str, *args) -> tuple[TimelineReader, list]:
-    monkeypatch.setenv("STAM_DECODER", choice)
-    reader = TimelineReader(path, *args)
+def _timeline(path, decoder: str, *args) -> tuple[TimelineReader, list]:
+    reader = TimelineReader(path, *args, decoder=decoder)
     return reader, list(reader)
 
 
@@ -228,10 +226,9 @@ def _same_windows(got, expected) -> None:
     (12, None, 45),  # one window over the whole video: a seek to the key frame before each sampled frame
     (5, 3.5, 85),
 ])
-def test_pyav_plans_the_timeline_up_front_and_decodes_only_what_it_needs(h264, monkeypatch, window, stride,
-                                                                        most_decoded):
-    cv, expected = _timeline(h264, monkeypatch, "opencv", 4, 32, window, stride)
-    pyav, got = _timeline(h264, monkeypatch, "auto", 4, 32, window, stride)
+def test_pyav_plans_the_timeline_up_front_and_decodes_only_what_it_needs(h264, window, stride, most_decoded):
+    cv, expected = _timeline(h264, "opencv", 4, 32, window, stride)
+    pyav, got = _timeline(h264, "auto", 4, 32, window, stride)
     assert (pyav.decoder, cv.decoder) == ("pyav", "opencv")
     assert {clip.decoder for _, clip in got} == {"pyav"}
     windows = plan_windows(300, 25, window, stride)
@@ -254,35 +251,64 @@ TIMELINE_VIDEOS = {  # name: (file, write_index_video arguments)
 
 @pytest.mark.parametrize("name", list(TIMELINE_VIDEOS))
 @pytest.mark.parametrize("window, stride", [(2, 1), (1, 3)])
-def test_pyav_and_opencv_timelines_agree(tmp_path, monkeypatch, name, window, stride):
+def test_pyav_and_opencv_timelines_agree(tmp_path, name, window, stride):
     file, kwargs = TIMELINE_VIDEOS[name]
     kwargs = {"fps": 25, **kwargs}
     path = write_index_video(tmp_path / file, kwargs.pop("n"), **kwargs)
-    cv, expected = _timeline(path, monkeypatch, "opencv", 4, 32, window, stride)
-    pyav, got = _timeline(path, monkeypatch, "auto", 4, 32, window, stride)
+    cv, expected = _timeline(path, "opencv", 4, 32, window, stride)
+    pyav, got = _timeline(path, "auto", 4, 32, window, stride)
     assert (pyav.decoder, cv.decoder) == ("pyav", "opencv")
     _same_windows(got, expected)
     assert [w for w, _ in got] == plan_windows(cv.frame_count, cv.fps, window, stride)
     assert (pyav.frame_count, pyav.fps) == (cv.frame_count, cv.fps) and pyav.grabs < cv.grabs
 
 
-def test_pyav_giving_up_part_way_hands_each_window_on_once(h264, monkeypatch):
-    _, expected = _timeline(h264, monkeypatch, "opencv", 4, 32, 2, 1)
+def _give_up_after(frames_out: int, monkeypatch) -> None:
+    """PyAV gives up (Unsupported) after ``frames_out`` frames of each read."""
     real = SparseDecoder.frames
 
     def gives_up(self, wanted):
         for count, item in enumerate(real(self, wanted)):
-            if count == 20:
+            if count == frames_out:
                 raise Unsupported("gave up for the test")
             yield item
 
     monkeypatch.setattr(SparseDecoder, "frames", gives_up)
-    reader, got = _timeline(h264, monkeypatch, "auto", 4, 32, 2, 1)
+
+
+def test_pyav_giving_up_part_way_hands_each_window_on_once(h264, monkeypatch):
+    _, expected = _timeline(h264, "opencv", 4, 32, 2, 1)
+    _give_up_after(20, monkeypatch)
+    reader, got = _timeline(h264, "auto", 4, 32, 2, 1)
     _same_windows(got, expected)  # every window once, in order
     decoders = [clip.decoder for _, clip in got]
     first = decoders.count("pyav")
     assert 1 <= first < len(got) and decoders == ["pyav"] * first + ["opencv"] * (len(got) - first)
     assert (reader.decoder, reader.frame_count, reader.grabs) == ("opencv", 300, 300)
+
+
+def test_pyav_alone_reports_what_it_cannot_read_also_part_way(h264, tmp_path, monkeypatch):
+    raw = write_raw_h264(tmp_path / "raw.h264", 120)
+    with pytest.raises(VideoError, match=r"raw\.h264: PyAV cannot read it exactly \(a packet without a timestamp\)"):
+        list(TimelineReader(raw, 4, 32, 2, decoder="pyav"))
+    reader, got = _timeline(raw, "auto", 4, 32, 2)
+    assert reader.decoder == "opencv" and reader.frame_count == 120 and len(got) >= 2
+    assert [w for w, _ in got] == plan_windows(120, reader.fps, 2) and all(_ids(c) == c.indices for _, c in got)
+    _, expected = _timeline(h264, "pyav", 4, 32, 2, 1)
+    _give_up_after(20, monkeypatch)
+    reader, got = TimelineReader(h264, 4, 32, 2, 1, decoder="pyav"), []
+    with pytest.raises(VideoError, match="PyAV cannot read it exactly \\(gave up for the test\\)"):
+        for item in reader:
+            got.append(item)
+    assert 1 <= len(got) < len(expected)  # the windows before PyAV gave up, then the error
+    _same_windows(got, expected[: len(got)])
+
+
+def test_the_predictor_s_decoder_reads_the_timelines(clips):
+    for decoder, backend in (("opencv", "opencv"), ("pyav", "pyav"), ("auto", "pyav")):
+        timeline = TimelinePredictor(Predictor(make_tiny_model(), PredictOptions(device="cpu", decoder=decoder)), 2)
+        reader = timeline.reader(str(clips / "b.mp4"))
+        assert [clip.decoder for _, clip in reader] == [backend] * 2 and reader.decoder == backend
 
 
 @pytest.mark.parametrize("lie", [60, 25, 0])
@@ -296,18 +322,18 @@ def test_pyav_counts_the_frames_itself_so_a_lying_header_changes_nothing(clips, 
     assert reader.frame_count == 40
 
 
-def test_unreadable_videos_raise_one_line_errors(clips, tmp_path, opencv_only, counting):
+def test_unreadable_videos_raise_one_line_errors(clips, tmp_path, counting):
     with pytest.raises(VideoError, match="the file is empty"):
-        list(TimelineReader(write_empty(tmp_path / "e.mp4"), 4, 32, 1))
+        list(TimelineReader(write_empty(tmp_path / "e.mp4"), 4, 32, 1, decoder="opencv"))
     counting.fps_lie = 0
     with pytest.raises(VideoError, match=r"b\.mp4: its header has no frame rate, needed to place timeline windows"):
-        list(TimelineReader(clips / "b.mp4", 4, 32, 1))
+        list(TimelineReader(clips / "b.mp4", 4, 32, 1, decoder="opencv"))
     counting.fps_lie, counting.frame_count_lie = None, 20
     write_index_video(tmp_path / "one.mp4", 1, fps=10)  # the header says 20 frames; window 0 samples 2, 7, 12, 17
     with pytest.raises(VideoError, match="no timeline window could be filled from its 1 decodable frames"):
-        list(TimelineReader(tmp_path / "one.mp4", 4, 32, 2))
+        list(TimelineReader(tmp_path / "one.mp4", 4, 32, 2, decoder="opencv"))
     counting.frame_count_lie = None
-    (window, clip), = TimelineReader(tmp_path / "one.mp4", 4, 32, 2)  # with the true count: one 1-frame window
+    (window, clip), = TimelineReader(tmp_path / "one.mp4", 4, 32, 2, decoder="opencv")  # true count: one 1-frame window
     assert (window.start, window.end, clip.indices) == (0, 1, [0, 0, 0, 0])
 
 
@@ -366,7 +392,7 @@ WINDOW_KEYS = ["path", "status", "error", "predictions", "frames", "model", "dur
                "start_s", "end_s"]
 
 
-def test_jsonl_windows_and_summary(clips, tiny_checkpoint, tmp_path, scripted, opencv_only, counting):
+def test_jsonl_windows_and_summary(clips, tiny_checkpoint, tmp_path, scripted, opencv_default, counting):
     out = tmp_path / "t.jsonl"
     result = _predict(clips / "a.mp4", clips / "b.mp4", "-m", tiny_checkpoint, "--window", 2, "--stride", 1.5,
                       "-k", 2, "-b", 3, "-o", out)

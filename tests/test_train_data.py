@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from stamcli.decode import read_clip, sample_indices
 from stamcli.errors import StamError, VideoError
 from stamcli.train.data import (ClipDataset, Example, Problem, check_classes, check_examples, class_names,
                                 jittered_indices, random_resized_crop, read_examples, stratified_split, validate)
-from stamcli.video import read_clip, sample_indices
 from synthetic import (MOTION_CLASSES, decode_clip_index, motion_frames, quadrant_colors, quadrant_frame,
-                       write_index_video, write_motion_dataset, write_motion_video, write_text, write_truncated,
-                       write_video, write_video_av)
+                       write_index_video, write_motion_dataset, write_motion_video, write_raw_h264, write_text,
+                       write_truncated, write_video, write_video_av)
 
 ALL_FRAMES = lambda n, f: list(range(n))  # noqa: E731 - every frame, in order
 
@@ -328,10 +328,9 @@ def test_read_clip_sampler_gives_exactly_those_frames(tmp_path):
 
 
 @pytest.mark.parametrize("decoder", ["opencv", "auto"])
-def test_read_clip_sampler_is_used_after_a_lying_header(tmp_path, monkeypatch, decoder):
+def test_read_clip_sampler_is_used_after_a_lying_header(tmp_path, decoder):
     """OpenCV plans from the header's 60 frames and asks again with the real count; PyAV's
     count is exact, so it asks once."""
-    monkeypatch.setenv("STAM_DECODER", decoder)
     full = write_index_video(tmp_path / "t60.avi", 60, 48, 64, fourcc="MJPG")
     path = write_truncated(full, tmp_path / "t60_cut.avi", 0.6)
     calls = []
@@ -340,7 +339,7 @@ def test_read_clip_sampler_is_used_after_a_lying_header(tmp_path, monkeypatch, d
         calls.append(n)
         return [n - 2, 0, n // 2]
 
-    clip = read_clip(path, 3, 32, sampler=sampler)
+    clip = read_clip(path, 3, 32, sampler=sampler, decoder=decoder)
     real = clip.frame_count
     assert 0 < real < 60 and calls == ([60, real] if decoder == "opencv" else [real])
     assert clip.decoder == ("opencv" if decoder == "opencv" else "pyav")
@@ -441,6 +440,22 @@ def test_clip_dataset_errors(tmp_path, clip_file):
         ClipDataset(examples, {"a": 0}, 4, 32, train=True)[0]
     with pytest.raises(StamError, match="labels without a class index: a"):
         ClipDataset(examples, {"b": 0}, 4, 32, train=False)
+
+
+
+def test_the_decoder_reads_the_clips_and_checks_the_data(tmp_path):
+    """A raw H.264 stream: OpenCV reads it, PyAV alone cannot (no timestamps)."""
+    raw = write_raw_h264(tmp_path / "raw.h264", 40)
+    examples = [Example(str(raw), "a", "x:1")]
+    for train in (True, False):
+        frames, target = ClipDataset(examples, {"a": 0}, 4, 32, train=train, decoder="auto")[0]
+        assert frames.shape == (4, 3, 32, 32) and target == 0
+        with pytest.raises(VideoError, match="PyAV cannot read it exactly"):
+            ClipDataset(examples, {"a": 0}, 4, 32, train=train, decoder="pyav")[0]
+    assert check_examples(examples, decoder="opencv") == []
+    (problem,) = check_examples(examples, decoder="pyav")
+    assert problem.message.startswith("unreadable video: PyAV cannot read it exactly (a packet without a timestamp)")
+    assert validate(examples, skip_bad=True, decoder="pyav") == [] and validate(examples, skip_bad=True) == examples
 
 
 # ---------------------------------------------------------------------------- the motion dataset

@@ -202,3 +202,27 @@ def test_metrics_log_unwritable(tmp_path):
         log.append(_row(1))
     with pytest.raises(StamError, match="cannot write"):
         MetricsLog(tmp_path / "m.csv").plot(blocker / "curves.png")
+
+
+def test_metrics_log_draws_the_curves_when_due_and_always_at_the_end(tmp_path, monkeypatch):
+    import stamcli.train.metrics as metrics
+
+    clock = {"now": 100.0}
+
+    def tick():  # every reading of the clock moves it on by 0.5 s: each chart "takes" 0.5 s
+        clock["now"] += 0.5
+        return clock["now"]
+
+    monkeypatch.setattr(metrics.time, "monotonic", tick)
+    log = MetricsLog(tmp_path / "metrics.csv")
+    png = tmp_path / "training_curves.png"
+    log.append(_row(1))
+    assert log.plot_if_due(png) == png  # the first chart is always drawn
+    first = png.read_bytes()
+    log.append(_row(2))
+    assert log.plot_if_due(png) is None and png.read_bytes() == first  # 1 s after a 0.5 s chart: not due
+    clock["now"] += 5.0  # 5.5 s since the last chart, more than 0.5 s / 10%
+    assert log.plot_if_due(png) == png and png.read_bytes() != first
+    drawn = png.read_bytes()
+    log.append(_row(3))
+    assert log.plot_if_due(png, final=True) == png and png.read_bytes() != drawn  # the last epoch is never skipped

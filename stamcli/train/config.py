@@ -43,12 +43,12 @@ class FinetuneConfig:
     freeze_backbone: bool = False
     hflip: bool = False
     skip_bad: bool = False
+    decoder: Optional[str] = None  # auto, pyav or opencv; None: STAM_DECODER, else auto
     output: Optional[str] = None  # run directory; None: runs/finetune/<name>
     name: Optional[str] = None
     weights_dir: Optional[str] = None
     mirror: Optional[str] = None
     offline: Optional[bool] = None
-    decoder: Optional[str] = None  # auto, pyav or opencv; None: $STAM_DECODER, else auto
 
     def check(self) -> None:
         if not self.data:
@@ -67,6 +67,9 @@ class FinetuneConfig:
             raise UsageError("--lr must be > 0, --weight-decay and --warmup >= 0, --label-smoothing in [0, 1)")
         if self.workers < 0 or self.patience < 0 or self.clip_grad < 0:
             raise UsageError("--workers, --patience and --clip-grad must be >= 0")
+        from ..decode import resolve_decoder  # torch-free until a run: the CLI starts without it
+
+        resolve_decoder(self.decoder)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

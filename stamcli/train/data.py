@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..decode import read_clip, sample_indices
 from ..errors import StamError, VideoError
 from ..inputs import DEFAULT_EXTENSIONS, collect_videos, has_video_extension, natural_key
-from ..video import read_clip, sample_indices
 
 __all__ = ["Example", "Problem", "read_examples", "class_names", "check_examples", "check_classes",
            "validate", "stratified_split", "jittered_indices", "random_resized_crop", "ClipDataset"]
@@ -180,10 +180,10 @@ def class_names(examples: Sequence[Example]) -> list[str]:
 # ---------------------------------------------------------------------------- checking
 
 
-def _unreadable(path: str, frames: int) -> str | None:
-    """Why the video cannot be decoded, or None. A cheap read: ``frames`` tiny frames."""
+def _unreadable(path: str, num_frames: int, decoder: str) -> str | None:
+    """Why the video cannot be decoded, or None. A cheap read: ``num_frames`` tiny frames."""
     try:
-        read_clip(path, max(1, frames), 16, threads=1)
+        read_clip(path, max(1, num_frames), 16, threads=1, decoder=decoder)
     except VideoError as err:
         return "unreadable video: " + str(err).removeprefix(f"cannot read video {path}: ")
     except (OSError, RuntimeError) as err:
@@ -191,7 +191,8 @@ def _unreadable(path: str, frames: int) -> str | None:
     return None
 
 
-def _example_problems(examples: Sequence[Example], decode: bool, frames: int) -> list[tuple[Problem, set[int]]]:
+def _example_problems(examples: Sequence[Example], decode: bool, num_frames: int,
+                      decoder: str) -> list[tuple[Problem, set[int]]]:
     """Per-example problems, each with the positions of the examples it rules out, in file order."""
     found: dict[int, list[tuple[Problem, set[int]]]] = {}
 
@@ -226,18 +227,21 @@ def _example_problems(examples: Sequence[Example], decode: bool, frames: int) ->
             to_decode.append(same[0])
     if to_decode:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for i, message in zip(to_decode, pool.map(lambda i: _unreadable(examples[i].path, frames), to_decode)):
+            messages = pool.map(lambda i: _unreadable(examples[i].path, num_frames, decoder), to_decode)
+            for i, message in zip(to_decode, messages):
                 if message:
                     add(i, message)
     return [item for i in sorted(found) for item in found[i]]
 
 
-def check_examples(examples: Sequence[Example], *, decode: bool = True, frames: int = 8) -> list[Problem]:
+def check_examples(examples: Sequence[Example], *, decode: bool = True, frames: int = 8,
+                   decoder: str = "auto") -> list[Problem]:
     """Every problem of single examples: no path or no label, missing file or a folder, a video that
-    cannot be decoded (``decode``: read ``frames`` small frames, two videos at a time), and a path
-    listed twice (each repeat names the first; with different labels every occurrence is a problem).
+    cannot be decoded (``decode``: read ``frames`` small frames with ``decoder``, two videos at a
+    time), and a path listed twice (each repeat names the first; with different labels every
+    occurrence is a problem).
     """
-    return [problem for problem, _ in _example_problems(examples, decode, frames)]
+    return [problem for problem, _ in _example_problems(examples, decode, frames, decoder)]
 
 
 def check_classes(train: Sequence[Example], val: Sequence[Example] | None = None) -> list[Problem]:
@@ -270,7 +274,7 @@ def _data_names(examples: Sequence[Example]) -> str:
 
 
 def validate(train: Sequence[Example], val: Sequence[Example] | None = None, *, skip_bad: bool,
-             frames: int = 8, decode: bool = True, split: bool = False):
+             frames: int = 8, decode: bool = True, split: bool = False, decoder: str = "auto"):
     """Check ``train`` (and ``val``) all at once, then stop or drop.
 
     Checks: :func:`check_examples` on all examples together (so a video in both sets is a
@@ -286,7 +290,7 @@ def validate(train: Sequence[Example], val: Sequence[Example] | None = None, *, 
     train, given_val = list(train), val is not None
     val = list(val) if given_val else []
     examples = train + val
-    found = _example_problems(examples, decode, frames)
+    found = _example_problems(examples, decode, frames, decoder)
     dropped = set().union(*(drop for _, drop in found))
     kept_train = [e for i, e in enumerate(train) if i not in dropped]
     kept_val = [e for i, e in enumerate(val, len(train)) if i not in dropped]
@@ -361,7 +365,7 @@ def jittered_indices(n: int, num_frames: int, rng: np.random.Generator) -> list[
 
 def random_resized_crop(rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Callable[[int, int], tuple[int, int, int, int]]:
-    """A ``crop(height, width) -> (top, left, crop_h, crop_w)`` for :func:`stamcli.video.read_clip`:
+    """A ``crop(height, width) -> (top, left, crop_h, crop_w)`` for :func:`stamcli.decode.read_clip`:
     torchvision's RandomResizedCrop choice (area fraction uniform in ``scale``, log-uniform aspect
     ratio in ``ratio``, uniform position; after 10 misses a centre crop of the whole frame clipped
     to ``ratio``)."""
@@ -400,11 +404,12 @@ class ClipDataset(Dataset):
     ``numpy.random.SeedSequence([seed, epoch, i])``: frames, crop, flip), so it does not depend on
     the worker process that loads it and a resumed run repeats it exactly. Call
     :meth:`set_epoch` before each epoch (with persistent DataLoader workers it would not reach
-    them). A video that cannot be decoded raises :class:`VideoError`.
+    them). ``decoder``: ``auto``, ``pyav`` or ``opencv`` (:mod:`stamcli.decode.decoders`). A video
+    that cannot be decoded raises :class:`VideoError`.
     """
 
     def __init__(self, examples: Sequence[Example], label_to_index: dict[str, int], frames: int, img_size: int, *,
-                 train: bool, seed: int = 0, hflip: bool = False, threads: int = 0):
+                 train: bool, seed: int = 0, hflip: bool = False, threads: int = 0, decoder: str = "auto"):
         unknown = sorted({e.label for e in examples} - set(label_to_index))
         if unknown:
             raise StamError(f"labels without a class index: {', '.join(unknown[:10])}"
@@ -412,7 +417,7 @@ class ClipDataset(Dataset):
         self.examples = list(examples)
         self.label_to_index = dict(label_to_index)
         self.frames, self.img_size, self.train = int(frames), int(img_size), bool(train)
-        self.seed, self.hflip, self.threads = int(seed), bool(hflip), int(threads)
+        self.seed, self.hflip, self.threads, self.decoder = int(seed), bool(hflip), int(threads), decoder
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -426,10 +431,11 @@ class ClipDataset(Dataset):
         example = self.examples[i]
         target = self.label_to_index[example.label]
         if not self.train:
-            return read_clip(example.path, self.frames, self.img_size, threads=self.threads).frames, target
+            return read_clip(example.path, self.frames, self.img_size, threads=self.threads,
+                             decoder=self.decoder).frames, target
         when, where, flip = (np.random.default_rng(s) for s in
                              np.random.SeedSequence(_entropy(self.seed, self.epoch, i)).spawn(3))
-        clip = read_clip(example.path, self.frames, self.img_size, threads=self.threads,
+        clip = read_clip(example.path, self.frames, self.img_size, threads=self.threads, decoder=self.decoder,
                          sampler=lambda n, f: jittered_indices(n, f, when), crop=random_resized_crop(where))
         frames = clip.frames
         if self.hflip and flip.random() < 0.5:

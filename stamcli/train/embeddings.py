@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..distributed import Distributed
 from ..device import autocast_for
+from ..fileutils import atomic_path
 from ..model import STAM
 from .data import ClipDataset, Example
 
@@ -51,19 +52,20 @@ def _part_path(path: Path, dist: Distributed, rank: int) -> Path:
 
 
 def _save(tensor: torch.Tensor, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(tensor, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(tensor, tmp)
 
 
-def _split(model, examples, index, cache_dir: Path, name: str, dist: Distributed, **run) -> TensorDataset:
+def _split(model, examples, index, cache_dir: Path, name: str, dist: Distributed, decoder: str,
+           **run) -> TensorDataset:
     """The embeddings of ``examples``, computed once. Under torchrun each rank embeds every W-th
     video into a part file and rank 0 joins the parts: W times faster, and the ranks wait for each
     other with :meth:`Distributed.barrier`, whose timeout no cache is too slow for."""
     path = cache_dir / f"{name}-{_cache_key(model, examples)}.pt"
     if not path.exists():
         mine = examples[dist.rank :: dist.world]
-        dataset = ClipDataset(mine, index, model.config.frames, model.config.img_size, train=False)
+        dataset = ClipDataset(mine, index, model.config.frames, model.config.img_size, train=False,
+                              decoder=decoder)
         if dist.is_main:
             log.info("computing %s frame embeddings for %d videos (once)", name, len(examples))
         embeddings = _embed(model, dataset, **run)
@@ -88,8 +90,10 @@ def _split(model, examples, index, cache_dir: Path, name: str, dist: Distributed
 
 
 def cached_embeddings(model: STAM, train, val, index: dict[str, int], cache_dir: Path, *, device, precision: str,
-                      batch_size: int, workers: int, dist: Distributed) -> tuple[TensorDataset, TensorDataset]:
-    """(train, val) datasets of ``(frame embeddings (F, D) float16, label index)``."""
+                      batch_size: int, workers: int, dist: Distributed,
+                      decoder: str = "auto") -> tuple[TensorDataset, TensorDataset]:
+    """(train, val) datasets of ``(frame embeddings (F, D) float16, label index)``; the videos read
+    with ``decoder`` (:mod:`stamcli.decode.decoders`)."""
     run = dict(device=device, precision=precision, batch_size=batch_size, workers=workers)
-    return (_split(model, train, index, cache_dir, "train", dist, **run),
-            _split(model, val, index, cache_dir, "val", dist, **run))
+    return (_split(model, train, index, cache_dir, "train", dist, decoder, **run),
+            _split(model, val, index, cache_dir, "val", dist, decoder, **run))

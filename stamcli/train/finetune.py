@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..allocator import keep_freed_memory
 from ..checkpoints import load_checkpoint, save_checkpoint
+from ..decode import resolve_decoder
 from ..device import autocast_for, resolve_device, resolve_precision
 from ..distributed import Distributed
 from ..errors import StamError, UsageError
@@ -188,16 +189,19 @@ class _Run:
         index = {label: i for i, label in enumerate(self.labels)}
         self.val_examples = val
         frames, size = model.config.frames, model.config.img_size
+        decoder = resolve_decoder(config.decoder)
         if config.freeze_backbone:
             self.model.spatial.requires_grad_(False)
             self.train_set, self.val_set = cached_embeddings(
                 self.model, train, val, index, run_dir / "cache", device=self.device,
                 precision=self.precision, batch_size=config.batch_size, workers=config.workers, dist=dist,
+                decoder=decoder,
             )
             self.trainable = TemporalHead(self.model)
         else:
-            self.train_set = ClipDataset(train, index, frames, size, train=True, seed=config.seed, hflip=config.hflip)
-            self.val_set = ClipDataset(val, index, frames, size, train=False)
+            self.train_set = ClipDataset(train, index, frames, size, train=True, seed=config.seed, hflip=config.hflip,
+                                         decoder=decoder)
+            self.val_set = ClipDataset(val, index, frames, size, train=False, decoder=decoder)
             self.trainable = self.model
         self.train_sampler = EpochSampler(len(self.train_set), config.seed, shuffle=True,
                                           rank=dist.rank, world=dist.world)
@@ -337,10 +341,12 @@ def _prepare_data(config: FinetuneConfig, labels: Optional[list[str]] = None):
     """Training and validation examples, checked all at once before any training starts."""
     train = read_examples(config.data)
     frames = config.frames or 8
+    decoder = resolve_decoder(config.decoder)
     if config.val:
-        train, val = validate(train, read_examples(config.val), skip_bad=config.skip_bad, frames=frames)
+        train, val = validate(train, read_examples(config.val), skip_bad=config.skip_bad, frames=frames,
+                              decoder=decoder)
     else:
-        train = validate(train, skip_bad=config.skip_bad, frames=frames, split=config.val_split > 0)
+        train = validate(train, skip_bad=config.skip_bad, frames=frames, split=config.val_split > 0, decoder=decoder)
         train, val = stratified_split(train, config.val_split, config.seed)
     if not train:
         raise StamError(f"no usable training examples in {config.data}")
@@ -431,7 +437,8 @@ def finetune(
             run.save()
             if run.metrics:
                 run.metrics.append(row)
-                run.metrics.plot(run_dir / "training_curves.png")
+                last = stopped_early or run.epoch >= config.epochs
+                run.metrics.plot_if_due(run_dir / "training_curves.png", final=last)  # the last epoch always
             if on_epoch:
                 on_epoch(row)
     dist.barrier()

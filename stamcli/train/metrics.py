@@ -17,13 +17,15 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ..errors import StamError
-from ..plots import confusion_matrix_image, render_line_chart, write_atomic, write_png
+from ..fileutils import write_atomic
+from ..plots import Panel, confusion_matrix_image, line_chart
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,7 @@ class MetricsLog:
         self._raw: list[list[str]] = []  # cells as written, so that rewriting never changes them
         self.rows: list[dict] = []
         self._warned: set[str] = set()
+        self._last_plot: Optional[tuple[float, float]] = None  # (when, seconds it took)
         if path.exists():
             self._load()
 
@@ -334,8 +337,21 @@ class MetricsLog:
         accuracy = present({"val_top1": "val top-1", "val_top5": "val top-5"}, 100.0)
         panels = []
         if losses or not accuracy:
-            panels.append(render_line_chart(losses, title="loss", ylabel="cross-entropy", x=x, size=(640, 440)))
+            panels.append(Panel(losses, title="loss", ylabel="cross-entropy"))
         if accuracy:
-            panels.append(render_line_chart(accuracy, title="validation accuracy", ylabel="accuracy (%)", x=x,
-                                            size=(640, 440)))
-        return write_png(png_path, np.hstack(panels))
+            panels.append(Panel(accuracy, title="validation accuracy", ylabel="accuracy (%)"))
+        return line_chart(png_path, panels, x=x, size=(640, 440))
+
+    def plot_if_due(self, png_path: str | os.PathLike, *, final: bool = False, budget: float = 0.1) -> Optional[Path]:
+        """:meth:`plot`, unless the last chart was drawn so recently that drawing again would take
+        more than ``budget`` of the time since (a chart costs a fraction of a CPU-second, and an
+        epoch with a frozen backbone can be shorter than that). ``final`` always draws. Returns the
+        path when the chart was drawn, else None."""
+        started = time.monotonic()
+        if not final and self._last_plot is not None:
+            when, cost = self._last_plot
+            if started - when < cost / budget:
+                return None
+        path = self.plot(png_path)
+        self._last_plot = (started, time.monotonic() - started)
+        return path

@@ -1,13 +1,10 @@
-"""Decode only the packets the sampled frames need, with PyAV: the fast path of
-:func:`stamcli.video.read_clip` and :func:`stamcli.video.read_views`.
+"""The PyAV backend: decodes only the packets the wanted frames need, or gives up (:class:`Unsupported`).
 
 OpenCV must decode every frame between a key frame and a wanted frame.  Many of those frames are
-*non-reference* frames (most B-frames of an H.264 or HEVC stream: 110 of the 250 frames of a 10 s
-x264 clip): no other frame is predicted from them, so when they are not wanted themselves the
-decoder can drop them unseen (FFmpeg's ``skip_frame = NONREF``, switched per packet).  The wanted
-frames come out bit for bit the same.  Measured on 640x360 H.264 with 2 cores, 16 frames, one
-decoding thread (README, Results): 15-20% less CPU time than OpenCV on a 10 s clip, about half on
-a 1-minute video, about a quarter on a 10-minute one.
+*non-reference* frames (most B-frames of an H.264 or HEVC stream): no other frame is predicted
+from them, so when they are not wanted themselves the decoder can drop them unseen (FFmpeg's
+``skip_frame = NONREF``, switched per packet).  The wanted frames come out bit for bit the same.
+What this saves against OpenCV is measured by ``python -m benchmarks --only decode``.
 
 How it works:
 
@@ -21,8 +18,8 @@ How it works:
 
 Anything unexpected (no timestamps, duplicate timestamps, a wanted frame that never comes out,
 a seek that lands elsewhere, an FFmpeg error, a file over :data:`MAX_BYTES`) raises
-:class:`Unsupported`, and :mod:`stamcli.video` reads the file with OpenCV as before.
-``STAM_DECODER=opencv`` in the environment turns this path off.
+:class:`Unsupported`; :func:`stamcli.decode.decoders.decode_with_fallback` then has OpenCV read
+the file (decoder ``auto``) or reports it (decoder ``pyav``).
 """
 
 from __future__ import annotations
@@ -34,23 +31,24 @@ from bisect import bisect_right
 from typing import Iterator
 
 import numpy as np
+import torch
 
-from .errors import UsageError
+from .backend import Decoded, Request, sampled_views
+from .clip import VideoInfo
+from .files import check_file, one_line
+from .preprocess import preprocess_frame, resize_size_for, rotate
 
-try:  # PyAV is a dependency, but a platform without its wheels still has the OpenCV path
+try:  # PyAV is a dependency, but a platform without its wheels still has the OpenCV backend
     import av
     from av.video.reformatter import VideoReformatter
 except ImportError:  # pragma: no cover - exercised only where PyAV is missing
     av = VideoReformatter = None
 
-__all__ = ["DECODERS", "MAX_BYTES", "SEEK_MIN_SKIP", "Unsupported", "SparseDecoder", "decoder_choice"]
+__all__ = ["MAX_BYTES", "SEEK_MIN_SKIP", "Unsupported", "available", "SparseDecoder", "PyAVBackend", "PYAV",
+           "SparseFrameStream"]
 
-#: Values of the ``STAM_DECODER`` environment variable: ``auto`` (this module where it can, else
-#: OpenCV) or ``opencv`` (always OpenCV).
-DECODERS = ("auto", "opencv")
-
-#: Larger files go to OpenCV: the demux pass reads the whole file (the 13 MB of a 10-minute
-#: 360p H.264 video in 65 ms), and for a multi-gigabyte file OpenCV's few seeks read far less.
+#: Larger files go to OpenCV: the demux pass reads the whole file, while OpenCV's few seeks read
+#: far less of a multi-gigabyte one.
 MAX_BYTES = 1 << 30
 
 #: Seek to a clean key frame only if it skips at least this many packets; shorter jumps decode
@@ -60,15 +58,7 @@ SEEK_MIN_SKIP = 8
 
 
 class Unsupported(Exception):
-    """PyAV cannot give this video's frames exactly as planned: read it with OpenCV."""
-
-
-def decoder_choice() -> str:
-    """The decoder ``STAM_DECODER`` asks for (``auto`` when unset); UsageError for other values."""
-    choice = os.environ.get("STAM_DECODER", "auto").strip().lower() or "auto"
-    if choice not in DECODERS:
-        raise UsageError(f"STAM_DECODER={choice!r} is not one of {', '.join(DECODERS)}")
-    return choice
+    """PyAV cannot give this video's frames exactly as planned (OpenCV may still read it)."""
 
 
 def available() -> bool:
@@ -82,17 +72,17 @@ class SparseDecoder:
     After :meth:`__enter__`: :attr:`frame_count` (exact), :attr:`fps` (the stream's average rate,
     as OpenCV reports it; 0.0 when unknown), :attr:`width` and :attr:`height` (coded size).
     :meth:`frames` yields the wanted frames; :attr:`rotation` (clockwise degrees to show a frame
-    upright: 0, 90, 180 or 270; other angles count as 0) is known once the first frame is out.  What the last :meth:`frames` call did:
-    :attr:`packets_read` (packets given to the decoder, skipped ones included),
-    :attr:`frames_decoded` (frames that came out of it) and :attr:`seeks`.
+    upright: 0, 90, 180 or 270; other angles count as 0) is known once the first frame is out.
+    What the last :meth:`frames` call did: :attr:`packets_read` (packets given to the decoder,
+    skipped ones included), :attr:`frames_decoded` (frames that came out of it) and :attr:`seeks`.
     """
 
     def __init__(self, path, threads: int = 0):
         self.path, self.threads = os.fspath(path), int(threads)
         self.container = None
         self.rotation = 0
-        # One colour converter for every frame: ``frame.to_ndarray(format=...)`` sets up FFmpeg's
-        # converter anew for each frame, which doubled the cost (1.2 vs 0.6 ms per 640x360 frame).
+        # One colour converter for every frame: ``frame.to_ndarray(format=...)`` would set up
+        # FFmpeg's converter anew for each frame.
         self._to_bgr = VideoReformatter() if VideoReformatter is not None else None
         self.packets_read = self.frames_decoded = self.seeks = 0
 
@@ -237,3 +227,83 @@ class SparseDecoder:
             raise Unsupported(f"{type(exc).__name__}: {exc}") from None
         finally:
             context.skip_frame = "DEFAULT"
+
+
+def _info(path, decoder: SparseDecoder) -> VideoInfo:
+    """What a :class:`SparseDecoder` found, as a header (exact count; rotation once a frame is out)."""
+    w, h = (decoder.height, decoder.width) if decoder.rotation in (90, 270) else (decoder.width, decoder.height)
+    return VideoInfo(one_line(path), decoder.frame_count, decoder.fps, w, h, decoder.rotation, codec="")
+
+
+class PyAVBackend:
+    """:class:`~stamcli.decode.backend.Backend` by PyAV (:class:`SparseDecoder`); raises
+    :class:`Unsupported` for anything it cannot read exactly."""
+
+    name = "pyav"
+
+    def read(self, path, request: Request) -> Decoded:
+        with SparseDecoder(path, request.threads) as decoder:
+
+            def fetch(wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+                for k, bgr in decoder.frames(wanted):
+                    yield k, rotate(bgr, decoder.rotation)
+
+            indices, views = sampled_views(fetch, decoder.frame_count, request)
+        info = _info(path, decoder)
+        return Decoded(info, info.frame_count, indices, views, self.name)
+
+
+PYAV = PyAVBackend()
+
+
+class SparseFrameStream:
+    """The chosen frames of a whole video, decoded with PyAV: the fast path of timelines.
+
+    :class:`~stamcli.decode.opencv.FrameStream` decodes every frame; this one knows the exact frame
+    count before decoding (:class:`SparseDecoder`'s demux pass), so a reader can plan what it needs
+    up front, and it decodes only the frames :meth:`frames` is asked for and the frames they are
+    predicted from (unneeded non-reference frames are dropped unseen; clean key frames are sought
+    across long gaps).  ``with SparseFrameStream(path, 32) as stream``: then :attr:`frame_count`
+    and :attr:`fps` (0.0 when unknown) are known; :attr:`info` has the rotation and displayed size
+    once a frame is out.  Frames are the same as ``FrameStream``'s, bit for bit.  Raises
+    :class:`~stamcli.errors.VideoError` (one line) for files the file system cannot read and
+    :class:`Unsupported` for anything PyAV cannot read exactly, also part-way through :meth:`frames`.
+    """
+
+    def __init__(self, path, img_size: int = 224, *, resize_size: int | None = None, threads: int = 0):
+        self.path, self.img_size = path, img_size
+        self.resize_size = resize_size or resize_size_for(img_size)
+        self.retrieved = 0  #: frames preprocessed so far
+        self._decoder = SparseDecoder(path, threads)
+
+    def __enter__(self) -> "SparseFrameStream":
+        check_file(self.path)
+        self._decoder.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._decoder.__exit__()
+
+    @property
+    def frame_count(self) -> int:
+        return self._decoder.frame_count
+
+    @property
+    def fps(self) -> float:
+        return self._decoder.fps
+
+    @property
+    def info(self) -> VideoInfo:
+        return _info(self.path, self._decoder)
+
+    @property
+    def decoded(self) -> int:
+        """Frames that came out of the decoder (wanted or not) in the last :meth:`frames` call."""
+        return self._decoder.frames_decoded
+
+    def frames(self, wanted: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(index, frame)`` for each of ``wanted`` (distinct indices in ``[0, frame_count)``) in
+        increasing order; ``frame`` is the preprocessed RGB ``(3, img_size, img_size)`` uint8 tensor."""
+        for k, bgr in self._decoder.frames(wanted):
+            self.retrieved += 1
+            yield k, preprocess_frame(rotate(bgr, self._decoder.rotation), self.img_size, self.resize_size)

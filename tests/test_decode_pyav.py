@@ -1,5 +1,5 @@
-"""Tests for stamcli.sparse_decode: PyAV sparse decoding gives OpenCV's frames with less decoding,
-and every case it cannot do exactly goes back to OpenCV."""
+"""Tests for stamcli.decode.pyav: PyAV sparse decoding gives OpenCV's frames with less decoding,
+and gives up (Unsupported) on every case it cannot do exactly."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ from fractions import Fraction
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from stamcli import sparse_decode, video
-from stamcli.cli import app
-from stamcli.errors import StamError
-from stamcli.sparse_decode import SparseDecoder, Unsupported
-from stamcli.video import read_clip, read_views, sample_indices
+from stamcli.decode import pyav, read_clip, read_views, sample_indices
+from stamcli.decode.pyav import SparseDecoder, SparseFrameStream, Unsupported
 from synthetic import (decode_clip_index, decode_index, index_frame, write_audio_only, write_index_video,
-                       write_video_av)
+                       write_raw_h264, write_video_av)
 
-pytestmark = pytest.mark.skipif(not sparse_decode.available(), reason="PyAV missing or older than 14")
+pytestmark = pytest.mark.skipif(not pyav.available(), reason="PyAV missing or older than 14")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +25,9 @@ def facts(clip) -> tuple:
     return clip.frame_count, clip.fps, clip.width, clip.height, clip.rotation, clip.indices
 
 
-def read_both(path, monkeypatch, reader=read_clip, **kw):
+def read_both(path, reader=read_clip, **kw):
     """``(auto, opencv)`` reads of ``path``."""
-    monkeypatch.setenv("STAM_DECODER", "opencv")
-    opencv = reader(path, **kw)
-    monkeypatch.setenv("STAM_DECODER", "auto")
-    return reader(path, **kw), opencv
+    return reader(path, decoder="auto", **kw), reader(path, decoder="opencv", **kw)
 
 
 GOP30 = {"g": "30"}
@@ -54,16 +47,16 @@ CASES = [  # name, writer options: all read by PyAV
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
-def test_same_frames_and_facts_as_opencv(vids, monkeypatch, name, kw):
+def test_same_frames_and_facts_as_opencv(vids, name, kw):
     path = write_index_video(vids / name, 200, 48, 64, 25, **kw)
-    fast, opencv = read_both(path, monkeypatch, num_frames=8)
+    fast, opencv = read_both(path, num_frames=8)
     assert (fast.decoder, opencv.decoder) == ("pyav", "opencv")
     assert facts(fast) == facts(opencv) == (200, 25.0, 64, 48, 0, sample_indices(200, 8))
     assert [decode_clip_index(f) for f in fast.frames] == fast.indices
     assert torch.equal(fast.frames, opencv.frames)
 
 
-def test_a_video_with_sound(vids, monkeypatch):
+def test_a_video_with_sound(vids):
     """Kinetics clips have an audio track: its packets are not counted as frames."""
     import av
 
@@ -79,15 +72,15 @@ def test_a_video_with_sound(vids, monkeypatch):
             out.mux(packet)
     with av.open(str(path)) as check:
         assert (len(check.streams.video), len(check.streams.audio)) == (1, 1)
-    fast, opencv = read_both(path, monkeypatch, num_frames=8)
+    fast, opencv = read_both(path, num_frames=8)
     assert fast.decoder == "pyav" and facts(fast) == facts(opencv) and fast.frame_count == 100
     assert [decode_clip_index(f) for f in fast.frames] == fast.indices
     assert torch.equal(fast.frames, opencv.frames)
 
 
-def test_views_sampler_and_crop_match_opencv(vids, monkeypatch):
+def test_views_sampler_and_crop_match_opencv(vids):
     path = write_index_video(vids / "views.mp4", 120, 48, 64, 25, codec="libx264", options=GOP30)
-    fast, opencv = read_both(path, monkeypatch, reader=read_views, num_frames=4, clips=3, crops=3)
+    fast, opencv = read_both(path, reader=read_views, num_frames=4, clips=3, crops=3)
     assert fast.decoder == "pyav" and fast.indices == opencv.indices
     assert torch.equal(fast.frames, opencv.frames) and fast.frames.shape == (9, 4, 3, 224, 224)
     asked = []
@@ -97,25 +90,25 @@ def test_views_sampler_and_crop_match_opencv(vids, monkeypatch):
         return 4, 8, 32, 40
 
     sampler = lambda n, f: [n - 1 - i for i in range(f)]  # noqa: E731 - backwards, as augmentation may
-    fast, opencv = read_both(path, monkeypatch, num_frames=5, sampler=sampler, crop=crop)
+    fast, opencv = read_both(path, num_frames=5, sampler=sampler, crop=crop)
     assert fast.decoder == "pyav" and fast.indices == opencv.indices == [119, 118, 117, 116, 115]
     assert torch.equal(fast.frames, opencv.frames)
     assert asked == [(48, 64), (48, 64)]  # once per read
 
 
 @pytest.mark.parametrize("ccw", [90, 180, 270])
-def test_rotation(vids, monkeypatch, ccw):
+def test_rotation(vids, ccw):
     path = write_video_av(vids / f"rot{ccw}.mp4", [index_frame(i, 48, 64) for i in range(6)], 25, rotation=ccw)
-    fast, opencv = read_both(path, monkeypatch, num_frames=3)
+    fast, opencv = read_both(path, num_frames=3)
     assert fast.decoder == "pyav" and fast.rotation == (360 - ccw) % 360
     assert facts(fast) == facts(opencv) and torch.equal(fast.frames, opencv.frames)
     assert (fast.width, fast.height) == ((48, 64) if ccw != 180 else (64, 48))
 
 
-def test_variable_frame_rate_needs_no_fallback(vids, monkeypatch):
+def test_variable_frame_rate_needs_no_fallback(vids):
     pts = list(range(30)) + [30 + 3 * i for i in range(150)]  # 30 fps, then 10 fps
     path = write_index_video(vids / "vfr.mp4", 180, 48, 64, 30, codec="libx264", pts=pts, time_base=Fraction(1, 30))
-    fast, opencv = read_both(path, monkeypatch, num_frames=8)
+    fast, opencv = read_both(path, num_frames=8)
     assert fast.decoder == "pyav" and fast.frame_count == opencv.frame_count == 180
     assert [decode_clip_index(f) for f in fast.frames] == fast.indices == sample_indices(180, 8)
     assert torch.equal(fast.frames, opencv.frames)
@@ -178,93 +171,25 @@ def _packets(path):
         return [p for p in container.demux(container.streams.video[0]) if p.size]
 
 
-def test_frame_threads_give_the_same_frames(vids, monkeypatch):
+def test_frame_threads_give_the_same_frames(vids):
     path = write_index_video(vids / "threads.mp4", 150, 48, 64, 25, codec="libx264", options=GOP30)
-    monkeypatch.setenv("STAM_DECODER", "auto")
     one, auto = read_clip(path, 8, threads=1), read_clip(path, 8, threads=0)
     assert one.decoder == auto.decoder == "pyav" and torch.equal(one.frames, auto.frames)
 
 
-# ---------------------------------------------------------------------------- going back to OpenCV
-
-
-@pytest.fixture(scope="module")
-def h264(vids):
-    return write_index_video(vids / "plain.mp4", 60, 48, 64, 25, codec="libx264")
-
-
-def test_stam_decoder_opencv_turns_it_off(h264, monkeypatch):
-    monkeypatch.setenv("STAM_DECODER", "OpenCV")
-    assert read_clip(h264, 4).decoder == "opencv"
-    monkeypatch.setenv("STAM_DECODER", "")
-    assert read_clip(h264, 4).decoder == "pyav"
-
-
-def test_unknown_stam_decoder_is_an_error(h264, monkeypatch):
-    monkeypatch.setenv("STAM_DECODER", "nvdec")
-    with pytest.raises(StamError, match=r"STAM_DECODER='nvdec' is not one of auto, opencv"):
-        read_clip(h264, 4)
-
-
-@pytest.mark.parametrize("command", ["predict", "embed"])
-def test_unknown_stam_decoder_stops_a_run_before_any_video(h264, tiny_checkpoint, tmp_path, command):
-    """One usage error (exit 2), not an error record per video."""
-    output = tmp_path / ("tags.jsonl" if command == "predict" else "emb.npy")
-    result = CliRunner().invoke(app, [command, str(h264), "-m", str(tiny_checkpoint), "-o", str(output)],
-                                env={"STAM_DECODER": "nvdec"})
-    assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines() == ["error: STAM_DECODER='nvdec' is not one of auto, opencv"]
-    assert "Traceback" not in result.output and not output.exists()
-
-
-@pytest.mark.parametrize("why", ["no PyAV", "too large", "fails while decoding", "seek lands elsewhere"])
-def test_falls_back_to_opencv(h264, vids, monkeypatch, why):
-    monkeypatch.setenv("STAM_DECODER", "opencv")
-    expected = read_clip(h264, 4)
-    monkeypatch.setenv("STAM_DECODER", "auto")
-    if why == "no PyAV":
-        monkeypatch.setattr(sparse_decode, "av", None)
-    elif why == "too large":
-        monkeypatch.setattr(sparse_decode, "MAX_BYTES", 1000)
-    elif why == "fails while decoding":
-        real = SparseDecoder.frames
-
-        def failing(self, wanted):
-            yield next(real(self, wanted))
-            raise Unsupported("made up")
-
-        monkeypatch.setattr(SparseDecoder, "frames", failing)
-    else:
-        monkeypatch.setattr(SparseDecoder, "_start", lambda *a: (_ for _ in ()).throw(Unsupported("landed")))
-    clip = read_clip(h264, 4)
-    assert clip.decoder == "opencv" and facts(clip) == facts(expected) and torch.equal(clip.frames, expected.frames)
-
-
-def test_packets_without_timestamps_go_to_opencv(vids, monkeypatch):
+def test_raw_h264_without_timestamps_is_unsupported(vids):
     """A raw H.264 stream has no container timestamps for PyAV to order frames by."""
-    src = write_index_video(vids / "for_raw.mp4", 40, 48, 64, 25, codec="libx264", options={"bf": "0"})
-    import av
-
-    raw = vids / "raw.h264"
-    with av.open(str(src)) as inp, av.open(str(raw), "w", format="h264") as out:
-        stream = out.add_stream_from_template(inp.streams.video[0])
-        for packet in inp.demux(inp.streams.video[0]):
-            if packet.size:
-                packet.stream = stream
-                packet.pts = packet.dts = None
-                out.mux(packet)
-    with pytest.raises(Unsupported):
-        with SparseDecoder(raw) as decoder:
+    with pytest.raises(Unsupported, match="a packet without a timestamp"):
+        with SparseDecoder(write_raw_h264(vids / "raw.h264")) as decoder:
             list(decoder.frames([0]))
-    monkeypatch.setenv("STAM_DECODER", "auto")
-    clip = read_clip(raw, 4)
-    assert clip.decoder == "opencv" and clip.frame_count == 40
-    assert [decode_clip_index(f) for f in clip.frames] == clip.indices
 
 
-def test_errors_are_still_opencv_s_messages(vids, monkeypatch):
-    bad = vids / "text.mp4"
-    bad.write_text("not a video\n")
-    monkeypatch.setenv("STAM_DECODER", "auto")
-    with pytest.raises(video.VideoError, match="not a video file"):
-        read_clip(bad, 4)
+def test_sparse_frame_stream_gives_read_clip_s_frames(vids):
+    path = write_index_video(vids / "stream.mp4", 100, 48, 64, 25, codec="libx264", options=GOP30)
+    with SparseFrameStream(path, 32) as stream:
+        assert (stream.frame_count, stream.fps) == (100, 25.0)
+        got = dict(stream.frames([5, 50, 95]))
+        assert stream.retrieved == 3 and 3 <= stream.decoded < 100
+        assert (stream.info.width, stream.info.height, stream.info.frame_count) == (64, 48, 100)
+    expected = read_clip(path, 3, 32, sampler=lambda n, f: [5, 50, 95], decoder="opencv")
+    assert torch.equal(torch.stack([got[k] for k in (5, 50, 95)]), expected.frames)
