@@ -9,22 +9,31 @@ means the same in ``stam predict`` and ``stam finetune``.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
 
 from .errors import StamError, UsageError
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "native_bf16", "autocast_for"]
+__all__ = ["PRECISIONS", "REQUIRE_DEVICE_ENV", "resolve_device", "resolve_precision", "native_bf16", "autocast_for"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: When this environment variable is set (to anything but empty or 0), ``--device auto`` is an
+#: error: every run must name its device. The test suite sets it, so that a test that forgets
+#: ``--device cpu`` fails on any machine, not only on one with a GPU.
+REQUIRE_DEVICE_ENV = "STAM_REQUIRE_DEVICE"
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU; ``cuda`` without one is an error."""
+    """``auto`` -> the first CUDA device when there is one, else the CPU; ``cuda`` without one is an
+    error, and so is ``auto`` when :data:`REQUIRE_DEVICE_ENV` is set."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
+        if os.environ.get(REQUIRE_DEVICE_ENV, "0") not in ("", "0"):
+            raise StamError(f"--device auto is refused because {REQUIRE_DEVICE_ENV} is set: name the device "
+                            "(--device cpu, cuda or cuda:N)")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)

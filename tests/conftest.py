@@ -13,12 +13,22 @@ import pytest
 import torch
 
 from stamcli import create_model
+from stamcli.device import REQUIRE_DEVICE_ENV
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 #: The environment for a child Python process that imports this checkout's stamcli and benchmarks.
-CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                 **{REQUIRE_DEVICE_ENV: "1"})
+
+
+def pytest_configure(config):
+    """Every test names the device it means (``--device cpu`` / ``device="cpu"``): with
+    ``STAM_REQUIRE_DEVICE`` set, a run left on ``--device auto`` is an error in the tests and in
+    every child process they start, on a machine with or without a GPU. (Set here, not on import:
+    the benchmarks import this module too.)"""
+    os.environ[REQUIRE_DEVICE_ENV] = "1"
 
 
 def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: float = 0.05,

@@ -221,14 +221,17 @@ def test_model_runs_at_another_frame_count_with_a_warning(videos, tiny_checkpoin
     assert json.loads(out.read_text())["status"] == "ok"
 
 
-def test_device_and_precision_resolution():
+def test_device_and_precision_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu
     assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    if not torch.cuda.is_available():
-        assert resolve_device("auto") == cpu
-        with pytest.raises(Exception, match="no CUDA GPU is available"):
-            resolve_device("cuda")
+    monkeypatch.delenv("STAM_REQUIRE_DEVICE")  # the suite's guard (conftest): off to see what auto picks
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == cpu
+    with pytest.raises(Exception, match="no CUDA GPU is available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
     with pytest.raises(Exception, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
 
@@ -331,11 +334,11 @@ def test_predict_downloads_a_missing_zoo_model(videos, file_server, tmp_path):
 def test_bad_checkpoint_is_one_line_and_debug_shows_the_traceback(videos, tmp_path):
     bad = tmp_path / "model.pth"
     bad.write_text("not weights")
-    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(bad)])
+    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(bad), "--device", "cpu"])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [f"error: {bad} is not a checkpoint (expected a PyTorch .pth file or a stamcli .safetensors file)"]
-    result = runner.invoke(app, ["--debug", "predict", str(videos / "a.mp4"), "--model", str(bad)])
+    result = runner.invoke(app, ["--debug", "predict", str(videos / "a.mp4"), "--model", str(bad), "--device", "cpu"])
     assert result.exit_code != 0 and type(result.exception).__name__ == "CheckpointError"
 
 
