@@ -80,3 +80,33 @@ def test_barrier_waits_for_a_rank_far_longer_than_the_collective_timeout():
     # of ranks that finished their part waits for the slow one all the same.
     waited = run_ranks(_wait_for_a_slow_rank, 2, 3.0)
     assert waited[0] > 2.0 and waited[1] < 2.0
+
+
+def _tag_with_a_slow_rank(checkpoint: str, videos: list[str], output: str, delay_s: float) -> int:
+    from stamcli.jobs import PredictOptions, TaggingJob
+    from stamcli.model import STAM
+    from stamcli.tagging import run_tagging
+
+    distributed.COLLECTIVE_TIMEOUT = timedelta(seconds=delay_s / 3)
+    if Distributed.from_env().rank == 1:  # e.g. its shard holds the long videos
+        forward = STAM.forward
+        STAM.forward = lambda self, videos: time.sleep(delay_s) or forward(self, videos)
+    summary = run_tagging(TaggingJob(paths=videos, model=checkpoint, output=output,
+                                     options=PredictOptions(device="cpu", workers=1, streams=1, batch_size=4)))
+    return summary.ok
+
+
+def test_predict_ranks_whose_shards_finish_far_apart_still_merge(tmp_path, tiny_checkpoint):
+    # The group's collectives time out after 1 s here (torch's defaults: 10 and 30 minutes); rank 1
+    # finishes its shard 3 s after rank 0, and rank 0 still waits for it and merges both shards.
+    import json
+
+    from synthetic import write_index_video
+
+    (tmp_path / "v").mkdir()
+    videos = [str(write_index_video(tmp_path / "v" / f"{i}.mp4", 8 + i)) for i in range(4)]
+    out = tmp_path / "tags.jsonl"
+    assert run_ranks(_tag_with_a_slow_rank, 2, str(tiny_checkpoint), videos, str(out), 3.0) == [2, 2]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(videos) and {r["status"] for r in records} == {"ok"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tags.jsonl", "v"]  # the rank parts are gone
