@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -49,10 +50,11 @@ from .common import REPO, child_env, machine
 
 TOTAL_BUDGET_S = 480.0  #: the whole run: 8 minutes
 MIN_SECTION_S = 10.0  #: a section with less time left than this is skipped
+COMPILE_S = 40.0  #: time a torch.compile of stam_16 is allowed to need: not started with less left
 FIXTURES = REPO.parent / "shared" / "fixtures"
 #: Test files that exercise devices, precision, process groups and the model paths a GPU changes.
 GPU_TESTS = ("tests/test_device.py", "tests/test_distributed.py", "tests/test_model.py", "tests/test_parallel.py",
-             "tests/test_checkpoints.py", "tests/test_predict.py", "tests/test_views.py")
+             "tests/test_checkpoints.py", "tests/test_predict.py")
 
 
 class OutOfTime(Exception):
@@ -69,8 +71,9 @@ class Budget:
     def left(self) -> float:
         return self.seconds - (time.monotonic() - self.started)
 
-    def check(self, next_step: str) -> None:
-        if self.left() <= 0:
+    def check(self, next_step: str, need_s: float = 0.0) -> None:
+        """Stop the section unless ``need_s`` seconds (a step that cannot be cut short) are left."""
+        if self.left() <= need_s:
             raise OutOfTime(f"its {self.seconds:.0f} s budget was spent before {next_step}")
 
 
@@ -292,9 +295,9 @@ def throughput(check: Check, budget: Budget, result: dict) -> None:
     best = max((r for r in rows if "videos_per_s" in r), key=lambda r: r["videos_per_s"])["batch_size"]
     result["best_batch_size"] = best
     compiled = tables.setdefault("compiled (the first two passes, compilation included, are not timed)", [])
-    for mode, sizes in (("default", (best,)), ("reduce-overhead (CUDA graphs)", (1, 8, best))):
+    for mode, sizes in (("default", (best,)), ("reduce-overhead (CUDA graphs)", (1, best))):
         for batch in dict.fromkeys(sizes):
-            budget.check(f"torch.compile {mode} at batch {batch}")
+            budget.check(f"torch.compile {mode} at batch {batch}", need_s=COMPILE_S)
             torch._dynamo.reset()
             started = time.perf_counter()
             row = {"mode": mode, "batch_size": batch}
@@ -322,13 +325,11 @@ def predict(check: Check, budget: Budget, result: dict, *, clips: int = 32, seco
     spec = FULL.big
     folder = check.cache / "clips"
     folder.mkdir(exist_ok=True)
-    videos = []
-    for seed in range(clips):
-        budget.check(f"writing clip {seed}")
-        path = folder / f"clip_{seed:02d}.mp4"
-        if not path.exists():
-            write_clip(path, seconds, 640, 360, 25, seed)
-        videos.append(str(path))
+    videos = [folder / f"clip_{seed:02d}.mp4" for seed in range(clips)]
+    with ThreadPoolExecutor(8) as pool:  # the encoder lets go of the GIL
+        list(pool.map(lambda seed: videos[seed].exists() or write_clip(videos[seed], seconds, 640, 360, 25, seed),
+                      range(clips)))
+    videos = [str(v) for v in videos]
     checkpoint = check.cache / "stam_16_random.pth"
     if not checkpoint.exists():
         save_authors_checkpoint(spec.build(), checkpoint)
@@ -504,12 +505,12 @@ def tests_check(check: Check, budget: Budget, result: dict, *, files=GPU_TESTS) 
 
 
 SECTIONS = (
-    Section("parity", "CPU fp32 against CUDA fp32, bf16 and fp16", 45, parity),
-    Section("throughput", "stam_16 in bf16, batch 1-64, eager and compiled", 150, throughput),
-    Section("predict", "stam predict end to end with decode workers", 80, predict),
-    Section("finetune", "fine-tuning in bf16 and fp16, resume", 90, finetune_check),
-    Section("export", "TorchScript and ONNX on the GPU", 40, export_check),
-    Section("tests", "the GPU-relevant tests", 120, tests_check),
+    Section("parity", "CPU fp32 against CUDA fp32, bf16 and fp16", 40, parity),
+    Section("throughput", "stam_16 in bf16, batch 1-64, eager and compiled", 130, throughput),
+    Section("predict", "stam predict end to end with decode workers", 90, predict),
+    Section("finetune", "fine-tuning in bf16 and fp16, resume", 80, finetune_check),
+    Section("export", "TorchScript and ONNX on the GPU", 30, export_check),
+    Section("tests", "the GPU-relevant tests", 110, tests_check),
 )
 
 

@@ -86,10 +86,11 @@ def test_a_section_with_too_little_of_the_runs_time_left_is_skipped(tmp_path):
     entry = gpu_check.run_section(section, _check(tmp_path, seconds=gpu_check.MIN_SECTION_S - 1))
     assert entry["status"] == "skipped" and entry["reason"].startswith("out of time: 9 s of the run's budget left")
     assert ran == []
-    budget = Budget(100)  # the run's deadline caps a section's own budget
-    assert budget.left() > 99
     with pytest.raises(OutOfTime, match="before the end"):
         Budget(0).check("the end")
+    Budget(60).check("a compilation", need_s=40)
+    with pytest.raises(OutOfTime, match="its 30 s budget was spent before a compilation"):
+        Budget(30).check("a compilation", need_s=40)  # a step that cannot be cut short is not started
 
 
 def test_compare_counts_agreement_order_ties_and_the_largest_differences():
