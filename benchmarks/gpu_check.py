@@ -279,31 +279,34 @@ def parity(check: Check, budget: Budget, result: dict, *, precisions=("fp32", "b
 # ---------------------------------------------------------------------------- throughput
 
 
-def throughput(check: Check, budget: Budget, result: dict) -> None:
+def throughput(check: Check, budget: Budget, result: dict, *, spec=None, batch_sizes=None,
+               compile_modes=("default", "reduce-overhead"), iterations=None) -> None:
+    """``spec`` (stam_16 by default) in bf16 at ``batch_sizes`` (1-64) eager, then compiled in
+    ``compile_modes``: the default mode at the best batch size, reduce-overhead at 1 and the best."""
     from .common import FULL
     from .cuda import BATCH_SIZES, batch_sweep, gpu_rate
 
-    spec = FULL.big
+    spec = spec or FULL.big
     model = spec.build().to(check.device)
     tables = result.setdefault("tables", {})
     rows = tables.setdefault(f"{spec.title}, random weights, bf16 autocast, eager", [])
-    for batch in BATCH_SIZES:
+    for batch in batch_sizes or BATCH_SIZES:
         budget.check(f"eager batch {batch}")
-        rows += batch_sweep(model, spec, [batch], check.device)
+        rows += batch_sweep(model, spec, [batch], check.device, iterations)
         if "error" in rows[-1]:
             break
     best = max((r for r in rows if "videos_per_s" in r), key=lambda r: r["videos_per_s"])["batch_size"]
     result["best_batch_size"] = best
     compiled = tables.setdefault("compiled (the first two passes, compilation included, are not timed)", [])
-    for mode, sizes in (("default", (best,)), ("reduce-overhead (CUDA graphs)", (1, best))):
-        for batch in dict.fromkeys(sizes):
+    for mode in compile_modes:
+        for batch in dict.fromkeys((best,) if mode == "default" else (1, best)):
             budget.check(f"torch.compile {mode} at batch {batch}", need_s=COMPILE_S)
             torch._dynamo.reset()
             started = time.perf_counter()
-            row = {"mode": mode, "batch_size": batch}
+            row = {"mode": mode + (" (CUDA graphs)" if mode == "reduce-overhead" else ""), "batch_size": batch}
             try:
-                fn = torch.compile(model, mode=None if mode == "default" else "reduce-overhead", dynamic=False)
-                row.update(gpu_rate(fn, spec, batch, check.device))
+                fn = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+                row.update(gpu_rate(fn, spec, batch, check.device, iterations))
             except Exception as err:
                 row["error"] = f"{type(err).__name__}: {first_line(err)}"
             row["seconds_incl_compile"] = time.perf_counter() - started
@@ -314,29 +317,33 @@ def throughput(check: Check, budget: Budget, result: dict) -> None:
 # ---------------------------------------------------------------------------- predict end to end
 
 
-def predict(check: Check, budget: Budget, result: dict, *, clips: int = 32, seconds: float = 10.0) -> None:
+def predict(check: Check, budget: Budget, result: dict, *, spec=None, clips: int = 32, seconds: float = 10.0,
+            size: tuple[int, int] = (640, 360)) -> None:
+    """``spec`` (stam_16 by default, random weights) tagging ``clips`` generated H.264 clips."""
     from stamcli.jobs import PredictOptions, TaggingJob
     from stamcli.parallel import cpu_cores, default_workers
     from stamcli.tagging import run_tagging
 
-    from .common import FULL, save_authors_checkpoint, write_clip
+    from stamcli import save_checkpoint
+
+    from .common import FULL, write_clip
     from .cuda import decode_rate
 
-    spec = FULL.big
+    spec = spec or FULL.big
     folder = check.cache / "clips"
     folder.mkdir(exist_ok=True)
     videos = [folder / f"clip_{seed:02d}.mp4" for seed in range(clips)]
     with ThreadPoolExecutor(8) as pool:  # the encoder lets go of the GIL
-        list(pool.map(lambda seed: videos[seed].exists() or write_clip(videos[seed], seconds, 640, 360, 25, seed),
+        list(pool.map(lambda seed: videos[seed].exists() or write_clip(videos[seed], seconds, *size, 25, seed),
                       range(clips)))
     videos = [str(v) for v in videos]
-    checkpoint = check.cache / "stam_16_random.pth"
+    checkpoint = check.cache / "random_model.safetensors"
     if not checkpoint.exists():
-        save_authors_checkpoint(spec.build(), checkpoint)
+        save_checkpoint(spec.build(), checkpoint)
     output = check.out / "predict.jsonl"
     rows = result.setdefault("tables", {}).setdefault(
-        f"`stam predict` (run_tagging, model loading excluded) on {clips} generated {seconds:g} s 640x360 H.264 "
-        "clips, stam_16 random weights, bf16, batch 16, W decode workers", [])
+        f"`stam predict` (run_tagging, model loading excluded) on {clips} generated {seconds:g} s "
+        f"{size[0]}x{size[1]} H.264 clips, {spec.title} with random weights, bf16, batch 16, W decode workers", [])
     failed = result.setdefault("failed", [])
     workers = sorted({1, 4, default_workers(check.device)} & set(range(1, cpu_cores() + 1)))
     for i, w in enumerate([workers[-1]] + workers):  # the first run warms up (CUDA, cuDNN, page cache)

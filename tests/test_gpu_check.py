@@ -149,3 +149,24 @@ def test_the_finetune_section_trains_interrupts_and_resumes(tmp_path):
     assert len(row["train_losses"].split()) == 2 and row["interrupted_then"] == 1
     assert row["repeat_equal"] and row["resume_equal"] and row["resume_max_diff"] == 0.0
     assert result["failed"] == []
+
+
+def test_the_throughput_and_predict_sections_run_on_any_device(tmp_path):
+    from benchmarks.common import QUICK
+
+    check = _check(tmp_path, seconds=600)
+    result = {}
+    gpu_check.throughput(check, Budget(300), result, spec=QUICK.big, batch_sizes=(1, 2), compile_modes=(), iterations=1)
+    [eager, compiled] = result["tables"].values()
+    assert [r["batch_size"] for r in eager] == [1, 2] and all(r["videos_per_s"] > 0 for r in eager)
+    assert result["best_batch_size"] in (1, 2) and compiled == []
+    result = {}
+    gpu_check.predict(check, Budget(300), result, spec=QUICK.big, clips=2, seconds=1.0, size=(96, 64))
+    assert result["failed"] == []
+    [rows] = result["tables"].values()
+    from stamcli.parallel import cpu_cores, default_workers
+
+    assert [r["workers"] for r in rows] == sorted({1, 4, default_workers(CPU)} & set(range(1, cpu_cores() + 1)))
+    assert all(r["videos_per_s"] > 0 and r["decode_alone_videos_per_s"] > 0 for r in rows)
+    assert result["notes"][0].startswith("`stam predict FOLDER --device cpu` with its defaults (precision auto, "
+                                         "default workers): exit 0, 2 records")
