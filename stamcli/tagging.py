@@ -195,11 +195,11 @@ def run_tagging(
     ``console``: where the table goes when there is no output file. ``job`` is left as it was."""
     dist = Distributed.from_env()
     options, fmt, plan = _checked_options(job, dist)
-    if dist.active:  # (never with --engine ray, whose device each model actor resolves on its node)
-        # Join at the start (this rank's GPU becomes the current device); the ranks wait for each
-        # other only at the end, however far apart their shards finish (Distributed.barrier).
-        dist.init(torch.device(options.device))
     videos, target = _plan(job, dist)
+    if dist.active:  # (never with --engine ray, whose device each model actor resolves on its node)
+        # Join before the model loads (this rank's GPU becomes the current device); the ranks wait
+        # for each other only at the end, however far apart their shards finish (Distributed.barrier).
+        dist.init(torch.device(options.device))
     if fmt in SIDECAR_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
     source = _source(job, options, plan, job.load_model(progress=dist.rank == 0))

@@ -580,7 +580,7 @@ class TimelinePredictor:
                 while True:
                     while len(started) < workers and (path := next(todo, None)) is not None:
                         started.append(queue.Queue(maxsize=ahead))
-                        pool.submit(self._decode_video, path, started[-1], halt)
+                        pool.submit(self._decode_video, path, started[-1], halt, stop)
                     if not started:
                         return
                     video = started.popleft()
@@ -595,11 +595,12 @@ class TimelinePredictor:
                 halt.set()  # workers still decoding (the run ended early) stop at their next window
                 _put(items, _END, stop)
 
-    def _decode_video(self, path: str, out: queue.Queue, stop: threading.Event) -> None:
-        """A decode worker: every window of the video at ``path``, then its end item (its reader or error)."""
+    def _decode_video(self, path: str, out: queue.Queue, stop: threading.Event, run_stop: threading.Event) -> None:
+        """A decode worker: every window of the video at ``path``, then its end item (its reader or
+        error). ``stop``: the decode thread is done; ``run_stop``: the run is stopping (Ctrl-C)."""
 
         def stopping(_frame: int) -> None:  # the shot detection pass reads a whole video: stop it on Ctrl-C
-            if stop.is_set():
+            if run_stop.is_set() or stop.is_set():
                 raise _Stopped
 
         reader = None
