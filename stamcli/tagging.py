@@ -64,8 +64,9 @@ def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
             if r.get("status") == "ok" and r.get("type") not in PART_TYPES}
 
 
-def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed, columns: Sequence[str]) -> None:
-    """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
+def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed, columns: Sequence[str] = ()) -> None:
+    """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order
+    (``columns``: the CSV columns a timeline adds)."""
     parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
     with open_writer(job.output, fmt, top_k=top_k, resume=job.resume, columns=columns) as writer:
         for part in parts:
@@ -222,6 +223,6 @@ def run_tagging(
     if dist.active and not summary.interrupted:
         dist.barrier()
         if dist.rank == 0:
-            _merge_parts(job, fmt, source.top_k, dist, columns)
+            _merge_parts(job, fmt, source.top_k, dist, columns=columns)
         dist.barrier()
     return replace(summary, unsure=sink.unsure)
