@@ -56,7 +56,7 @@ def run(args) -> dict:
         for frozen in (False, True):
             config = FinetuneConfig(data=str(data), model=source, frames=None if args.quick else 8,
                                     img_size=None if args.quick else 224, epochs=args.epochs, batch_size=4,
-                                    val_split=0.0, workers=0, freeze_backbone=frozen,
+                                    val_split=0.0, workers=0, freeze_backbone=frozen, device="cpu",
                                     output=str(root / ("frozen" if frozen else "full")))
             started = time.perf_counter()
             run_dir = finetune(config).run_dir

@@ -9,6 +9,10 @@ archives such as PyTorch checkpoints) is moved to ``dest``, atomically, next to 
 
 Every failure is a :class:`~stamcli.errors.DownloadError` with a one-line message; ``dest``
 itself is never left behind by a failed or interrupted download.
+
+One process at a time downloads a file: it holds a lock on ``<dest>.lock`` (released by the
+operating system if the process dies), and another process that wants the same file, such as the
+other ranks of a ``torchrun`` job, waits for it and then uses the finished file.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import sys
 import time
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Iterator, NoReturn, Optional
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
@@ -66,6 +71,12 @@ def part_path(dest: str | Path) -> Path:
     """Where the bytes of ``dest`` collect while it downloads (``stam_16.pth.part``)."""
     dest = Path(dest)
     return dest.with_name(dest.name + ".part")
+
+
+def lock_path(dest: str | Path) -> Path:
+    """The file a process locks while it downloads ``dest`` (``stam_16.pth.lock``)."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".lock")
 
 
 def record_path(path: str | Path) -> Path:
@@ -143,7 +154,8 @@ def download_file(
     starts from scratch and replaces the old file and record only once the new file checks
     out. A leftover ``.part`` is resumed. Network trouble is retried up to ``retries`` more
     times, ``retry_wait`` seconds apart, each retry resuming where the last one stopped.
-    ``timeout`` bounds each connect and each read, not the whole transfer.
+    ``timeout`` bounds each connect and each read, not the whole transfer. While another process
+    downloads ``dest``, this one waits for it (see the module docstring).
     """
     dest = Path(dest)
     if dest.exists() and not force:
@@ -151,16 +163,20 @@ def download_file(
     job = _Job(url, part_path(dest), dest.name, timeout, expected_size)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if force:
-            job.part.unlink(missing_ok=True)
-        bar = tqdm(
-            total=expected_size, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=desc or dest.name, disable=not progress, file=sys.stderr,
-        )
-        with bar:
-            digest, size = _fetch_with_retries(job, bar, retries, retry_wait)
-        _check_complete_part(job, digest, size, expected_sha256)
-        _install(job.part, dest, url, digest, size)
+        with _exclusive(lock_path(dest), f"another process is downloading {dest.name}; waiting for it" if progress
+                        else None):
+            if dest.exists() and not force:  # the other process finished it
+                return dest
+            if force:
+                job.part.unlink(missing_ok=True)
+            bar = tqdm(
+                total=expected_size, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=desc or dest.name, disable=not progress, file=sys.stderr,
+            )
+            with bar:
+                digest, size = _fetch_with_retries(job, bar, retries, retry_wait)
+            _check_complete_part(job, digest, size, expected_sha256)
+            _install(job.part, dest, url, digest, size)
     except OSError as err:  # network errors are DownloadErrors by now: this is the local disk
         raise DownloadError(f"cannot save {dest.name} in {dest.parent}: {_reason(err)}") from None
     return dest
@@ -347,6 +363,76 @@ def _install(part: Path, dest: Path, url: str, digest: str, size: int) -> None:
 
 
 # ----------------------------------------------------------------------------- small helpers
+
+
+@contextmanager
+def _exclusive(path: Path, waiting: Optional[str]) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created for it and removed afterwards), waiting
+    while another process holds it (``waiting`` is printed then, unless None). The operating
+    system releases the lock of a process that dies."""
+    announced = False
+    while True:
+        handle = open(path, "a+b")
+        try:
+            if not _lock(handle, block=False):
+                if waiting and not announced:
+                    print(waiting, file=sys.stderr, flush=True)
+                    announced = True
+                _lock(handle, block=True)
+            if _same_file(handle, path):
+                break
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # the holder removed the file before this process got its lock: lock the new one
+    try:
+        yield
+    finally:
+        try:  # while still locked, so a process waiting on this file sees it is gone and starts over
+            path.unlink()
+        except OSError:  # Windows cannot remove an open file
+            pass
+        _unlock(handle)
+        handle.close()
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``handle``."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+if os.name == "nt":  # pragma: no cover - Windows
+    import msvcrt
+
+    def _lock(handle, block: bool) -> bool:
+        handle.seek(0)
+        while True:
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not block:
+                    return False
+                time.sleep(0.2)
+
+    def _unlock(handle) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(handle, block: bool) -> bool:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(handle) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _hash_file(hasher, path: Path):

@@ -12,6 +12,7 @@ no torch, so that the command line starts fast: what needs torch is imported whe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "DEFAULT_MAX_SHOT_S", "DEFAULT_EVENT_GAP_S", "DEFAULT_MIN_EVENT_S",
            "ENGINES", "parse_window", "PredictOptions", "parse_actors", "ModelJob", "VideoJob", "TaggingJob",
            "EmbedJob", "EvaluationJob", "ExportJob"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stam_16"  #: the model of predict and embed when neither --model nor --frames is given
 DEFAULT_OPSET = 17  #: first ONNX opset with a LayerNormalization operator
@@ -128,6 +131,10 @@ class PredictOptions:
         else:
             device = resolve_device(self.device)
             placement = {"device": str(device), "precision": resolve_precision(self.precision, device)}
+            if device.type == "cuda" and self.streams is not None and self.streams > 1:
+                log.warning("--streams %d is for the CPU: on a GPU one stream at a larger --batch-size does the "
+                            "same work with less memory; using 1", self.streams)
+                placement["streams"] = 1
         resolved = replace(self, engine=engine, decoder=decoder, label_map=label_map, thresholds=thresholds,
                            **placement)
         resolved._resolved = True

@@ -5,7 +5,8 @@ Shapes follow the authors' release (Sharir et al., 2021, and their public code, 
 [0, 1] with no mean/std normalisation; each frame goes through the spatial ViT, whose final-norm
 class token is the frame embedding; a learned temporal class token and position embedding are
 added and an ``nn.TransformerEncoder`` (ReLU feed-forward, LayerNorm eps 1e-5) mixes the frames;
-a final LayerNorm and a Linear head give the logits. The authors' encoder is post-norm, 6 layers
+a final LayerNorm and a Linear head give the logits. The head always computes in float32
+(:class:`ClassifierHead`), also under bf16/fp16 autocast. The authors' encoder is post-norm, 6 layers
 (:data:`AUTHORS_TEMPORAL_NORM`); a model can have a pre-norm one of any depth instead, with the same
 parameter names (``temporal_norm``, ``temporal_layers`` in :class:`STAMConfig`).
 
@@ -140,6 +141,24 @@ def resample_temporal_positions(pos_embed: torch.Tensor, frames: int) -> torch.T
     return torch.cat([cls_pos, frame_pos.transpose(1, 2)], dim=1)
 
 
+class ClassifierHead(nn.Linear):
+    """The Linear layer from the video embedding to the logits, computed in float32 under autocast.
+
+    Under bf16 autocast a Linear layer rounds its outputs to bf16 (8 significant bits): with 400
+    classes, scores moved by up to 0.01, top-5 orders changed and scores tied exactly. The head is
+    a tiny share of the model's work, so it runs in float32 wherever it is used (prediction,
+    evaluation, timelines, training); the softmax of its float32 logits is then float32 too.
+    Outside autocast it is a plain :class:`torch.nn.Linear` (and exports as one).
+    """
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        device_type = embedding.device.type
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or not torch.is_autocast_enabled(device_type):
+            return super().forward(embedding)
+        with torch.autocast(device_type, enabled=False):
+            return F.linear(embedding.float(), self.weight.float(), self.bias.float())
+
+
 class TemporalTransformer(nn.Module):
     """The authors' ``aggregate`` module: class token + position embedding + encoder + final norm.
 
@@ -230,7 +249,7 @@ class STAM(nn.Module):
         _describe_backbone(config, self.spatial)
         self.config = config
         self.temporal = _build_temporal(config)
-        self.head = nn.Linear(config.embed_dim, config.num_classes)
+        self.head = ClassifierHead(config.embed_dim, config.num_classes)
         self.name = name
         self.labels = list(labels) if labels is not None else default_labels(config.num_classes)
         if len(self.labels) != config.num_classes:
@@ -283,7 +302,7 @@ class STAM(nn.Module):
     def reset_head(self, labels: Sequence[str]) -> None:
         """A new, randomly initialised head for ``labels`` (fine-tuning on other classes)."""
         labels = list(labels)
-        self.head = nn.Linear(self.config.embed_dim, len(labels)).to(self.head.weight.device)
+        self.head = ClassifierHead(self.config.embed_dim, len(labels)).to(self.head.weight.device)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.config.num_classes = len(labels)

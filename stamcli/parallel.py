@@ -9,6 +9,8 @@
   attention on 197 tokens). Each stream holds a batch and its activations in memory. Gains and
   memory cost: ``benchmarks/README.md``, "Model streams". On a GPU there is one stream: large
   batches keep the device busy.
+- **Several processes on one machine** (``torchrun --nproc-per-node N``): each takes its share of
+  the cores (:func:`process_cores`), so N ranks do not start N times as many threads as there are cores.
 
 ATen's OpenMP backend keeps the intra-op thread count per calling thread
 (:data:`PER_THREAD_OMP`), which is what lets a decode thread or a stream use one core while the
@@ -28,8 +30,8 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
-__all__ = ["PER_THREAD_OMP", "MAX_STREAMS", "cpu_cores", "default_workers", "default_streams", "one_torch_thread",
-           "single_threaded_decode", "ModelStreams", "StreamCancelled"]
+__all__ = ["PER_THREAD_OMP", "MAX_STREAMS", "cpu_cores", "process_cores", "default_workers", "default_streams",
+           "one_torch_thread", "single_threaded_decode", "ModelStreams", "StreamCancelled"]
 
 #: ATen's OpenMP backend keeps the intra-op thread count per calling thread, so one thread can
 #: run on one core while others (the model) keep theirs.
@@ -50,11 +52,19 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def process_cores() -> int:
+    """This process's share of :func:`cpu_cores`: all of them, or ``cores // N`` when torchrun
+    started N processes on this machine (``LOCAL_WORLD_SIZE``)."""
+    from .distributed import Distributed
+
+    return max(1, cpu_cores() // max(1, Distributed.from_env().local_world))
+
+
 def default_workers(device: Optional[torch.device] = None) -> int:
     """Decode threads. On the CPU the model needs the cores too: ``min(4, cores)``. With a CUDA
     GPU the cores only decode, and decoding is the bottleneck: every core but the one that feeds
-    the GPU (``cores - 1``, 1 to 32)."""
-    cores = cpu_cores()
+    the GPU (``cores - 1``, 1 to 32). ``cores`` is this process's share (:func:`process_cores`)."""
+    cores = process_cores()
     if device is not None and device.type == "cuda":
         return max(1, min(32, cores - 1))
     return max(1, min(4, cores))
@@ -62,10 +72,11 @@ def default_workers(device: Optional[torch.device] = None) -> int:
 
 def default_streams(device: Optional[torch.device] = None) -> int:
     """Model streams: on the CPU ``min(4, cores)`` (one batch per core up to 4 cores; beyond, each
-    stream gets ``cores / streams`` threads); 1 on a GPU, or where the thread count is process-wide."""
+    stream gets ``cores / streams`` threads); 1 on a GPU, or where the thread count is process-wide.
+    ``cores`` is this process's share (:func:`process_cores`)."""
     if (device is not None and device.type != "cpu") or not PER_THREAD_OMP:
         return 1
-    return max(1, min(MAX_STREAMS, cpu_cores()))
+    return max(1, min(MAX_STREAMS, process_cores()))
 
 
 @contextmanager

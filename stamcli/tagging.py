@@ -18,6 +18,8 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
+import torch
+
 from .distributed import Distributed
 from .engine import Predictor, make_predictor
 from .errors import UsageError
@@ -62,8 +64,9 @@ def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
             if r.get("status") == "ok" and r.get("type") not in PART_TYPES}
 
 
-def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed, columns: Sequence[str]) -> None:
-    """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
+def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed, columns: Sequence[str] = ()) -> None:
+    """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order
+    (``columns``: the CSV columns a timeline adds)."""
     parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
     with open_writer(job.output, fmt, top_k=top_k, resume=job.resume, columns=columns) as writer:
         for part in parts:
@@ -194,6 +197,10 @@ def run_tagging(
     dist = Distributed.from_env()
     options, fmt, plan = _checked_options(job, dist)
     videos, target = _plan(job, dist)
+    if dist.active:  # (never with --engine ray, whose device each model actor resolves on its node)
+        # Join before the model loads (this rank's GPU becomes the current device); the ranks wait
+        # for each other only at the end, however far apart their shards finish (Distributed.barrier).
+        dist.init(torch.device(options.device))
     if fmt in SIDECAR_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
     source = _source(job, options, plan, job.load_model(progress=dist.rank == 0))
@@ -216,6 +223,6 @@ def run_tagging(
     if dist.active and not summary.interrupted:
         dist.barrier()
         if dist.rank == 0:
-            _merge_parts(job, fmt, source.top_k, dist, columns)
+            _merge_parts(job, fmt, source.top_k, dist, columns=columns)
         dist.barrier()
     return replace(summary, unsure=sink.unsure)

@@ -54,7 +54,8 @@ import math
 import os
 import queue
 import threading
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -473,8 +474,29 @@ class TimelineReader:
 _END = object()
 
 
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` into ``out`` once there is room; False if ``stop`` is set first."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _get(source: queue.Queue, stop: threading.Event):
+    """The next item of ``source``; None if ``stop`` is set first."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    return None
+
+
 class _Stopped(Exception):
-    """The run is stopping (Ctrl-C): the decode thread leaves the video it is reading."""
+    """The run is stopping (Ctrl-C): a decode worker leaves the video it is reading."""
 
 
 @dataclass
@@ -492,9 +514,10 @@ class TimelinePredictor:
     """Tags every window of each video with a :class:`~stamcli.engine.Predictor`'s model.
 
     :meth:`predict` yields, per video in input order, its window records (``"type": "window"``)
-    and then its video record (``"type": "video"``: the summary, or the error).  One thread decodes
-    the videos one after another, a bounded number of windows ahead; windows are scored
-    ``--batch-size`` at a time, across videos, on the predictor's model streams.
+    and then its video record (``"type": "video"``: the summary, or the error).  The predictor's
+    decode workers (``--workers``) each decode one video at a time, up to that many videos at once
+    (one thread cannot feed a GPU), a bounded number of windows ahead; windows are handed on in
+    input order and scored ``--batch-size`` at a time, across videos, on the predictor's model streams.
 
     >>> timeline = TimelinePredictor(Predictor(stamcli.load_model("stam_16")), window_s=10, stride_s=5)
     >>> for record in timeline.predict(["match.mp4"]): print(record["start_s"], record["predictions"][0])
@@ -508,9 +531,9 @@ class TimelinePredictor:
         self._tops: dict[str, list[tuple[Window, Optional[dict]]]] = {}  # scored windows of unfinished videos
 
     def reader(self, path: str, on_frame: Optional[Callable[[int], None]] = None) -> TimelineReader:
-        spec = self.predictor.clip_spec
-        return TimelineReader(path, spec.num_frames, spec.img_size, self.window_s, self.stride_s, decoder=spec.decoder,
-                              shots=self.shots, on_frame=on_frame)
+        spec = self.predictor.clip_spec  # threads: as Predictor, one codec thread per worker
+        return TimelineReader(path, spec.num_frames, spec.img_size, self.window_s, self.stride_s,
+                              threads=spec.threads, decoder=spec.decoder, shots=self.shots, on_frame=on_frame)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """Window records and a video record for each path (see the README for the schema)."""
@@ -544,39 +567,56 @@ class TimelinePredictor:
             yield pending
 
     def _decode(self, paths: list[str], items: queue.Queue, stop: threading.Event) -> None:
-        """The decode thread: every window of every video, then its end, then ``_END``."""
+        """The decode thread: hands on every window of every video, then its end, then ``_END``, in
+        input order, while up to ``workers`` videos decode at once (each into a queue of its own)."""
+        workers = self.predictor.workers
+        ahead = self.predictor.options.batch_size  # windows a video may decode before its turn
+        started: deque[queue.Queue] = deque()  # the queues of the videos being decoded, in input order
+        halt = threading.Event()  # tells the workers to stop
+        todo = iter(paths)
+        with ThreadPoolExecutor(workers, thread_name_prefix="stam-timeline-decode",
+                                initializer=single_threaded_decode) as pool:
+            try:
+                while True:
+                    while len(started) < workers and (path := next(todo, None)) is not None:
+                        started.append(queue.Queue(maxsize=ahead))
+                        pool.submit(self._decode_video, path, started[-1], halt, stop)
+                    if not started:
+                        return
+                    video = started.popleft()
+                    while (item := _get(video, stop)) is not None:
+                        if not _put(items, item, stop):
+                            return
+                        if item.window is None:  # the video's end
+                            break
+                    else:
+                        return
+            finally:
+                halt.set()  # workers still decoding (the run ended early) stop at their next window
+                _put(items, _END, stop)
 
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    items.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
+    def _decode_video(self, path: str, out: queue.Queue, stop: threading.Event, run_stop: threading.Event) -> None:
+        """A decode worker: every window of the video at ``path``, then its end item (its reader or
+        error). ``stop``: the decode thread is done; ``run_stop``: the run is stopping (Ctrl-C)."""
 
         def stopping(_frame: int) -> None:  # the shot detection pass reads a whole video: stop it on Ctrl-C
-            if stop.is_set():
+            if run_stop.is_set() or stop.is_set():
                 raise _Stopped
 
-        single_threaded_decode()
+        reader = None
         try:
-            for path in paths:
-                reader = self.reader(path, on_frame=stopping)
-                try:
-                    for window, clip in reader:
-                        if not put(_Item(path, window, clip)):
-                            return
-                    end = _Item(path, reader=reader)
-                except _Stopped:
+            reader = self.reader(path, on_frame=stopping)
+            for window, clip in reader:
+                if not _put(out, _Item(path, window, clip), stop):
                     return
-                except Exception as err:  # one bad video never stops the run
-                    end = _Item(path, error=error_reason(err))
-                self.peak_buffered = max(self.peak_buffered, reader.peak_buffered)
-                if not put(end):
-                    return
-        finally:
-            put(_END)
+            end = _Item(path, reader=reader)
+        except _Stopped:
+            return
+        except Exception as err:  # one bad video never stops the run
+            end = _Item(path, error=error_reason(err))
+        if reader is not None:
+            self.peak_buffered = max(self.peak_buffered, reader.peak_buffered)
+        _put(out, end, stop)
 
     def _score(self, batch: list[_Item]) -> Optional[torch.Tensor]:
         """The probabilities of the batch's windows (None when it has none); runs on a model stream."""

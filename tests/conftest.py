@@ -18,12 +18,22 @@ import pytest
 import torch
 
 from stamcli import create_model
+from stamcli.device import REQUIRE_DEVICE_ENV
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 #: The environment for a child Python process that imports this checkout's stamcli and benchmarks.
-CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                 **{REQUIRE_DEVICE_ENV: "1"})
+
+
+def pytest_configure(config):
+    """Every test names the device it means (``--device cpu`` / ``device="cpu"``): with
+    ``STAM_REQUIRE_DEVICE`` set, a run left on ``--device auto`` is an error in the tests and in
+    every child process they start, on a machine with or without a GPU. (Set here, not on import:
+    the benchmarks import this module too.)"""
+    os.environ[REQUIRE_DEVICE_ENV] = "1"
 
 
 def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: float = 0.05,
@@ -51,6 +61,52 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: flo
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     return stderr
+
+def run_ranks(target: Callable, world: int, *args, timeout_s: float = 180) -> list:
+    """``target(*args)`` in ``world`` fresh processes joined as the ranks of one torchrun job on
+    127.0.0.1 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
+    ``MASTER_PORT``); what each returned, by rank. ``target`` is a module-level function; the ranks
+    start it at the same moment (process start-up times differ), each with one torch thread."""
+    import multiprocessing
+    import socket
+    import tempfile
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    with tempfile.TemporaryDirectory() as ready:
+        processes = [context.Process(target=_rank_main, args=(rank, world, port, ready, target, args, results))
+                     for rank in range(world)]
+        for process in processes:
+            process.start()
+        try:
+            answers = dict(results.get(timeout=timeout_s) for _ in range(world))
+        finally:
+            for process in processes:
+                process.join(timeout=30)
+                if process.is_alive():
+                    process.kill()
+    failed = {rank: answer for rank, answer in answers.items() if isinstance(answer, str) and "Traceback" in answer}
+    assert not failed, "\n".join(f"rank {rank}: {text}" for rank, text in failed.items())
+    return [answers[rank] for rank in range(world)]
+
+
+def _rank_main(rank: int, world: int, port: int, ready: str, target: Callable, args: tuple, results) -> None:
+    import traceback
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    Path(ready, str(rank)).touch()
+    while len(os.listdir(ready)) < world:
+        time.sleep(0.01)
+    try:
+        results.put((rank, target(*args)))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
 
 # A STAM small enough to run in milliseconds on a CPU: 32x32 frames of 4 patches.
 TINY = dict(

@@ -77,6 +77,7 @@ class FakeServer:
     extra_length: int = 0  # announce a file this much larger than the bytes there are
     corrupt_at: Optional[int] = None  # flip the bits of the byte at this offset
     no_length: bool = False  # send no Content-Length: the body ends when the connection closes
+    gate: Optional[threading.Event] = None  # the first GET sends its body once set; a second GET sets it
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -128,6 +129,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
         self.end_headers()
         if body:
+            if fake.gate is not None:
+                if len(fake.gets) == 1:
+                    fake.gate.wait(60)
+                fake.gate.set()
             self._send_body(fake, data, start or 0)
 
     def _send_body(self, fake: FakeServer, data: bytes, start: int) -> None:
@@ -459,3 +464,39 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_processes_racing_for_one_file_download_it_once(server, tmp_path):
+    # Two processes (the ranks of a torchrun job) need the same missing file. The server holds the
+    # first download until a second GET arrives, or until the second process says that it waits.
+    import subprocess
+    import sys
+
+    from conftest import CHILD_ENV
+
+    server.gate = threading.Event()
+    dest = tmp_path / "weights" / "stam_16.pth"
+    code = ("import sys; from stamcli.download import download_file; "
+            "download_file(sys.argv[1], sys.argv[2], retry_wait=0)")
+    command = [sys.executable, "-c", code, server.url("/files/stam_16.pth"), str(dest)]
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    deadline = time.monotonic() + 60
+    while not server.gets and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    waited = second.stderr.readline()  # its first line: it waits, or (without the lock) its progress bar
+    server.gate.set()
+    assert first.wait(60) == 0 and second.wait(60) == 0, first.stderr.read() + second.stderr.read()
+    first.stderr.close(), second.stderr.close()
+    assert waited.strip() == "another process is downloading stam_16.pth; waiting for it"
+    assert len(server.gets) == 1
+    assert_installed(dest)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["stam_16.pth", "stam_16.pth.download.json"]
+
+
+def test_a_lock_left_by_a_dead_process_does_not_block(server, tmp_path):
+    dest = tmp_path / "stam_16.pth"
+    download.lock_path(dest).write_bytes(b"")  # its process died: the file is there, nobody holds its lock
+    fetch(server, dest)
+    assert_installed(dest)
+    assert not download.lock_path(dest).exists()

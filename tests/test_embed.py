@@ -60,7 +60,8 @@ def _expected(checkpoint: Path, path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _embed_cli(*args):
-    return runner.invoke(app, ["embed", *map(str, args)], catch_exceptions=False)
+    """``stam embed --device cpu ARGS`` (ARGS may name another device): CPU fp32 is the reference."""
+    return runner.invoke(app, ["embed", "--device", "cpu", *map(str, args)], catch_exceptions=False)
 
 
 def _index(path: Path) -> list[list[str]]:
@@ -137,7 +138,7 @@ def test_resume_after_ctrl_c_keeps_done_rows_and_gives_the_same_arrays(videos, t
                                                                         suffix):
     model = load_checkpoint(tiny_checkpoint)
     paths = _paths(videos)
-    full = embed(paths, model, PredictOptions(batch_size=1), per_frame=True)
+    full = embed(paths, model, PredictOptions(batch_size=1, device="cpu"), per_frame=True)
     out = tmp_path / f"emb{suffix}"
     original = Predictor.embeddings
     calls = []
@@ -149,7 +150,7 @@ def test_resume_after_ctrl_c_keeps_done_rows_and_gives_the_same_arrays(videos, t
         return original(self, clips)
 
     monkeypatch.setattr(Predictor, "embeddings", interrupted)
-    first = embed(paths, model, PredictOptions(batch_size=1), output=out, per_frame=True)
+    first = embed(paths, model, PredictOptions(batch_size=1, device="cpu"), output=out, per_frame=True)
     assert first.interrupted and (first.ok, first.failed) == (2, 1)
     saved = load_embeddings(out)  # a consistent pair: the index lists rows 0-2, rows 2-4 are NaN
     assert [(r["row"], r["status"]) for r in saved.records] == [(0, "ok"), (1, "ok"), (2, "error")]
@@ -158,7 +159,8 @@ def test_resume_after_ctrl_c_keeps_done_rows_and_gives_the_same_arrays(videos, t
     monkeypatch.setattr(Predictor, "embeddings", original)
 
     counter = _Counter(monkeypatch)
-    second = embed(paths, model, PredictOptions(batch_size=2), output=out, per_frame=True, resume=True)
+    second = embed(paths, model, PredictOptions(batch_size=2, device="cpu"), output=out, per_frame=True,
+                   resume=True)
     assert (second.ok, second.failed, second.skipped, second.interrupted) == (2, 1, 2, False)
     assert counter.videos == 2  # rows 3 and 4 only; the broken row 2 was retried but never reached the model
     final = load_embeddings(out)
@@ -174,12 +176,12 @@ def test_resume_after_a_hard_kill_uses_the_safetensors_work_files(videos, tiny_c
     paths = _paths(videos)[:2]
     out = tmp_path / "emb.safetensors"
     monkeypatch.setattr(EmbeddingStore, "close", lambda self: None)  # killed: nothing finished
-    embed(paths[:1], model, output=out)
-    embed(paths, model, output=out)
+    embed(paths[:1], model, PredictOptions(device="cpu"), output=out)
+    embed(paths, model, PredictOptions(device="cpu"), output=out)
     assert not out.exists() and (tmp_path / ".emb.safetensors.embeddings.npy").exists()
     monkeypatch.undo()
     counter = _Counter(monkeypatch)
-    result = embed(paths, model, output=out, resume=True)
+    result = embed(paths, model, PredictOptions(device="cpu"), output=out, resume=True)
     assert (result.ok, result.skipped, counter.videos) == (0, 2, 0)
     loaded = load_embeddings(out)
     expected = np.stack([_expected(tiny_checkpoint, p)[0] for p in paths])
@@ -205,7 +207,7 @@ def test_nearest_neighbour_of_a_video_is_its_duplicate(videos, tiny_checkpoint, 
 
 def test_in_memory_api_and_shards(videos, tiny_checkpoint, tmp_path):
     model = load_checkpoint(tiny_checkpoint)
-    result = embed([videos / "a.mp4", videos / "b.avi"], model)
+    result = embed([videos / "a.mp4", videos / "b.avi"], model, PredictOptions(device="cpu"))
     assert result.output is None and result.frame_embeddings is None and result.embeddings.shape == (2, 64)
     assert np.abs(result.embeddings[1] - _expected(tiny_checkpoint, str(videos / "b.avi"))[0]).max() < 1e-5
     out = tmp_path / "part1.npy"
@@ -271,7 +273,7 @@ def test_real_ctrl_c_leaves_a_consistent_pair_and_resume_completes_it(videos, ti
               "def slow(self, v):\n    time.sleep(0.1); return f(self, v)\n"
               "STAM.embed_with_frames = slow; from stamcli.cli import main; sys.argv[0] = 'stam'; main()")
     command = [sys.executable, "-c", script, "embed", str(folder), "-m", str(tiny_checkpoint), "-o", str(out),
-               "--per-frame", "-b", "1", "-w", "1", "-q"]
+               "--per-frame", "-b", "1", "-w", "1", "-q", "--device", "cpu"]
     index = tmp_path / "emb.csv"
     interrupt_when(command, lambda: index.exists() and index.read_text(encoding="utf-8").count("\n") >= 4, poll_s=0.02)
     saved = load_embeddings(out)
@@ -308,7 +310,8 @@ def test_ctrl_c_between_a_batchs_rows_and_its_records_leaves_no_unrecorded_row(v
     monkeypatch.setattr(EmbeddingStore, "put", interrupted_put)
     paths = [str(videos / ("a.mp4" if i % 2 else "b.avi")) for i in range(6)]
     output = None if name is None else tmp_path / name
-    result = embed(paths, load_checkpoint(tiny_checkpoint), PredictOptions(batch_size=1, workers=1, streams=1),
+    options = PredictOptions(batch_size=1, workers=1, streams=1, device="cpu")
+    result = embed(paths, load_checkpoint(tiny_checkpoint), options,
                    output=output, per_frame=True)
     assert result.interrupted and [r["row"] for r in result.records] == [0, 1]
     if output is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -22,11 +23,12 @@ from typer.testing import CliRunner
 
 from stamcli import create_model, load_checkpoint, save_checkpoint
 from stamcli.cli import app
+from stamcli.jobs import PredictOptions
 from stamcli.train.config import FinetuneConfig
 from stamcli.train.data import ClipDataset
 from stamcli.train.finetune import finetune
 from stamcli.train.modelling import NEW_MODEL_TEMPORAL
-from conftest import REPO, interrupt_when
+from conftest import REPO, interrupt_when, run_ranks
 from synthetic import write_motion_dataset
 
 runner = CliRunner()
@@ -52,7 +54,8 @@ def motion(tmp_path_factory):
 def _config(motion, tmp_path, **overrides) -> FinetuneConfig:
     train, val, base = motion
     options = dict(data=str(train), val=str(val), model=str(base), epochs=12, batch_size=8, lr=2e-3, warmup=1,
-                   label_smoothing=0.0, weight_decay=0.01, workers=0, seed=0, output=str(tmp_path / "run"))
+                   label_smoothing=0.0, weight_decay=0.01, workers=0, seed=0, output=str(tmp_path / "run"),
+                   device="cpu")
     options.update(overrides)
     return FinetuneConfig(**options)
 
@@ -102,13 +105,14 @@ def test_temporal_order_is_learned_and_the_run_folder_is_complete(motion, tmp_pa
     # the fine-tuned checkpoint works in `stam predict` and prints the user's labels
     out = tmp_path / "tags.jsonl"
     video = next((Path(motion[1]).parent / "left").glob("*.avi"))
-    cli = runner.invoke(app, ["predict", str(video), "--model", str(run / "best.safetensors"), "-o", str(out), "-q"])
+    cli = runner.invoke(app, ["predict", str(video), "--model", str(run / "best.safetensors"), "-o", str(out), "-q",
+                              "--device", "cpu"])
     assert cli.exit_code == 0, cli.output
     record = json.loads(out.read_text())
     assert {p["label"] for p in record["predictions"]} <= set(CLASSES)
     # and `stam evaluate` agrees with the run's own report
     cli = runner.invoke(app, ["evaluate", str(motion[1]), "--model", str(run / "best.safetensors"),
-                              "-o", str(tmp_path / "eval.json")])
+                              "-o", str(tmp_path / "eval.json"), "--device", "cpu"])
     assert cli.exit_code == 0, cli.output
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["top1"] == pytest.approx(report["top1"], abs=1e-6)
@@ -201,7 +205,7 @@ def test_a_run_folder_from_before_per_part_rates_resumes_as_it_was_started(motio
 def test_runs_never_overwrite_and_yaml_config_with_flags_winning(motion, tmp_path):
     train, val, base = motion
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"model: {base}\nepochs: 1\nbatch-size: 16\nlr: 0.001\nworkers: 0\nval: {val}\n"
+    cfg.write_text(f"model: {base}\nepochs: 1\nbatch-size: 16\nlr: 0.001\nworkers: 0\nval: {val}\ndevice: cpu\n"
                    "temporal-norm: pre\nscratch-lr-scale: 3\n")
     args = ["finetune", str(train), "--config", str(cfg), "--lr", "0.002", "-o", str(tmp_path / "run"),
             "--temporal-layers", "1", "--scratch-lr-scale", "5"]
@@ -229,7 +233,8 @@ def test_bad_data_is_reported_before_training(tmp_path, motion):
     train = tmp_path / "bad.csv"
     good = next((Path(motion[0]).parent / "left").glob("*.avi"))
     train.write_text(f"path,label\n{good},left\nmissing.mp4,right\n{good},left\n,up\n")
-    result = runner.invoke(app, ["finetune", str(train), "--model", str(motion[2]), "-o", str(tmp_path / "r")])
+    result = runner.invoke(app, ["finetune", str(train), "--model", str(motion[2]), "-o", str(tmp_path / "r"),
+                                 "--device", "cpu"])
     assert result.exit_code == 1
     assert "missing.mp4" in result.output and "bad.csv:3" in result.output
     assert not (tmp_path / "r").exists()
@@ -255,7 +260,7 @@ def test_distributed_training_with_torchrun_on_cpu(motion, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "stamcli", "finetune", str(train), "--val", str(val), "--model", str(base), "--epochs", "2",
-               "--batch-size", "8", "--workers", "0", "-o", str(out), "--lr", "0.002",
+               "--batch-size", "8", "--workers", "0", "-o", str(out), "--lr", "0.002", "--device", "cpu",
                "--temporal-norm", "pre", "--temporal-input-norm"]  # a new encoder, with BatchNorm under DDP
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
@@ -297,7 +302,7 @@ def test_real_ctrl_c_saves_last_and_resume_finishes_the_run(motion, tmp_path):
     train, val, base = motion
     out = tmp_path / "run"
     command = [sys.executable, "-m", "stamcli", "finetune", str(train), "--val", str(val), "--model", str(base),
-               "--epochs", "3", "--workers", "0", "-o", str(out)]
+               "--epochs", "3", "--workers", "0", "-o", str(out), "--device", "cpu"]
     stderr = interrupt_when(command, (out / "metrics.csv").exists)  # during epoch 2: finish the step, save `last`, exit
     assert f"stam finetune --resume {out}" in " ".join(stderr.split())
     state = torch.load(out / "last_state.pt", weights_only=True)
@@ -320,13 +325,13 @@ def test_evaluate_lists_unreadable_videos_and_rejects_unknown_labels(motion, tmp
     broken.write_text("not a video")
     data = tmp_path / "eval.csv"
     data.write_text("".join(f"{p},left\n" for p in good) + f"{broken},up\n")
-    report = evaluate(data, model, output=tmp_path / "r.json")
+    report = evaluate(data, model, PredictOptions(device="cpu"), output=tmp_path / "r.json")
     assert report["videos"] == 2 and [f["path"] for f in report["failed"]] == [str(broken)]
     assert "cannot read video" in report["failed"][0]["error"]
     assert json.loads((tmp_path / "r.json").read_text())["failed"] == report["failed"]
     data.write_text(f"{good[0]},jumping\n")
     with pytest.raises(StamError, match=r"labels in .*eval.csv that the model does not know: jumping"):
-        evaluate(data, model)
+        evaluate(data, model, PredictOptions(device="cpu"))
 
 
 def test_new_run_dir_skips_taken_names_including_files(tmp_path):
@@ -337,3 +342,83 @@ def test_new_run_dir_skips_taken_names_including_files(tmp_path):
     (tmp_path / "run-2" / "metrics.csv").write_text("epoch\n")
     (tmp_path / "run-3").mkdir()  # empty: reused
     assert new_run_dir(FinetuneConfig(data="d.csv", output=str(tmp_path / "run"))) == tmp_path / "run-3"
+
+
+def test_fp16_scales_the_loss_and_skips_a_step_whose_gradients_overflowed(motion, tmp_path, monkeypatch):
+    # Without loss scaling one overflow gives inf gradients, which clipping turns into NaN weights
+    # for good. fp16 is for GPUs; CPU autocast computes it too, so the run is forced to fp16 here.
+    import stamcli.train.finetune as finetune_module
+
+    monkeypatch.setattr(finetune_module, "resolve_precision", lambda precision, device: "fp16")
+    scales = []
+
+    def overflow_in_step_two(run):
+        scales.append(run.scaler.get_scale())
+        if run.batches_done == 1:
+            weight = run.model.head.weight
+            hook = weight.register_hook(lambda grad: (hook.remove(), torch.full_like(grad, float("inf")))[1])
+
+    folder = Path(motion[0]).parent
+    rows = Path(motion[0]).read_text().splitlines()[1::6][:24]
+    data = tmp_path / "few.csv"  # 3 steps of 8 (CPU fp16 is slow), no validation
+    data.write_text("".join(f"{folder / row}\n" for row in rows))
+    config = _config(motion, tmp_path, data=str(data), val=None, val_split=0, epochs=1, clip_grad=1.0)
+    result = finetune(config, on_step=overflow_in_step_two)
+    assert scales[:2] == [65536.0, 32768.0]  # the overflowing step was skipped and the scale halved
+    weights = load_file(str(result.run_dir / "last.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert math.isfinite(float(next(csv.DictReader(open(result.run_dir / "metrics.csv")))["train_loss"]))
+    state = torch.load(result.run_dir / "last_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == scales[-1]  # resumed runs go on with the same scale
+
+
+def test_resume_state_holds_the_gpu_rng_too(monkeypatch):
+    from stamcli.train.finetune import restore_rng_state, rng_state
+
+    gpu = torch.device("cuda:1")
+    gpu_state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: gpu_state.clone() if device == gpu else None)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    cpu_state = torch.get_rng_state()
+    state = rng_state(gpu)
+    assert torch.equal(state["torch_rng"], cpu_state) and torch.equal(state["cuda_rng"], gpu_state)
+    torch.rand(5)  # the CPU generator moves on
+    restore_rng_state(state, gpu)
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state) and restored[0][1] == gpu
+    assert set(rng_state(torch.device("cpu"))) == {"torch_rng"}
+
+
+def _cache_on_each_rank(model_path: str, train: str, val: str, cache_dir: str) -> tuple:
+    from stamcli.distributed import Distributed
+    from stamcli.train.data import read_examples
+    from stamcli.train.embeddings import cached_embeddings
+
+    decoded = []
+    real = ClipDataset.__getitem__
+    ClipDataset.__getitem__ = lambda self, i: decoded.append(self.examples[i].path) or real(self, i)
+    train_examples, val_examples = read_examples(train)[:9], read_examples(val)[:4]
+    train_set, val_set = cached_embeddings(
+        load_checkpoint(model_path), train_examples, val_examples, {c: i for i, c in enumerate(CLASSES)},
+        Path(cache_dir), device=torch.device("cpu"), precision="fp32", batch_size=4, workers=0,
+        dist=Distributed.from_env())
+    # numpy arrays: a child's tensors would travel as shared memory, gone when the child exits
+    return (decoded, train_set.tensors[0].numpy(), val_set.tensors[0].numpy(),
+            sorted(p.name for p in Path(cache_dir).iterdir()))
+
+
+def test_frozen_backbone_cache_is_shared_between_ranks(motion, tmp_path):
+    # Under torchrun each rank embeds every N-th video (no rank waits for one that does it all)
+    # and the cache is the one a single process computes.
+    train, val, base = motion
+    ranks = run_ranks(_cache_on_each_rank, 2, str(base), str(train), str(val), str(tmp_path / "ddp"))
+    alone = _cache_on_each_rank(str(base), str(train), str(val), str(tmp_path / "one"))
+    from stamcli.train.data import read_examples
+
+    train_paths, val_paths = [e.path for e in read_examples(train)[:9]], [e.path for e in read_examples(val)[:4]]
+    assert ranks[0][0] == train_paths[0::2] + val_paths[0::2] and ranks[1][0] == train_paths[1::2] + val_paths[1::2]
+    for decoded, train_cache, val_cache, files in ranks:
+        assert (train_cache == alone[1]).all() and (val_cache == alone[2]).all()
+        assert train_cache.shape == alone[1].shape == (9, 8, 64) and val_cache.shape == alone[2].shape == (4, 8, 64)
+        assert files == alone[3] and len(files) == 2  # the joined caches; the rank parts are gone

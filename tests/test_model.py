@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import TINY, make_tiny_model
 from stamcli import STAMConfig, StamError, create_model
-from stamcli.model import CPU_FRAME_CHUNK, LAYER_NORM_EPS, STAM
+from stamcli.model import CPU_FRAME_CHUNK, LAYER_NORM_EPS, STAM, ClassifierHead
 
 
 def test_logits_and_embeddings_have_the_documented_shapes(tiny_model):
@@ -281,3 +281,24 @@ def test_input_norm_standardises_frame_embeddings_before_the_temporal_encoder():
         together = model(frames)
         alone = torch.cat([model(frames[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_the_head_computes_in_float32_under_bf16_autocast():
+    # A bf16 head rounds logits to 8 significant bits: with 400 peaked classes the scores move by
+    # about 0.04 here and top-5 scores tie. The head must compute in float32 on the embedding it gets.
+    model = make_tiny_model(num_classes=400)
+    with torch.no_grad():
+        model.head.weight.mul_(30)  # a peaked softmax, as a trained model's
+    videos = torch.rand(16, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(videos)
+        embedding = model.forward_embedding(videos)
+        frozen_head_logits = model.head(model.temporal(model.embed_frames(videos)))  # as fine-tuning's TemporalHead
+    assert logits.dtype == frozen_head_logits.dtype == torch.float32
+    exact = torch.nn.functional.linear(embedding.float(), model.head.weight, model.head.bias)
+    assert (logits - exact).abs().max() < 1e-5
+    assert (frozen_head_logits - exact).abs().max() < 1e-5
+    top5 = logits.softmax(-1).topk(5).values
+    assert (top5[:, :-1] > top5[:, 1:]).all(), "tied top-5 scores"
+    model.reset_head(["a", "b"])  # a new head for fine-tuning computes in float32 too
+    assert isinstance(model.head, ClassifierHead)

@@ -120,6 +120,32 @@ def test_default_streams_one_batch_per_core_up_to_four_and_one_on_a_gpu(monkeypa
     assert parallel.default_streams(torch.device("cpu")) == 1
 
 
+def test_torchrun_ranks_on_one_machine_share_its_cores(monkeypatch):
+    # 4 ranks on 16 cores: each takes 4, so the ranks together start about as many threads as there are cores
+    monkeypatch.setattr(parallel, "PER_THREAD_OMP", True)
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 16)
+    for name, value in dict(WORLD_SIZE="8", RANK="5", LOCAL_RANK="1", LOCAL_WORLD_SIZE="4").items():
+        monkeypatch.setenv(name, value)
+    assert parallel.process_cores() == 4
+    assert parallel.default_workers(torch.device("cuda")) == 3  # every core of its share but the one feeding its GPU
+    assert parallel.default_workers(torch.device("cpu")) == 4 and parallel.default_streams(torch.device("cpu")) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")  # more ranks than cores: one each
+    assert parallel.process_cores() == 1 and parallel.default_workers(torch.device("cuda")) == 1
+    monkeypatch.setenv("WORLD_SIZE", "1")  # not under torchrun
+    assert parallel.process_cores() == 16 and parallel.default_workers(torch.device("cuda")) == 15
+
+
+def test_streams_on_a_gpu_are_one_with_a_warning(monkeypatch, caplog):
+    # On a GPU more streams only multiply the activation memory
+    import stamcli.device
+
+    monkeypatch.setattr(stamcli.device, "resolve_device", lambda spec: torch.device("cuda:0"))
+    options = PredictOptions(device="cuda", precision="bf16", streams=3).resolve()
+    assert (options.device, options.streams) == ("cuda:0", 1)
+    assert "--streams 3 is for the CPU" in caplog.text
+    assert PredictOptions(device="cuda", precision="bf16").resolve().streams is None  # the default: 1 on a GPU
+
+
 def test_streams_must_be_at_least_one():
     with pytest.raises(ValueError, match="at least 1"):
         ModelStreams(0)

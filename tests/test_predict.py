@@ -51,11 +51,12 @@ GOOD = ["a.mp4", "b, with comma.avi", "sub/c portrait.mp4", "sub/d_one_frame.mp4
 
 
 def _predict(*args, cwd: Path | None = None):
+    """``stam predict --device cpu ARGS`` (ARGS may name another device): CPU fp32 is the reference."""
     old = os.getcwd()
     if cwd:
         os.chdir(cwd)
     try:
-        return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+        return runner.invoke(app, ["predict", "--device", "cpu", *map(str, args)], catch_exceptions=False)
     finally:
         os.chdir(old)
 
@@ -132,8 +133,8 @@ def test_bad_inputs_give_error_records_and_exit_1(videos, tiny_checkpoint, tmp_p
 
 
 def test_stdout_table_when_no_output(videos, tiny_checkpoint):
-    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(tiny_checkpoint), "-q"],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(tiny_checkpoint), "-q",
+                                 "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     model = load_checkpoint(tiny_checkpoint)
     clip = read_clip(videos / "a.mp4", 4, 32)
@@ -220,14 +221,17 @@ def test_model_runs_at_another_frame_count_with_a_warning(videos, tiny_checkpoin
     assert json.loads(out.read_text())["status"] == "ok"
 
 
-def test_device_and_precision_resolution():
+def test_device_and_precision_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu
     assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    if not torch.cuda.is_available():
-        assert resolve_device("auto") == cpu
-        with pytest.raises(Exception, match="no CUDA GPU is available"):
-            resolve_device("cuda")
+    monkeypatch.delenv("STAM_REQUIRE_DEVICE")  # the suite's guard (conftest): off to see what auto picks
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == cpu
+    with pytest.raises(Exception, match="no CUDA GPU is available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
     with pytest.raises(Exception, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
 
@@ -250,7 +254,7 @@ def test_torchrun_ranks_tag_their_shards_and_rank0_merges_with_resume(videos, ti
     assert _predict(all_paths[0], "--model", tiny_checkpoint, "-o", out, "-q").exit_code == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "stamcli", "predict", str(videos), "--model", str(tiny_checkpoint), "-o", str(out), "-q",
-               "--workers", "1", "--resume"]
+               "--workers", "1", "--resume", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -296,7 +300,7 @@ def test_real_ctrl_c_leaves_valid_json_and_resume_completes_it(videos, tmp_path)
     )
     out = tmp_path / "tags.json"
     command = [sys.executable, "-m", "stamcli", "predict", str(folder), "--model", str(slow), "-o", str(out),
-               "-b", "1", "-w", "1", "-q"]
+               "-b", "1", "-w", "1", "-q", "--device", "cpu"]
     interrupt_when(command, lambda: out.exists() and out.read_text(encoding="utf-8").count('"path"') >= 2)
     records = json.loads(out.read_text(encoding="utf-8"))  # a complete, valid JSON array
     assert 2 <= len(records) < 30
@@ -330,11 +334,11 @@ def test_predict_downloads_a_missing_zoo_model(videos, file_server, tmp_path):
 def test_bad_checkpoint_is_one_line_and_debug_shows_the_traceback(videos, tmp_path):
     bad = tmp_path / "model.pth"
     bad.write_text("not weights")
-    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(bad)])
+    result = runner.invoke(app, ["predict", str(videos / "a.mp4"), "--model", str(bad), "--device", "cpu"])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [f"error: {bad} is not a checkpoint (expected a PyTorch .pth file or a stamcli .safetensors file)"]
-    result = runner.invoke(app, ["--debug", "predict", str(videos / "a.mp4"), "--model", str(bad)])
+    result = runner.invoke(app, ["--debug", "predict", str(videos / "a.mp4"), "--model", str(bad), "--device", "cpu"])
     assert result.exit_code != 0 and type(result.exception).__name__ == "CheckpointError"
 
 

@@ -41,7 +41,7 @@ def run_dir(tmp_path, monkeypatch) -> Path:
 
 def test_a_sheet_per_ok_video_with_the_models_frames_and_labels(run_dir, tiny_checkpoint):
     result = runner.invoke(app, ["predict", "v", "-m", str(tiny_checkpoint), "-k", "3", "-o", "tags.jsonl",
-                                 "--preview", "previews", "-q"], catch_exceptions=False)
+                                 "--preview", "previews", "-q", "--device", "cpu"], catch_exceptions=False)
     assert result.exit_code == 1  # c.mp4 is empty
     names = sorted(os.listdir(run_dir / "previews"))
     assert names == ["v__a.mp4.png", "v__b.mp4.png", "v__sub__a.mp4.png"]  # same-name videos stay apart
@@ -77,7 +77,7 @@ def test_sheets_reuse_the_decoded_clips(run_dir, tiny_checkpoint, monkeypatch):
 
     monkeypatch.setattr(clips, "read_clip", spy)
     result = runner.invoke(app, ["predict", "v/a.mp4", "v/b.mp4", "-m", str(tiny_checkpoint), "-o", "t.csv",
-                                 "--preview", "p", "-q"], catch_exceptions=False)
+                                 "--preview", "p", "-q", "--device", "cpu"], catch_exceptions=False)
     assert result.exit_code == 0
     assert decoded == ["v/a.mp4", "v/b.mp4"] and len(os.listdir("p")) == 2
 
@@ -117,7 +117,8 @@ def test_preview_names(tmp_path, monkeypatch):
 
 def test_unwritable_preview_folder_is_one_line(run_dir, tiny_checkpoint):
     Path("blocked").write_text("a file, not a folder")
-    result = runner.invoke(app, ["predict", "v/a.mp4", "-m", str(tiny_checkpoint), "--preview", "blocked/p", "-q"])
+    result = runner.invoke(app, ["predict", "v/a.mp4", "-m", str(tiny_checkpoint), "--preview", "blocked/p", "-q",
+                                 "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.startswith("error: cannot create the preview folder blocked/p")
 
@@ -125,7 +126,7 @@ def test_unwritable_preview_folder_is_one_line(run_dir, tiny_checkpoint):
 def test_a_sheet_that_cannot_be_written_is_one_line_error(run_dir, tiny_checkpoint):
     (run_dir / "p" / "v__a.mp4.png").mkdir(parents=True)  # a folder where the sheet should go
     result = runner.invoke(app, ["predict", "v/a.mp4", "v/b.mp4", "-m", str(tiny_checkpoint), "-o", "t.csv",
-                                 "--preview", "p", "-q"])
+                                 "--preview", "p", "-q", "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: cannot write preview p/v__a.mp4.png: Is a directory"
     assert sorted(os.listdir("p")) == ["v__a.mp4.png", "v__b.mp4.png"]  # no temporary file left

@@ -29,7 +29,8 @@ SCENE_LABELS = ["blue", "green", "red", "yellow"]  # class folders of the traini
 
 
 def _predict(*args):
-    return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+    """``stam predict --device cpu ARGS``."""
+    return runner.invoke(app, ["predict", "--device", "cpu", *map(str, args)], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -367,7 +367,8 @@ def test_cues_do_not_overlap_and_merge_equal_labels():
 
 
 def _predict(*args):
-    return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+    """``stam predict --device cpu ARGS`` (ARGS may name another device)."""
+    return runner.invoke(app, ["predict", "--device", "cpu", *map(str, args)], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -598,8 +599,8 @@ def test_torchrun_merge_keeps_the_timeline_columns_and_only_finished_videos(tmp_
 
 
 def test_table_on_stdout_shows_each_window_and_the_video(clips, tiny_checkpoint):
-    result = runner.invoke(app, ["predict", str(clips / "b.mp4"), "-m", str(tiny_checkpoint), "--window", "2", "-q"],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["predict", str(clips / "b.mp4"), "-m", str(tiny_checkpoint), "--window", "2", "-q",
+                                 "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if "b.mp4" in line]
     assert [row.split(" ok ")[0].split("b.mp4 ")[1].strip() for row in rows] == ["[0.0-2.0s]", "[2.0-4.0s]",
@@ -626,3 +627,35 @@ def test_progress_shows_where_in_a_long_video_and_counts_videos():
         assert task.completed == 0  # events are not videos
         progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "video"})
         assert task.completed == 1 and task.fields["where"] == ""
+
+
+def test_decode_workers_read_several_videos_at_once_and_the_records_keep_the_input_order(clips, tiny_checkpoint,
+                                                                                        monkeypatch):
+    # One decode thread cannot feed a GPU: with --workers 3, three videos decode at once. Here the
+    # first window of each of the first three videos is handed on only once all three have started.
+    import threading
+
+    from stamcli import load_checkpoint
+    from stamcli.jobs import PredictOptions
+
+    all_started = threading.Barrier(3, timeout=10)
+    readers = []
+    real_iter = TimelineReader.__iter__
+
+    def iterate(reader):
+        windows = real_iter(reader)
+        first = next(windows)
+        readers.append(reader)
+        if len(readers) <= 3:
+            all_started.wait()
+        yield first
+        yield from windows
+
+    monkeypatch.setattr(TimelineReader, "__iter__", iterate)
+    predictor = Predictor(load_checkpoint(tiny_checkpoint), PredictOptions(device="cpu", workers=3, batch_size=1))
+    paths = [str(clips / name) for name in ("a.mp4", "b.mp4", "long.mp4", "a.mp4")]
+    records = list(TimelinePredictor(predictor, window_s=2).predict(paths))
+    videos = [(r["path"], r["status"]) for r in records if r["type"] == "video"]
+    assert videos == [(path, "ok") for path in paths]
+    groups = [r["path"] for r in records]  # each video's windows and then its record, video after video
+    assert groups == [p for p, n in zip(paths, (3, 2, 8, 3)) for _ in range(n + 1)]

@@ -87,7 +87,8 @@ def test_bad_options(kwargs, message):
 def test_cli_predict_with_views(vids, tiny_checkpoint, tmp_path):
     out = tmp_path / "tags.jsonl"
     result = runner.invoke(app, ["predict", str(vids / "index.mp4"), "-m", str(tiny_checkpoint), "--clips", "2",
-                                 "--crops", "3", "-o", str(out), "-q", "-k", "5"], catch_exceptions=False)
+                                 "--crops", "3", "-o", str(out), "-q", "-k", "5", "--device", "cpu"],
+                           catch_exceptions=False)
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert (record["clips"], record["crops"]) == (2, 3)

@@ -4,13 +4,16 @@ The loop is deliberately plain: AdamW, linear warm-up then cosine decay per opti
 smoothing, gradient accumulation, autocast. What makes it dependable:
 
 * **Exact resume.** Sample order comes from ``(seed, epoch)`` and each sample's augmentation from
-  ``(seed, epoch, index)``; the model, optimiser, scheduler, position in the epoch and the torch RNG
-  are saved together, so ``--resume`` continues with the very batches and dropout masks the
-  uninterrupted run would have used.
+  ``(seed, epoch, index)``; the model, optimiser, scheduler, fp16 loss scale, position in the epoch
+  and the torch RNGs (CPU, and the GPU's) are saved together, so ``--resume`` continues with the
+  very batches and dropout masks the uninterrupted run would have used.
+* **fp16 with loss scaling.** ``--precision fp16`` scales the loss (:class:`torch.amp.GradScaler`)
+  so that small gradients do not underflow, and skips a step whose gradients overflowed instead of
+  turning the weights into NaN. bf16 has fp32's range and needs no scaling.
 * **Ctrl-C is a request.** The first Ctrl-C finishes the current optimiser step, saves ``last`` and
   exits; a second one stops at once.
-* **One code path for torchrun.** Each rank takes every N-th sample, DDP averages gradients, metrics
-  are summed across ranks, and only rank 0 writes.
+* **One code path for torchrun.** Each rank runs on its own GPU (:mod:`stamcli.distributed`), takes
+  every N-th sample, DDP averages gradients, metrics are summed across ranks, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -132,6 +135,25 @@ def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def rng_state(device: torch.device) -> dict:
+    """The torch RNG states a resumed run needs: the CPU's, and ``device``'s when it is a GPU.
+
+    Under torchrun rank 0's states are saved and every rank gets them back: the ranks start from
+    one seed and draw alike (same model, same batch shapes), so their states are the same.
+    """
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    """Set the RNG states :func:`rng_state` saved (a GPU state on ``device``)."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
 def _all_reduce(values: list[float], dist: Distributed, device: torch.device) -> list[float]:
     if not dist.active:
         return values
@@ -154,6 +176,7 @@ class _Run:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.labels = list(model.labels)
         index = {label: i for i, label in enumerate(self.labels)}
         self.val_examples = val
@@ -227,8 +250,8 @@ class _Run:
         save_checkpoint(self.model, self.run_dir / "last.safetensors", provenance=self._provenance())
         state = {
             "epoch": self.epoch, "batches_done": self.batches_done, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "best": self.best, "bad_epochs": self.bad_epochs, "epoch_loss": self.epoch_loss,
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            **rng_state(self.device), "best": self.best, "bad_epochs": self.bad_epochs, "epoch_loss": self.epoch_loss,
         }
         tmp = self.run_dir / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
@@ -241,7 +264,9 @@ class _Run:
             self._set_optimizer(legacy_param_groups(self.trainable, self.config.weight_decay))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        if state.get("scaler"):  # empty unless fp16
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state, self.device)
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.best, self.bad_epochs, self.epoch_loss = state["best"], state["bad_epochs"], state["epoch_loss"]
         if self.metrics:  # rows are numbered from 1: keep those of the completed epochs
@@ -268,14 +293,16 @@ class _Run:
             with autocast_for(self.device, self.precision):
                 logits = self._forward(inputs)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-            (loss / cfg.grad_accum).backward()
+            self.scaler.scale(loss / cfg.grad_accum).backward()  # fp16: scaled, so gradients do not underflow
             self.epoch_loss[0] += loss.item() * len(targets)
             self.epoch_loss[1] += len(targets)
             if i % cfg.grad_accum and i < len(loader):
                 continue
             if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients
                 torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), cfg.clip_grad)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed to inf/NaN
+            self.scaler.update()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.batches_done = start + i
@@ -375,8 +402,9 @@ def finetune(
         raise UsageError("finetune() needs a FinetuneConfig, or resume=RUN_DIR")
     else:
         config.check()
-    if dist.active:  # NCCL between GPUs, gloo between CPU processes
-        dist.init("nccl" if resolve_device(dist.device_for(config.device)).type == "cuda" else "gloo")
+    if dist.active:  # NCCL between GPUs (each rank on its own), gloo between CPU processes
+        device = resolve_device(dist.device_for(config.device))
+        dist.init(device, backend="nccl" if device.type == "cuda" else "gloo")
     if resume:
         run_dir = Path(resume)
         model = load_checkpoint(run_dir / "last.safetensors")
