@@ -215,8 +215,11 @@ def test_new_model_on_a_timm_backbone_with_local_backbone_weights(tmp_path):
     for key, value in full.state_dict().items():
         if not key.startswith("head."):
             assert torch.equal(model.spatial.state_dict()[key], value), key
-    with pytest.raises(Exception, match=r"backbone weights not found"):
-        build_model(FinetuneConfig(data="x", model="vit_tiny_patch16_224", backbone_weights="nope.pth"), ["a"])
+    with pytest.raises(CheckpointError) as raised:
+        build_model(FinetuneConfig(data="x", model="vit_tiny_patch16_224", backbone_weights=str(tmp_path / "nope.pth")),
+                    ["a"])
+    assert type(raised.value) is CheckpointError
+    assert str(raised.value) == f"backbone weights not found: {tmp_path / 'nope.pth'}"
 
 
 def test_real_ctrl_c_saves_last_and_resume_finishes_the_run(motion, tmp_path):
