@@ -34,6 +34,7 @@ _LAZY = {
     "run_tagging": "tagging",
     "embed": "embedding", "load_embeddings": "embedding", "run_embedding": "embedding",
     "TimelinePredictor": "timeline",
+    "LabelMap": "labelmap", "Thresholds": "thresholds", "calibrate_thresholds": "thresholds",
     "FinetuneConfig": "train.config", "finetune": "train.finetune", "evaluate": "train.evaluate",
     "export_model": "export", "read_export_metadata": "export",
 }

@@ -26,6 +26,7 @@ from . import __version__
 from .errors import StamError, UsageError
 from .inputs import parse_extensions
 from .jobs import DEFAULT_MODEL, EmbedJob, EvaluationJob, ExportJob, PredictOptions, TaggingJob
+from .jobs import DEFAULT_MIN_EXAMPLES, DEFAULT_TARGET_PRECISION  # stam evaluate --calibrate
 from .train.config import FinetuneConfig
 
 app = typer.Typer(
@@ -102,7 +103,10 @@ CropsOption = Annotated[
 ]
 SkipBadOption = Annotated[bool, typer.Option("--skip-bad", help="Drop bad examples instead of stopping.")]
 # the inputs of the per-video commands (predict, embed)
-PathsArgument = Annotated[List[str], typer.Argument(help="Video files, folders, glob patterns or @list.txt files.")]
+PathsArgument = Annotated[
+    List[str], typer.Argument(help="Video files, folders, glob patterns, @list.txt files, or s3://, gs://, az:// "
+                                   "prefixes and http(s):// URLs.")
+]
 RecursiveOption = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 ExtOption = Annotated[
     Optional[str], typer.Option("--ext", help="Video extensions to pick up in folders, e.g. mp4,avi.")
@@ -112,6 +116,29 @@ ResumeOption = Annotated[
 ]
 ShardOption = Annotated[Optional[str], typer.Option("--shard", help="I/N: process every N-th video starting at I.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+# where predict and embed run (stamcli.ray_engine)
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: decode tasks + model actors).")
+]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="Ray cluster for --engine ray (default: $RAY_ADDRESS; none: a local Ray "
+                                       "for the run)."),
+]
+RayActorsOption = Annotated[
+    Optional[str],
+    typer.Option("--ray-actors", help="Model workers for --engine ray: N, or MIN-MAX to autoscale (default: one "
+                                      "per GPU; on CPUs, one per model stream)."),
+]
+# the user's own tags (predict, evaluate)
+LabelMapOption = Annotated[
+    Optional[str],
+    typer.Option("--label-map", help="Your tags: a YAML (tag: list of labels) or CSV (label,tag) file, or a packaged "
+                                     "map (kinetics400-coarse). A tag scores the sum of its labels' probabilities."),
+]
+ThresholdsOption = Annotated[
+    Optional[Path], typer.Option("--thresholds", help="Per-class thresholds from stam evaluate --calibrate.")
+]
 
 
 def _text(value: Any) -> Any:
@@ -243,10 +270,12 @@ def predict_command(
     device: DeviceOption = PREDICT.device,
     precision: PrecisionOption = PREDICT.precision,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Results file (default: a table on stdout).")
+        Optional[str], typer.Option("--output", "-o", help="Results file, or an s3://, gs://, az:// URL for jsonl "
+                                                           "and parquet (default: a table on stdout).")
     ] = TAGGING.output,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json, jsonl, srt or vtt (default: from --output's extension).")
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, parquet, srt or vtt (default: from --output's "
+                                                     "extension).")
     ] = TAGGING.format,
     recursive: RecursiveOption = TAGGING.recursive,
     ext: ExtOption = None,
@@ -273,6 +302,15 @@ def predict_command(
     ] = TAGGING.stride,
     clips: ClipsOption = PREDICT.clips,
     crops: CropsOption = PREDICT.crops,
+    label_map: LabelMapOption = PREDICT.label_map,
+    min_score: Annotated[
+        Optional[float], typer.Option("--min-score", help="Leave out labels scoring below this (0-1); a video with "
+                                                          "none left is 'unsure'.")
+    ] = PREDICT.min_score,
+    thresholds: ThresholdsOption = PREDICT.thresholds,
+    engine: EngineOption = PREDICT.engine,
+    ray_address: RayAddressOption = PREDICT.ray_address,
+    ray_actors: RayActorsOption = PREDICT.ray_actors,
 ) -> None:
     """Tag videos with their top-k action labels.
 
@@ -287,7 +325,9 @@ def predict_command(
         output=_text(output), format=fmt, preview=_text(preview), window=window, stride=stride,
         options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
-                               decoder=decoder),
+                               decoder=decoder, label_map=label_map, min_score=min_score,
+                               thresholds=_text(thresholds), engine=engine, ray_address=ray_address,
+                               ray_actors=ray_actors),
     )
     # without --output the table goes to stdout
     _run_video_job(functools.partial(run_tagging, console=Console()), job, quiet=quiet, verb=("tagging", "tagged"))
@@ -321,6 +361,9 @@ def embed_command(
     offline: OfflineOption = EMBEDDING.offline,
     trust_checkpoint: TrustCheckpointOption = EMBEDDING.trust_checkpoint,
     quiet: QuietOption = False,
+    engine: EngineOption = PREDICT.engine,
+    ray_address: RayAddressOption = PREDICT.ray_address,
+    ray_actors: RayActorsOption = PREDICT.ray_actors,
 ) -> None:
     """Write each video's embedding (the temporal class token), row i for video i of an index CSV.
 
@@ -334,7 +377,8 @@ def embed_command(
         paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
         output=str(output), per_frame=per_frame,
         options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
-                               workers=workers, streams=streams, decoder=decoder),
+                               workers=workers, streams=streams, decoder=decoder, engine=engine,
+                               ray_address=ray_address, ray_actors=ray_actors),
     )
     _run_video_job(run_embedding, job, quiet=quiet, verb=("embedding", "embedded"))
 
@@ -467,28 +511,65 @@ def evaluate_command(
     trust_checkpoint: TrustCheckpointOption = EVALUATION.trust_checkpoint,
     clips: ClipsOption = PREDICT.clips,
     crops: CropsOption = PREDICT.crops,
+    label_map: LabelMapOption = PREDICT.label_map,
+    calibrate: Annotated[
+        Optional[Path], typer.Option("--calibrate", help="Write per-class thresholds reaching --target-precision "
+                                                         "on DATA to this YAML file.")
+    ] = EVALUATION.calibrate,
+    target_precision: Annotated[
+        Optional[float],
+        typer.Option("--target-precision", help=f"Precision each class's threshold must reach "
+                                                f"({DEFAULT_TARGET_PRECISION:g}; with --calibrate)."),
+    ] = EVALUATION.target_precision,
+    min_examples: Annotated[
+        Optional[int], typer.Option("--min-examples", help=f"Examples a class needs for a threshold "
+                                                           f"({DEFAULT_MIN_EXAMPLES}; with --calibrate).")
+    ] = EVALUATION.min_examples,
+    thresholds: ThresholdsOption = PREDICT.thresholds,
 ) -> None:
     """Measure a model on labelled clips: top-1, top-5, per-class accuracy, confusion matrix.
 
-    Example: stam evaluate val.csv --model runs/finetune/clips/best.safetensors -o report.json
+    With --label-map, DATA's labels are your tags. Example: stam evaluate val.csv --model
+    runs/finetune/clips/best.safetensors -o report.json
     """
     from .train.evaluate import run_evaluation
 
     report = run_evaluation(EvaluationJob(
         **_model_fields(model=model, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
                         trust_checkpoint=trust_checkpoint),
-        data=data, output=_text(output), skip_bad=skip_bad,
+        data=data, output=_text(output), skip_bad=skip_bad, calibrate=_text(calibrate),
+        target_precision=target_precision, min_examples=min_examples,
         options=PredictOptions(num_frames=num_frames, batch_size=batch_size, device=device, precision=precision,
-                               workers=workers, streams=streams, clips=clips, crops=crops, decoder=decoder),
+                               workers=workers, streams=streams, clips=clips, crops=crops, decoder=decoder,
+                               label_map=label_map, thresholds=_text(thresholds)),
     ))
-    table = Table(title=f"{escape(report['model'])} on {escape(str(data))}")
+    tags = f" (tags of {escape(report['label_map'])})" if "label_map" in report else ""
+    table = Table(title=f"{escape(report['model'])} on {escape(str(data))}{tags}")
     for column in ("videos", "top-1", "top-5", "mean class accuracy", "unreadable"):
         table.add_column(column, justify="right")
     table.add_row(str(report["videos"]), f"{100 * report['top1']:.2f}%", f"{100 * report['top5']:.2f}%",
                   f"{100 * report['mean_class_accuracy']:.2f}%", str(len(report["failed"])))
     Console().print(table)
+    _print_thresholds(report)
     if output:
         stderr.print(f"report: {escape(str(output))}", highlight=False)
+
+
+def _print_thresholds(report: dict) -> None:
+    """evaluate's lines on --thresholds (precision/recall at them) and --calibrate (the file written)."""
+    def percent(value: Optional[float]) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    at = report.get("at_thresholds")
+    if at:
+        stderr.print(f"at the thresholds of {escape(at['file'])} ({at['classes']} classes, calibrated to precision "
+                     f"{at['target_precision']:g}): mean precision {percent(at['mean_precision'])}, mean recall "
+                     f"{percent(at['mean_recall'])}, {at['unsure']} of {report['videos']} videos unsure",
+                     highlight=False)
+    calibration = report.get("calibration")
+    if calibration:
+        stderr.print(f"thresholds for {calibration['calibrated']} of {calibration['classes']} classes at precision "
+                     f"{calibration['target_precision']:g}: {escape(calibration['file'])}", highlight=False)
 
 
 # --------------------------------------------------------------------------- export

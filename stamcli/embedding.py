@@ -36,7 +36,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from .distributed import Distributed
-from .engine import Predictor, VideoItem
+from .engine import Predictor, VideoItem, make_predictor
 from .errors import StamError, UsageError
 from .jobs import EmbedJob, PredictOptions
 from .model import STAM
@@ -299,8 +299,8 @@ def _record(item: VideoItem, model: str) -> dict:
 
 
 class EmbeddingSource:
-    """The video embedding and frame embeddings of each video from a local
-    :class:`~stamcli.engine.Predictor`, one batch per forward pass (:meth:`Predictor.embeddings`)."""
+    """The video embedding and frame embeddings of each video from a :class:`~stamcli.engine.Predictor`
+    (or a :class:`~stamcli.ray_engine.RayPredictor`), one batch per forward pass (:meth:`Predictor.embeddings`)."""
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
@@ -357,11 +357,12 @@ def embed(
     """Embed the videos ``paths`` (row ``i`` for ``paths[i]``) into ``output`` (``.npy`` or ``.safetensors``,
     plus the index CSV), or into arrays returned in memory when ``output`` is None (see the module docstring).
     ``on_start(total)`` and ``on_record(record)`` drive a progress display (:func:`stamcli.runner.run_loop`).
+    ``options.engine="ray"`` computes them on a Ray cluster (:mod:`stamcli.ray_engine`), with the same results.
 
     >>> result = embed(["a.mp4", "b.mp4"], stamcli.load_model("stam_16"))
     >>> result.embeddings.shape   # (2, 768)
     """
-    predictor = Predictor(model, options)
+    predictor = make_predictor(model, options)
     paths = [os.fspath(path) for path in paths]
     store = EmbeddingStore(output, paths, dim=model.embed_dim, num_frames=predictor.num_frames, per_frame=per_frame,
                            model=model.name, resume=resume)

@@ -13,7 +13,8 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
@@ -22,9 +23,14 @@ from .decode import Clip, ClipSpec, resolve_decoder
 from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
-from .model import STAM
+from .labelmap import LabelMap
 from .parallel import ModelStreams, default_streams, default_workers, single_threaded_decode
+from .storage import abort_downloads
+from .thresholds import Thresholds, score_floors, top_k_above, uncalibrated
 from .writers import error_record, make_record
+
+if TYPE_CHECKING:  # not imported at run time: Ray decode tasks import this module and need no timm
+    from .model import STAM
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +49,58 @@ class Predictor:
 
     >>> predictor = Predictor(stamcli.load_model("stam_16"), PredictOptions(top_k=3))
     >>> for record in predictor.predict(["a.mp4", "b.mp4"]): print(record["predictions"][0])
+
+    Records name :attr:`classes`: the model's labels, or the tags of ``options.label_map``.
     """
 
     def __init__(self, model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False):
         self.options = (options or PredictOptions()).resolve()  # checked once: a resolved copy is kept as it is
+        if self.options.engine != "local":
+            raise ValueError(f"Predictor runs the model in this process; for engine {self.options.engine!r} use "
+                             "make_predictor()")
         self.keep_clips = keep_clips
         self.device, self.precision = torch.device(self.options.device), self.options.precision
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults on reused activations (stamcli.allocator)
         self.model = model.to(self.device).eval()
         self.num_frames = self.options.num_frames or model.config.frames
-        self.top_k = min(self.options.top_k, model.config.num_classes)
+        #: the options' label map checked against the model's labels (None: records name the model's labels)
+        self.label_map: Optional[LabelMap] = (None if self.options.label_map is None
+                                              else self.options.label_map.bind(model.labels))
+        self.classes: list[str] = self.label_map.tags if self.label_map else list(model.labels)  #: what records name
+        self.top_k = min(self.options.top_k, len(self.classes))
+        self.floors = self._floors()  #: each class's lowest score to be predicted (None: no floor)
         self.workers = self.options.workers or default_workers(self.device)
         self.streams = self.options.streams or default_streams(self.device)
         #: how each video is read (picklable: decode workers in other processes can use it)
         self.clip_spec = ClipSpec(self.num_frames, model.config.img_size, self.options.clips, self.options.crops,
                                   resolve_decoder(self.options.decoder), threads=1 if self.workers > 1 else 0)
+
+    def _floors(self) -> Optional[torch.Tensor]:
+        """Each of :attr:`classes`' lowest score to be predicted (--min-score, --thresholds), or None."""
+        thresholds, min_score = self.options.thresholds, self.options.min_score
+        if thresholds is None and min_score is None:
+            return None
+        floors = score_floors(self.classes, min_score, thresholds)
+        if thresholds is not None:
+            self._check_calibrated_for(thresholds)
+            missing = uncalibrated(self.classes, thresholds)
+            if missing:
+                fallback = f"--min-score {min_score:g}" if min_score is not None else "no threshold: any score"
+                shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
+                log.warning("%d of %d classes have no calibrated threshold and use %s: %s", len(missing),
+                            len(self.classes), fallback, shown)
+        return floors
+
+    def _check_calibrated_for(self, thresholds: Thresholds) -> None:
+        """Warn when ``thresholds`` were calibrated for another model or label map (their scores differ)."""
+        given = self.label_map.source if self.label_map else None
+        if thresholds.model and thresholds.model != self.model.name:
+            log.warning("the thresholds in %s were calibrated for model %s, not %s", thresholds.source,
+                        thresholds.model, self.model.name)
+        if given and thresholds.label_map and Path(thresholds.label_map).name != Path(given).name:
+            log.warning("the thresholds in %s were calibrated with label map %s, not %s", thresholds.source,
+                        thresholds.label_map, given)
 
     # ------------------------------------------------------------------ model side
 
@@ -99,11 +141,17 @@ class Predictor:
         return (video_embeddings.float().view(count, -1, *video_embeddings.shape[1:]).mean(dim=1).cpu(),
                 frame_embeddings.float().view(count, -1, *frame_embeddings.shape[1:]).mean(dim=1).cpu())
 
+    def class_scores(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Scores of :attr:`classes` from the model's probabilities ``(..., labels)``: the tags' summed
+        probabilities with a label map, else the probabilities themselves."""
+        return probabilities if self.label_map is None else self.label_map.apply(probabilities)
+
     def top_predictions(self, probabilities: torch.Tensor) -> list[dict]:
-        """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first."""
-        scores, indexes = probabilities.topk(self.top_k)
-        labels = self.model.labels
-        return [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indexes.tolist())]
+        """The top-k ``{"label", "index", "score"}`` of one clip's probabilities, best first: tags with a
+        label map (``index`` is the tag's), and only classes at or above their floor (none left: the
+        video is unsure)."""
+        ranked = top_k_above(self.class_scores(probabilities), self.top_k, self.floors)
+        return [{"label": self.classes[i], "index": i, "score": s} for i, s in ranked]
 
     def record(self, item: "VideoItem") -> dict:
         """The output record of a scored video: its top-k labels, or the error."""
@@ -174,6 +222,8 @@ class Predictor:
             finally:
                 for _, future in pending:
                     future.cancel()
+                if pending:
+                    abort_downloads()  # a run cut short: running downloads stop now, not at their last byte
                 torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
     @staticmethod
@@ -199,10 +249,21 @@ class VideoItem:
     probabilities: Optional[torch.Tensor] = None  #: set by :meth:`Predictor.scores`
 
 
+def make_predictor(model: STAM, options: Optional[PredictOptions] = None, *, keep_clips: bool = False) -> Predictor:
+    """The predictor of ``options.engine``: a :class:`Predictor` (``local``), or a
+    :class:`~stamcli.ray_engine.RayPredictor` (``ray``: the same records, computed on a Ray cluster)."""
+    options = (options or PredictOptions()).resolve()
+    if options.engine == "ray":
+        from .ray_engine import RayPredictor  # Ray is an optional extra
+
+        return RayPredictor(model, options)
+    return Predictor(model, options, keep_clips=keep_clips)
+
+
 def predict(
     paths: Iterable[str],
     model: STAM,
     options: Optional[PredictOptions] = None,
 ) -> list[dict]:
     """Tag ``paths`` with ``model``; a list of records (schema: docs/formats.md)."""
-    return list(Predictor(model, options).predict(paths))
+    return list(make_predictor(model, options).predict(paths))

@@ -27,3 +27,14 @@ class VideoError(StamError):
 
 class UsageError(StamError):
     """An option or argument has an invalid value (the CLI exits with 2, like other usage errors)."""
+
+
+def require_extra(module: str, extra: str, purpose: str):
+    """Import and return the optional ``module``; when it is missing, a one-line :class:`StamError`
+    naming the install command: ``reading s3:// URLs needs s3fs: pip install "stamcli[s3]"``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise StamError(f'{purpose} needs {module}: pip install "stamcli[{extra}]"') from None

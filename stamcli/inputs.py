@@ -13,6 +13,12 @@ A PATH may be
   line may be a file, a folder or a glob, but not another ``@list``. A file whose name
   really starts with ``@`` is taken as a file when it exists.
 
+* a URL (``s3://bucket/videos/``, ``gs://...``, ``az://...``, ``https://host/clip.mp4``): an
+  object-storage prefix (a trailing ``/``, a bucket, or a name with objects under it) is listed
+  like a folder, a glob (``s3://bucket/*/clip?.mp4``) is expanded like a local one, and an object
+  is kept as named; an ``http(s)`` URL is one video. Lines of an ``@list`` may be URLs too. The
+  video is read when it is decoded (:mod:`stamcli.storage`) and its record's ``path`` is the URL.
+
 Paths that do not exist are kept, so that they get a "file not found" record and the run
 goes on; the caller reports them.
 
@@ -38,6 +44,7 @@ import re
 from typing import Iterator, Sequence, Union
 
 from .errors import StamError, UsageError
+from .storage import WEB, filesystem, glob_objects, is_url, list_prefix, object_kind, url_scheme
 
 DEFAULT_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm", "m4v", "mpg", "mpeg", "wmv", "flv", "3gp", "ts")
 
@@ -87,7 +94,7 @@ def collect_videos(
         else:
             candidates = _expand(arg, recursive, exts)
         for path in candidates:
-            key = os.path.normcase(os.path.realpath(path))
+            key = path if is_url(path) else os.path.normcase(os.path.realpath(path))
             if key not in seen:
                 seen.add(key)
                 found.append(path)
@@ -110,12 +117,14 @@ def _read_list(list_file: str, recursive: bool, exts: frozenset) -> Iterator[str
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        line = os.path.expanduser(line)
-        yield from _expand(line if os.path.isabs(line) else os.path.join(base, line), recursive, exts)
+        line = line if is_url(line) else os.path.expanduser(line)
+        yield from _expand(line if is_url(line) or os.path.isabs(line) else os.path.join(base, line), recursive, exts)
 
 
 def _expand(arg: str, recursive: bool, exts: frozenset) -> Iterator[str]:
-    if os.path.isdir(arg):
+    if is_url(arg):
+        yield from _expand_url(arg, recursive, exts)
+    elif os.path.isdir(arg):
         yield from _walk(arg, recursive, exts)
     elif os.path.lexists(arg):
         yield arg  # a file (or a broken link, a fifo...): named by the user, always kept
@@ -123,7 +132,7 @@ def _expand(arg: str, recursive: bool, exts: frozenset) -> Iterator[str]:
         matches = glob.glob(arg, recursive=True)
         if not matches:
             raise StamError(f"no files match '{arg}'")
-        matches.sort(key=lambda m: tuple(natural_key(c) for c in re.split(r"[\\/]", m)))
+        matches.sort(key=_path_key)
         for match in matches:
             name = os.path.basename(match.rstrip("/" + os.sep))
             if os.path.isdir(match) and not _has_ext(name, exts):
@@ -132,6 +141,59 @@ def _expand(arg: str, recursive: bool, exts: frozenset) -> Iterator[str]:
                 yield match
     else:
         yield arg  # does not exist: kept so that it gets a "file not found" record
+
+
+def _path_key(path: str) -> tuple:
+    """Sort key of a path or URL: component by component, in natural order."""
+    return tuple(natural_key(c) for c in re.split(r"[\\/]", path))
+
+
+def _expand_url(url: str, recursive: bool, exts: frozenset) -> Iterator[str]:
+    """A URL handled like a local path: a prefix like a folder, a glob like a glob, an object (or a
+    missing one) as named. Names with a video extension are taken for objects without asking the
+    store (a list of a million URLs makes no million requests)."""
+    key = url[url.index("://") + 3:]
+    name = key.rstrip("/").rpartition("/")[2]
+    if url_scheme(url) in WEB:
+        if not name or key.endswith("/"):
+            raise UsageError(f"cannot list {url}: an http(s) URL names one video (put many in an @list file)")
+        yield url
+        return
+    filesystem(url)  # a missing backend (s3fs...) stops the run here, not at every video
+    if _GLOB_CHARS.search(key):
+        matches = sorted(glob_objects(url), key=lambda m: _path_key(m[0].partition("://")[2]))
+        if not matches:
+            raise StamError(f"no objects match '{url}'")
+        for match, kind in matches:
+            if kind == "directory" and not _has_ext(match.rstrip("/").rpartition("/")[2], exts):
+                yield from _list_url(match, recursive, exts)
+            else:
+                yield match
+    elif key.endswith("/") or "/" not in key.strip("/"):  # a prefix, or a whole bucket
+        yield from _list_url(url, recursive, exts)
+    elif not _has_ext(name, exts) and _kind_or_none(url) == "directory":
+        yield from _list_url(url, recursive, exts)
+    else:
+        yield url  # an object named by the user (kept whatever its extension), or a missing one
+
+
+def _kind_or_none(url: str):
+    """:func:`~stamcli.storage.object_kind`, or None when the store cannot say: the URL is then kept
+    and its record tells why it could not be read."""
+    try:
+        return object_kind(url)
+    except StamError as err:
+        log.debug("cannot tell what %s is: %s", url, err)
+        return None
+
+
+def _list_url(prefix: str, recursive: bool, exts: frozenset) -> list[str]:
+    """The video objects under a prefix, in the order :func:`_walk` gives a folder's files."""
+    listed = [(url, relative.split("/")) for url, relative in list_prefix(prefix, recursive=recursive)]
+    kept = [(url, parts) for url, parts in listed
+            if not any(part.startswith(".") for part in parts) and _has_ext(parts[-1], exts)]
+    kept.sort(key=lambda item: tuple(natural_key(part) for part in item[1]))
+    return [url for url, _ in kept]
 
 
 def _walk(top: str, recursive: bool, exts: frozenset) -> Iterator[str]:

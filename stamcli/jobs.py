@@ -13,17 +13,24 @@ no torch, so that the command line starts fast: what needs torch is imported whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .errors import UsageError
 from .inputs import DEFAULT_EXTENSIONS, collect_videos, parse_shard, shard
 from .zoo import model_for_frames
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "PredictOptions", "ModelJob", "VideoJob", "TaggingJob", "EmbedJob",
-           "EvaluationJob", "ExportJob"]
+if TYPE_CHECKING:
+    from .labelmap import LabelMap
+    from .thresholds import Thresholds
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "ENGINES", "PredictOptions", "parse_actors", "ModelJob", "VideoJob",
+           "TaggingJob", "EmbedJob", "EvaluationJob", "ExportJob"]
 
 DEFAULT_MODEL = "stam_16"  #: the model of predict and embed when neither --model nor --frames is given
 DEFAULT_OPSET = 17  #: first ONNX opset with a LayerNormalization operator
+DEFAULT_TARGET_PRECISION = 0.9  #: stam evaluate --calibrate: the precision each class's threshold must reach
+DEFAULT_MIN_EXAMPLES = 10  #: stam evaluate --calibrate: true examples a class needs for a threshold
+ENGINES = ("local", "ray")  #: where predict and embed run: this process, or a Ray cluster (stamcli.ray_engine)
 
 
 @dataclass
@@ -34,6 +41,17 @@ class PredictOptions:
 
     ``clips`` x ``crops`` test-time views per video (:func:`stamcli.decode.read_views`): the model
     sees every view and the softmax is averaged over them.
+
+    The user's own tags (:mod:`stamcli.labelmap`, :mod:`stamcli.thresholds`): ``label_map`` (a file,
+    a packaged name or a :class:`~stamcli.labelmap.LabelMap`) turns the model's labels into tags
+    before top-k; ``min_score`` and ``thresholds`` (a file from ``stam evaluate --calibrate`` or a
+    :class:`~stamcli.thresholds.Thresholds`) leave out predictions scoring below them.
+
+    ``engine="ray"`` runs the model in Ray actors and decodes in Ray tasks (:mod:`stamcli.ray_engine`):
+    on the cluster at ``ray_address`` (None: ``$RAY_ADDRESS``, else a local Ray for the run), with
+    ``ray_actors`` model actors (``"N"``, or ``"MIN-MAX"`` to autoscale; None: one per GPU, on CPUs
+    one per model stream). ``device`` and ``precision`` then stay as given: each actor resolves
+    them on its node.
     """
 
     num_frames: Optional[int] = None
@@ -46,6 +64,12 @@ class PredictOptions:
     clips: int = 1
     crops: int = 1
     decoder: Optional[str] = None  #: auto, pyav or opencv; None: $STAM_DECODER, else auto
+    label_map: Union[None, str, "LabelMap"] = None  #: resolved: a LabelMap (read, not yet bound to a model)
+    min_score: Optional[float] = None  #: leave out predictions below this score
+    thresholds: Union[None, str, "Thresholds"] = None  #: resolved: a Thresholds
+    engine: str = "local"  #: local (this process) or ray (a Ray cluster)
+    ray_address: Optional[str] = None  #: engine ray: the cluster; None: $RAY_ADDRESS, else a local Ray for the run
+    ray_actors: Optional[str] = None  #: engine ray: model actors, "N" or "MIN-MAX"; None: one per GPU / model stream
 
     @property
     def views(self) -> int:
@@ -63,6 +87,11 @@ class PredictOptions:
         from .device import resolve_device, resolve_precision
         from .decode import CROPS, resolve_decoder
 
+        engine = str(self.engine).strip().lower()
+        if engine not in ENGINES:
+            raise UsageError(f"--engine must be {' or '.join(ENGINES)}, got {self.engine!r}")
+        if engine == "local" and (self.ray_address is not None or self.ray_actors is not None):
+            raise UsageError("--ray-address and --ray-actors need --engine ray")
         for name, value in (("--batch-size", self.batch_size), ("--top-k", self.top_k),
                             ("--frames", self.num_frames), ("--workers", self.workers), ("--streams", self.streams),
                             ("--clips", self.clips)):
@@ -71,11 +100,72 @@ class PredictOptions:
         if self.crops not in CROPS:
             raise UsageError(f"--crops must be {' or '.join(map(str, CROPS))}, got {self.crops}")
         decoder = resolve_decoder(self.decoder)  # a bad --decoder / STAM_DECODER stops the run here
-        device = resolve_device(self.device)
-        resolved = replace(self, device=str(device), precision=resolve_precision(self.precision, device),
-                           decoder=decoder)
+        label_map, thresholds = self._own_tags()
+        if engine == "ray":
+            placement = self._checked_for_ray()
+        else:
+            device = resolve_device(self.device)
+            placement = {"device": str(device), "precision": resolve_precision(self.precision, device)}
+        resolved = replace(self, engine=engine, decoder=decoder, label_map=label_map, thresholds=thresholds,
+                           **placement)
         resolved._resolved = True
         return resolved
+
+    def _own_tags(self) -> tuple[Optional["LabelMap"], Optional["Thresholds"]]:
+        """``label_map`` and ``thresholds`` read from their files and checked with ``min_score``: a bad
+        file stops the run before a model is loaded (whether the map's labels are the model's is
+        checked when it is bound to the model: :class:`~stamcli.engine.Predictor`)."""
+        from .labelmap import LabelMap
+        from .thresholds import Thresholds, check_min_score, score_floors
+
+        check_min_score(self.min_score)
+        label_map = self.label_map
+        if label_map is not None and not isinstance(label_map, LabelMap):
+            label_map = LabelMap.read(label_map)
+        thresholds = self.thresholds
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            thresholds = Thresholds.read(thresholds)
+        if thresholds is not None and label_map is not None:
+            score_floors(label_map.tags, self.min_score, thresholds)  # thresholds of other classes than the tags
+        return label_map, thresholds
+
+    def _checked_for_ray(self) -> dict:
+        """``engine="ray"``: usage errors for what cannot run there; ``device`` and ``precision`` checked
+        but not resolved (this machine may have no GPU; each model actor resolves them on its node)."""
+        from .device import PRECISIONS
+        from .ray_engine import require_ray
+
+        if self.workers is not None or self.streams is not None:
+            raise UsageError("--workers and --streams set the local engine's threads; with --engine ray decoding "
+                             "runs as Ray tasks and --ray-actors sets the model workers")
+        device = (self.device or "auto").strip().lower()
+        if device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"with --engine ray --device is auto, cpu or cuda (each model worker gets its own GPU), "
+                             f"got {self.device!r}")
+        precision = (self.precision or "auto").strip().lower()
+        if precision not in PRECISIONS:
+            raise UsageError(f"invalid precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.ray_actors is not None:
+            parse_actors(self.ray_actors)
+        require_ray()  # Ray Data installed (a one-line error naming the extra otherwise)
+        return {"device": device, "precision": precision}
+
+    @property
+    def actor_range(self) -> Optional[tuple[int, int]]:
+        """``ray_actors`` as ``(min, max)`` (None: the default)."""
+        return None if self.ray_actors is None else parse_actors(self.ray_actors)
+
+
+def parse_actors(text: str) -> tuple[int, int]:
+    """``--ray-actors``: ``"4"`` -> ``(4, 4)``; ``"1-8"`` -> ``(1, 8)`` (Ray Data scales the pool between them)."""
+    low, sep, high = str(text).strip().partition("-")
+    try:
+        actors = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise UsageError(f"--ray-actors must be N or MIN-MAX (e.g. 4 or 1-8), got {text!r}") from None
+    if actors[0] < 1 or actors[1] < actors[0]:
+        raise UsageError(f"--ray-actors needs 1 <= MIN <= MAX, got {text!r}")
+    return actors
 
 
 @dataclass(kw_only=True)
@@ -159,7 +249,22 @@ class EvaluationJob(ModelJob):
     model: str
     output: Optional[str] = None  #: report JSON (+ confusion CSV/PNG, misclassified CSV beside it)
     skip_bad: bool = False  #: drop bad examples instead of stopping
-    options: PredictOptions = field(default_factory=PredictOptions)
+    calibrate: Optional[str] = None  #: write per-class thresholds reaching ``target_precision`` to this YAML file
+    target_precision: Optional[float] = None  #: with ``calibrate``; None: DEFAULT_TARGET_PRECISION
+    min_examples: Optional[int] = None  #: with ``calibrate``; None: DEFAULT_MIN_EXAMPLES
+    options: PredictOptions = field(default_factory=PredictOptions)  #: label_map: DATA is labelled with tags
+
+    def calibration(self) -> tuple[float, int]:
+        """``(target_precision, min_examples)`` with their defaults, checked; a :class:`UsageError` when
+        they are given without ``calibrate`` or out of range."""
+        if self.calibrate is None and (self.target_precision is not None or self.min_examples is not None):
+            raise UsageError("--target-precision and --min-examples need --calibrate FILE")
+        from .thresholds import check_calibration
+
+        target = DEFAULT_TARGET_PRECISION if self.target_precision is None else self.target_precision
+        min_examples = DEFAULT_MIN_EXAMPLES if self.min_examples is None else self.min_examples
+        check_calibration(target, min_examples)
+        return target, min_examples
 
 
 @dataclass(kw_only=True)

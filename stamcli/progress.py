@@ -69,10 +69,11 @@ class RunProgress:
     def print_summary(self, summary) -> None:
         where = f"; results in {summary.output}" if summary.output else ""
         skipped = f", {summary.skipped} already done" if summary.skipped else ""
+        unsure = f" ({summary.unsure} unsure: no label reached --min-score/--thresholds)" if summary.unsure else ""
         colour = "red" if summary.failed else "green"
         self.console.print(
-            f"[{colour}]{self.verb[1]} {summary.ok}, failed {summary.failed}[/]{skipped} in {summary.elapsed_s:.1f} s "
-            f"({summary.videos_per_s:.2f} videos/s){where}",
+            f"[{colour}]{self.verb[1]} {summary.ok}{unsure}, failed {summary.failed}[/]{skipped} "
+            f"in {summary.elapsed_s:.1f} s ({summary.videos_per_s:.2f} videos/s){where}",
             highlight=False,
         )
         if summary.interrupted:

@@ -4,8 +4,9 @@ progress, Ctrl-C, counts and a summary.
 Two parts plug into :func:`run_loop`:
 
 * a **source** (:class:`ResultSource`) turns the list of videos still to do into
-  :class:`VideoResult` batches. Today that is the local :class:`~stamcli.engine.Predictor`
-  (:class:`stamcli.tagging.PredictorSource`, :class:`stamcli.embedding.EmbeddingSource`); any
+  :class:`VideoResult` batches: a :class:`~stamcli.engine.Predictor` in this process, or with
+  ``--engine ray`` a :class:`~stamcli.ray_engine.RayPredictor` on a Ray cluster, behind
+  :class:`stamcli.tagging.PredictorSource` and :class:`stamcli.embedding.EmbeddingSource`; any
   other engine that yields the same results plugs in the same way.
 * a **sink** (:class:`ResultSink`) writes each batch as it arrives: the result writers and
   previews of ``predict`` (:class:`stamcli.tagging.RecordSink`), the embedding arrays and index of
@@ -68,7 +69,9 @@ class ResultSink(Protocol):
 
 @dataclass
 class RunSummary:
-    """What a run did: videos ``ok`` and ``failed`` in this run, ``skipped`` (already done, ``--resume``)."""
+    """What a run did: videos ``ok`` and ``failed`` in this run, ``skipped`` (already done, ``--resume``).
+    ``unsure`` (predict): the ``ok`` videos left with no prediction by ``--min-score`` / ``--thresholds``,
+    counted by its sink (:class:`stamcli.tagging.RecordSink`)."""
 
     ok: int
     failed: int
@@ -77,6 +80,7 @@ class RunSummary:
     videos_per_s: float
     output: Optional[str]
     interrupted: bool = False
+    unsure: int = 0
 
 
 class _Counts:

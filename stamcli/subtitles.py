@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from .errors import UsageError
 from .fileutils import write_atomic
+from .storage import is_url
 from .timeline import TIMELINE_COLUMNS, segments
 from .writers import FORMATS, ResultWriter, format_for, open_writer
 
@@ -38,6 +39,10 @@ def subtitle_paths(videos: Sequence[str], output: Optional[str], fmt: str) -> di
     """Where each video's subtitles go: beside it as ``<video stem>.<fmt>`` (no ``--output``),
     ``output`` itself (one video and a ``.srt``/``.vtt`` file name), else ``output/<stem>.<fmt>``."""
     suffix = f".{fmt}"
+    if output is not None and is_url(str(output)):
+        raise UsageError(f"--output {output}: subtitles are written to local files; give a folder")
+    if (output is None or str(output) == "-") and any(is_url(video) for video in videos):
+        raise UsageError("subtitles of videos read from URLs need --output FOLDER (they cannot go beside the videos)")
     if output is None or str(output) == "-":
         paths = {video: Path(video).with_suffix(suffix) for video in videos}
     elif Path(output).suffix.lower() in (".srt", ".vtt") and not Path(output).is_dir():
@@ -63,19 +68,21 @@ def subtitle_cues(windows: Sequence[dict], duration_s: float) -> list[tuple[int,
     """``(start_ms, end_ms, text)`` cues from window records (their top-1 label and score).
 
     Each window shows over its :func:`segments` part; consecutive windows with the same label
-    become one cue showing their mean score; cues never overlap and empty ones are dropped.
+    become one cue showing their mean score; cues never overlap and empty ones are dropped, as are
+    windows with no label (below ``--min-score`` or their thresholds): the track has a gap there.
     """
     spans = [(w["start_s"], w["end_s"]) for w in windows]
-    merged: list[list] = []  # [start_ms, end_ms, label, scores]
+    merged: list[list] = []  # [start_ms, end_ms, label, scores]; label None: a gap
     for (a, b), window in zip(segments(spans, duration_s), windows):
-        top = window["predictions"][0]
+        top = (window["predictions"] or [{"label": None, "score": None}])[0]
         a_ms, b_ms = round(a * 1000), round(b * 1000)
         if merged and merged[-1][2] == top["label"]:
             merged[-1][1] = b_ms
             merged[-1][3].append(top["score"])
         else:
             merged.append([a_ms, b_ms, top["label"], [top["score"]]])
-    return [(a, b, _cue_text(label, sum(scores) / len(scores))) for a, b, label, scores in merged if b > a]
+    return [(a, b, _cue_text(label, sum(scores) / len(scores))) for a, b, label, scores in merged
+            if b > a and label is not None]
 
 
 def _timestamp(ms: int, separator: str) -> str:

@@ -3,7 +3,8 @@
 Kept apart from the CLI so that Python users get the same behaviour as the command:
 ``run_tagging(TaggingJob(paths=["videos/"], output="tags.csv"))``. The loop that writes the
 results and reports progress is :func:`stamcli.runner.run_loop`; this module supplies its source
-(:class:`PredictorSource`: the local model, per video or per timeline window) and its sink
+(:class:`PredictorSource`: the model in this process or, with ``--engine ray``, in Ray actors
+(:mod:`stamcli.ray_engine`), per video or per timeline window) and its sink
 (:class:`RecordSink`: the result writer and the contact sheets), and merges the ranks' files under
 torchrun.
 """
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from .distributed import Distributed
-from .engine import Predictor
+from .engine import Predictor, make_predictor
 from .errors import UsageError
 from .inputs import shard
 from .jobs import PredictOptions, TaggingJob
 from .preview import PreviewWriter
 from .runner import RunSummary, VideoResult, run_loop
+from .storage import is_url
 from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
 from .writers import ResultWriter, open_writer, read_records
@@ -39,6 +41,8 @@ def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]
     """The videos this process tags and the file it writes (a part file under torchrun)."""
     if job.shard and dist.active:
         raise UsageError("--shard cannot be combined with torchrun: each rank already takes its own shard")
+    if dist.active and job.output and is_url(job.output):
+        raise UsageError("under torchrun, --output must be a local file (rank 0 merges the ranks' parts into it)")
     videos = job.videos()
     if dist.active:
         if not job.output:
@@ -89,15 +93,19 @@ class PredictorSource:
 
 
 class RecordSink:
-    """Writes each result's record with ``writer`` and, with ``previews``, the contact sheet of its clip."""
+    """Writes each result's record with ``writer`` and, with ``previews``, the contact sheet of its clip;
+    counts the ``unsure`` videos (``ok`` with no prediction left by ``--min-score`` / ``--thresholds``)."""
 
     def __init__(self, writer: ResultWriter, previews: Optional[PreviewWriter] = None):
         self.writer, self.previews = writer, previews
+        self.unsure = 0
         self._stack = ExitStack()
 
     def write(self, results: Sequence[VideoResult]) -> None:
         for result in results:
             self.writer.write(result.record)
+            record = result.record
+            self.unsure += record["status"] == "ok" and not record["predictions"] and record.get("type") != "window"
             if self.previews is not None and result.clip is not None:
                 self.previews.write(result.clip, result.record)
 
@@ -113,9 +121,14 @@ class RecordSink:
 
 def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions, Optional[str]]:
     """The job's options checked and resolved (a copy) and its output format, before any model is loaded."""
+    if dist.active and str(job.options.engine).strip().lower() == "ray":
+        raise UsageError("--engine ray cannot run under torchrun: Ray spreads the videos over its own workers")
     # under torchrun, auto/cuda means this rank's GPU
     options = replace(job.options, device=dist.device_for(job.options.device)).resolve()
     check_timeline(job.window, job.stride)
+    if options.engine == "ray" and job.preview is not None:
+        raise UsageError("--preview needs every video's frames on this machine; with --engine ray they stay on "
+                         "the cluster (use --engine local)")
     if job.window is not None and job.preview is not None:
         raise UsageError("--preview cannot be combined with --window: a contact sheet shows one clip per video")
     if job.window is not None and options.views > 1:
@@ -127,10 +140,16 @@ def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions
 
 
 def _source(job: TaggingJob, options: PredictOptions, model) -> PredictorSource:
-    """What produces the records of ``job``: the local model, per video or per window."""
-    predictor = Predictor(model, options, keep_clips=job.preview is not None)
-    return PredictorSource(predictor, None if job.window is None else TimelinePredictor(predictor, job.window,
-                                                                                        job.stride))
+    """What produces the records of ``job``: the model of ``options.engine`` (this process, or Ray
+    actors: :func:`~stamcli.engine.make_predictor`), per video or per window."""
+    predictor = make_predictor(model, options, keep_clips=job.preview is not None)
+    if job.window is None:
+        return PredictorSource(predictor)
+    if options.engine == "ray":
+        from .ray_engine import RayTimelinePredictor  # Ray is an optional extra
+
+        return PredictorSource(predictor, RayTimelinePredictor(predictor, job.window, job.stride))
+    return PredictorSource(predictor, TimelinePredictor(predictor, job.window, job.stride))
 
 
 def run_tagging(
@@ -168,4 +187,4 @@ def run_tagging(
         if dist.rank == 0:
             _merge_parts(job, fmt, source.top_k, dist)
         dist.barrier()
-    return summary
+    return replace(summary, unsure=sink.unsure)

@@ -54,6 +54,7 @@ from .decode.backend import Backend
 from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
 from .parallel import ModelStreams, single_threaded_decode
+from .storage import abort_downloads, local_input
 from .writers import error_record, make_record
 
 __all__ = ["Window", "window_lengths", "plan_windows", "window_indices", "TimelineReader", "TimelinePredictor",
@@ -151,7 +152,8 @@ class _Open:
 
 
 class TimelineReader:
-    """The windows of one video with their ``F`` preprocessed frames, decoding it once.
+    """The windows of one video (a file, or a URL read from a temporary local copy) with their ``F``
+    preprocessed frames, decoding it once.
 
     ``decoder``: ``auto``, ``pyav`` or ``opencv`` (:mod:`stamcli.decode.decoders`).  Iterating
     yields ``(Window, Clip)`` as each window fills.  Afterwards :attr:`frame_count` is the number
@@ -179,12 +181,13 @@ class TimelineReader:
         return (self.frame_count or 0) / self.fps if self.fps > 0 else 0.0
 
     def __iter__(self) -> Iterator[tuple[Window, Clip]]:
-        return decode_with_fallback(self.choice, self.path, self._windows)
+        with local_input(self.path) as local:  # a URL is read from a temporary local copy
+            yield from decode_with_fallback(self.choice, local, lambda backend: self._windows(backend, local))
 
-    def _windows(self, backend: Backend) -> Iterator[tuple[Window, Clip]]:
-        """Every window, read by ``backend``: PyAV knows the exact frame count before decoding and
-        plans every window up front; OpenCV walks the video and checks the header's count."""
-        return self._planned() if backend.name == "pyav" else self._streamed()
+    def _windows(self, backend: Backend, local) -> Iterator[tuple[Window, Clip]]:
+        """Every window of the file ``local``, read by ``backend``: PyAV knows the exact frame count before
+        decoding and plans every window up front; OpenCV walks the video and checks the header's count."""
+        return self._planned(local) if backend.name == "pyav" else self._streamed(local)
 
     def _window_clip(self, window: Window, indices: list[int], buffer: dict, need: Counter, sampled,
                      info: VideoInfo) -> Clip:
@@ -199,11 +202,11 @@ class TimelineReader:
                     fps=info.fps, duration_s=window.end_s - window.start_s, width=info.width, height=info.height,
                     rotation=info.rotation, decoder=self.decoder)
 
-    def _planned(self) -> Iterator[tuple[Window, Clip]]:
+    def _planned(self, local) -> Iterator[tuple[Window, Clip]]:
         """PyAV (:class:`SparseFrameStream`): the exact frame count first, so every window is planned
         up front and only their sampled frames (and what those are predicted from) are decoded.
         A window is handed on as soon as its last sampled frame is out (windows stay in order)."""
-        with SparseFrameStream(self.path, self.img_size, threads=self.threads) as stream:
+        with SparseFrameStream(local, self.img_size, threads=self.threads) as stream:
             if stream.fps <= 0:
                 raise Unsupported("no frame rate")  # OpenCV's path explains it
             self.decoder, self.fps, self.frame_count = "pyav", stream.fps, stream.frame_count
@@ -221,11 +224,11 @@ class TimelineReader:
                     ready += 1
                     yield window, self._window_clip(window, indices, buffer, need, set(indices), stream.info)
 
-    def _streamed(self) -> Iterator[tuple[Window, Clip]]:
+    def _streamed(self, local) -> Iterator[tuple[Window, Clip]]:
         """OpenCV (:class:`FrameStream`): every frame decoded in turn, windows opened as the stream
         reaches them and planned from the header's count, which the stream's end then checks."""
         self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0  # PyAV may have begun
-        with FrameStream(self.path, self.img_size, threads=self.threads) as stream:
+        with FrameStream(local, self.img_size, threads=self.threads) as stream:
             info = stream.info
             if info.fps <= 0:
                 raise VideoError(f"cannot read video {info.path}: its header has no frame rate, "
@@ -309,7 +312,7 @@ class TimelinePredictor:
         check_timeline(window_s, stride_s)
         self.predictor, self.window_s, self.stride_s = predictor, window_s, stride_s
         self.peak_buffered = 0  #: the most frames any video's reader held at once
-        self._tops: dict[str, list[tuple[Window, dict]]] = {}  # scored windows of unfinished videos
+        self._tops: dict[str, list[tuple[Window, Optional[dict]]]] = {}  # scored windows of unfinished videos
 
     def reader(self, path: str) -> TimelineReader:
         spec = self.predictor.clip_spec
@@ -330,6 +333,8 @@ class TimelinePredictor:
                     yield from self._records(batch, probabilities)
         finally:
             stop.set()
+            if thread.is_alive():
+                abort_downloads()  # a run cut short: a running download stops now, not at its last byte
             thread.join()
             torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
@@ -385,7 +390,8 @@ class TimelinePredictor:
         for item in batch:
             if item.window is not None:
                 predictions = self.predictor.top_predictions(next(probabilities))
-                self._tops.setdefault(item.path, []).append((item.window, predictions[0]))
+                top = predictions[0] if predictions else None  # None: no label reached --min-score/thresholds
+                self._tops.setdefault(item.path, []).append((item.window, top))
                 w = item.window
                 yield make_record(item.path, predictions=predictions, frames=w.end - w.start, model=model,
                                   duration_s=w.end_s - w.start_s, fps=w.fps, type="window", window=w.index,
@@ -398,11 +404,14 @@ class TimelinePredictor:
             else:
                 yield self._summary(item.path, item.reader, tops)
 
-    def _summary(self, path: str, reader: TimelineReader, tops: list[tuple[Window, dict]]) -> dict:
-        """The video record: labels ranked by the seconds where they are the top-1 label."""
+    def _summary(self, path: str, reader: TimelineReader, tops: list[tuple[Window, Optional[dict]]]) -> dict:
+        """The video record: labels ranked by the seconds where they are the top-1 label (the seconds of
+        windows with no label count for none, so the shares may sum to less than 1)."""
         duration = reader.duration_s
         seconds: dict[tuple[str, int], float] = {}
         for (a, b), (_, top) in zip(segments([(w.start_s, w.end_s) for w, _ in tops], duration), tops):
+            if top is None:
+                continue
             key = (top["label"], top["index"])
             seconds[key] = seconds.get(key, 0.0) + (b - a)
         ranked = sorted(seconds.items(), key=lambda kv: (-kv[1], kv[0][1]))

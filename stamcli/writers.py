@@ -22,6 +22,10 @@ duration_s,fps``, then any extra ``columns`` the writer was given (timelines add
 ``type,window,start_s,end_s``). CSV has no class-index column, so predictions read back from a CSV
 file have ``"index": None``; empty cells read back as ``None``.
 
+Parquet files (:mod:`stamcli.parquet`) hold the same records in a fixed schema, with a journal that
+keeps them through a hard kill. An ``--output`` in object storage (``s3://bucket/tags.parquet``,
+JSONL or Parquet) is written to a local staged file and uploaded on close (:class:`RemoteWriter`).
+
 Timeline runs write several records per video: ``"type": "window"`` records followed by the
 video's own ``"type": "video"`` record (its summary, or its error). On ``--resume`` a video counts
 as done only once its ``ok`` video record is written; window records of unfinished videos are
@@ -39,10 +43,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .errors import StamError, UsageError
+from .errors import StamError, UsageError, require_extra
+from .storage import WEB, download, exists, is_url, require_backend, staging_path, upload, url_scheme
 
-FORMATS = ("csv", "json", "jsonl")
-_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = ("csv", "json", "jsonl", "parquet")
+REMOTE_FORMATS = ("jsonl", "parquet")  # what an object-storage --output can be
+_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _ENC = ("utf-8", "surrogateescape")
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,24 @@ def error_record(path, error: Union[str, BaseException], *, model: str = "", **e
 
 
 def format_for(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
-    """The output format: ``fmt`` when given, else from ``output``'s extension; ``None`` = table."""
+    """The output format: ``fmt`` when given, else from ``output``'s extension; ``None`` = table.
+    Parquet needs a file, and an object-storage ``output`` must be JSONL or Parquet."""
+    name = _format_name(output, fmt)
+    to_stdout = output is None or str(output) == "-"
+    if name == "parquet":
+        if to_stdout:
+            raise UsageError("Parquet cannot be written to stdout: give --output FILE.parquet")
+        require_extra("pyarrow", "parquet", "Parquet output")  # before any video is read
+    if not to_stdout and is_url(str(output)):
+        if url_scheme(str(output)) in WEB:
+            raise UsageError(f"--output {output}: results can go to a file or to s3://, gs:// or az://, not http(s)")
+        if name not in REMOTE_FORMATS:
+            raise UsageError(f"--output {output}: results in object storage must be jsonl or parquet, not {name}")
+        require_backend(str(output), "writing results to")
+    return name
+
+
+def _format_name(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
     if fmt:
         name = fmt.strip().lower().lstrip(".")
         name = "jsonl" if name == "ndjson" else name
@@ -78,13 +101,17 @@ def format_for(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
     suffix = Path(output).suffix.lower()
     if suffix not in _SUFFIXES:
         raise UsageError(f"cannot tell the format of '{output}' from its extension: "
-                        f"add --format {'|'.join(FORMATS)} or use .csv, .json or .jsonl")
+                        f"add --format {'|'.join(FORMATS)} or use .csv, .json, .jsonl or .parquet")
     return _SUFFIXES[suffix]
 
 
 def read_records(path: Union[str, Path], fmt: Optional[str] = None) -> list[dict]:
     """Read a results file, tolerating a last record cut short by a hard kill."""
     fmt = format_for(str(path), fmt)
+    if fmt == "parquet":
+        from .parquet import read_parquet_records  # pyarrow: an optional extra, imported when needed
+
+        return read_parquet_records(path)
     try:
         text = Path(path).read_bytes().decode("utf-8-sig", "surrogateescape")
     except OSError as err:
@@ -457,14 +484,59 @@ def _fit(text: str, width: int, *, keep_end: bool = False, pad: bool = True) -> 
 def open_writer(output: Union[str, Path, None], fmt: Optional[str], *, top_k: int, resume: bool = False,
                 console=None, columns: Iterable[str] = ()) -> ResultWriter:
     """The writer for ``--output``/``--format``: a file writer, a stream writer to stdout
-    (format given, no output or ``-``), or a :class:`TableWriter` (neither given).
-    ``columns``: extra CSV columns (JSON and JSONL keep every key anyway)."""
+    (format given, no output or ``-``), a :class:`RemoteWriter` (an object-storage URL) or a
+    :class:`TableWriter` (neither given). ``columns``: extra CSV columns (JSON, JSONL and Parquet
+    keep every key anyway)."""
     if output is not None and str(output) == "-":
         output = None
     fmt = format_for(None if output is None else str(output), fmt)
     if fmt is None:
         return TableWriter(top_k, console)
+    if output is not None and is_url(str(output)):
+        return RemoteWriter(str(output), fmt, top_k=top_k, resume=resume)
+    if fmt == "parquet":
+        from .parquet import ParquetWriter  # pyarrow: an optional extra, imported when needed
+
+        return ParquetWriter(output, top_k, resume=resume)
     extra = {"columns": columns} if fmt == "csv" else {}
     if output is None:
         return _WRITERS[fmt](None, top_k, stream=sys.stdout, **extra)
     return _WRITERS[fmt](output, top_k, resume=resume, **extra)
+
+
+class RemoteWriter(ResultWriter):
+    """Results for an object-storage URL (JSONL or Parquet): written to a local staged file
+    (:func:`~stamcli.storage.staging_path`) as usual and uploaded when the writer closes (also after
+    Ctrl-C); object stores show an upload only once it is complete.
+
+    A ``.pending`` marker beside the staged file says it holds results not uploaded yet (a run
+    killed, or an upload that failed): ``--resume`` then goes on from the staged file; otherwise
+    it first downloads the URL (when it exists). Without ``--resume`` the run starts afresh.
+    """
+
+    def __init__(self, url: str, fmt: str, *, top_k: int, resume: bool = False):
+        super().__init__(top_k)
+        self.url, self.staged = url, staging_path(url)
+        self._pending = self.staged.with_name(self.staged.name + ".pending")
+        if not (resume and self._pending.exists()):
+            self.staged.unlink(missing_ok=True)
+            if resume and exists(url):
+                download(url, self.staged)
+        self._pending.touch()
+        self.inner = open_writer(self.staged, fmt, top_k=top_k, resume=resume)
+        self.done_paths, self.counts = self.inner.done_paths, self.inner.counts
+
+    def write(self, record: dict) -> None:
+        self.inner.write(record)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        self.inner.close()
+        try:
+            upload(self.staged, self.url)
+        except StamError as err:
+            raise StamError(f"{err}; the results are kept in {self.staged}: run again with --resume to "
+                            "upload them") from None
+        self._pending.unlink(missing_ok=True)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -61,9 +66,11 @@ main()
 
 
 def interrupt_when(command: list[str], ready: Optional[Callable[[], bool]] = None, *,
-                   hold: Optional[tuple[str, int]] = None, poll_s: float = 0.02, timeout_s: float = 600) -> str:
-    """Run ``command`` in a child process with this checkout's stamcli, press Ctrl-C (SIGINT) as
-    soon as ``ready()``, and return its stderr. It must exit with code 130 and print no traceback.
+                   hold: Optional[tuple[str, int]] = None, poll_s: float = 0.02, timeout_s: float = 600,
+                   env: Optional[dict] = None) -> str:
+    """Run ``command`` in a child process with this checkout's stamcli (``env``: default
+    :data:`CHILD_ENV`), press Ctrl-C (SIGINT) as soon as ``ready()``, and return its stderr. It must
+    exit with code 130 and print no traceback.
 
     With ``hold=("module:Qual.name", n)``, ``command`` is the arguments of ``stam`` (``["predict",
     ...]``) and the run waits just before its ``n``-th call of that function (in the main thread)
@@ -76,7 +83,7 @@ def interrupt_when(command: list[str], ready: Optional[Callable[[], bool]] = Non
             flag = Path(folder) / "waiting"
             command = [sys.executable, "-c", _HELD_STAM, hold[0], str(hold[1]), str(flag), *command]
             ready = flag.exists
-        proc = _start_with_ctrl_c(command)
+        proc = _start_with_ctrl_c(command, CHILD_ENV if env is None else env)
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and not ready() and time.monotonic() < deadline:
             time.sleep(poll_s)
@@ -89,7 +96,7 @@ def interrupt_when(command: list[str], ready: Optional[Callable[[], bool]] = Non
     return stderr
 
 
-def _start_with_ctrl_c(command: list[str]) -> subprocess.Popen:
+def _start_with_ctrl_c(command: list[str], env: dict) -> subprocess.Popen:
     """Start ``command`` (stdout and stderr piped) so that Ctrl-C reaches it as from a terminal."""
     # A shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that:
     # Python then never raises KeyboardInterrupt and the run ends as if nothing was pressed. The
@@ -98,7 +105,7 @@ def _start_with_ctrl_c(command: list[str]) -> subprocess.Popen:
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -149,28 +156,34 @@ def authors_state_dict(model) -> dict:
     return {stamcli_to_authors_key(k): v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.fixture
-def file_server(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields (folder, base URL)."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Serves files of the folder given as ``directory=`` without logging each request."""
 
-    folder = tmp_path / "served"
-    folder.mkdir()
+    def log_message(self, *args):
+        pass
 
-    class QuietHandler(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+@contextmanager
+def http_server(handler) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering with ``handler`` (a request handler class or factory),
+    in a thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    with http_server(functools.partial(QuietHandler, directory=str(folder))) as url:
+        yield folder, url
 
 
 def save_authors_checkpoint(model, path: Path) -> Path:
@@ -222,3 +235,55 @@ def decode_counter(monkeypatch, request):
     monkeypatch.setattr(SparseDecoder, "__enter__", counted_enter)
     monkeypatch.setattr(SparseDecoder, "frames", counted_frames)
     return Counter
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto's server mode) on 127.0.0.1, for the whole session; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """S3 clients (boto3, s3fs, child processes via CHILD_ENV) pointed at the loopback moto server through the
+    standard variables (``AWS_ENDPOINT_URL``, fake credentials, no instance-metadata lookups), and a fresh
+    bucket; yields ``(boto3 client, bucket name)``."""
+    import boto3
+
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+        monkeypatch.setitem(CHILD_ENV, name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+        CHILD_ENV.pop(name, None)
+    _clear_s3fs_cache()
+    client = boto3.client("s3")
+    bucket = f"bucket-{next(_BUCKETS)}"
+    client.create_bucket(Bucket=bucket)
+    yield client, bucket
+    _clear_s3fs_cache()
+
+
+_BUCKETS = itertools.count()
+
+
+def _clear_s3fs_cache() -> None:
+    """fsspec reuses file-system objects made with the same arguments: forget them when the environment changes."""
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()

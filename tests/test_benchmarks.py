@@ -186,3 +186,25 @@ def test_the_cuda_section_measures_on_any_device(tmp_path):
     assert all(row["videos_per_s"] > 0 and row["decode_only_videos_per_s"] > 0 for row in r["end_to_end"])
     table = cuda.markdown(r)
     assert "| 2 | " in table and "decode alone, videos/s" in table
+
+
+def test_the_ray_benchmark_starts_and_renders_its_table(capsys):
+    """``python -m benchmarks.ray_engine`` needs root and minutes (it is not run here): its command line
+    and its table from a result of the shape ``inner`` returns."""
+    from benchmarks.ray_engine import main, markdown
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0 and "--quick" in capsys.readouterr().out
+    run = {"videos_per_s": 1.0, "first_record_s": 2.5, "steady_videos_per_s": 1.2}
+    result = {"machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "torch": "2.14.1", "gpu": None,
+                          "date": "2026-12-03"},
+              "quick": True, "batch_size": 2, "video": "160x90 H.264", "clip_s": 1.0,
+              "rows": [{"model": "tiny", "videos": 3, "runs": {"local": [run], "ray": [run]}, "local_videos_per_s": 2.0,
+                        "ray_videos_per_s": 1.8, "ratio": 0.9, "ray_steady_videos_per_s": 2.1}],
+              "first_record": {"local_command_s": 3.0, "ray_command_with_cluster_s": 5.0,
+                               "ray_command_starting_ray_s": 9.0},
+              "driver_peak_rss_mb": {"1000": 700.0, "100000": 704.0}}
+    table = markdown(result)
+    assert "| tiny | 3 | 2.00 | 1.80 | 0.90 | 2.10 |" in table
+    assert "1,000 paths 700 MiB, 100,000 paths 704 MiB" in table

@@ -555,7 +555,7 @@ def test_usage_errors_exit_2(clips, tiny_checkpoint, tmp_path):
         (["--window", 0], "--window must be a number of seconds greater than 0, got 0"),
         (["--window", 2, "--stride", -1], "--stride must be a number of seconds greater than 0, got -1"),
         (["--stride", 1], "--stride needs --window"),
-        (["--format", "xml"], "unknown format 'xml': choose one of csv, json, jsonl, srt, vtt"),
+        (["--format", "xml"], "unknown format 'xml': choose one of csv, json, jsonl, parquet, srt, vtt"),
         ([clips / "b.mp4", "--window", 1, "-o", tmp_path / "x.srt"], "is one subtitle file, but there are 2 videos"),
         ([both, "--format", "srt", "--window", 1], "would both write their subtitles to"),
         (["--window", 1, "--preview", tmp_path / "sheets"], "--preview cannot be combined with --window"),

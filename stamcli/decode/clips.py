@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..parallel import one_torch_thread
+from ..storage import read_input
 from .backend import Decoded, Request
 from .clip import Clip, Views
 from .decoders import check_decoder, decode_with_fallback
@@ -114,7 +115,8 @@ class ClipSpec:
     ``STAM_DECODER`` first with :func:`~stamcli.decode.decoders.resolve_decoder`).  ``threads``:
     FFmpeg decoding threads (0: FFmpeg's default; 1 where several videos decode at once).
     Everything it needs travels with it, so another process (a Ray task, a DataLoader worker) can
-    call :meth:`read`.
+    call :meth:`read`.  :meth:`read` also takes a URL (``s3://``, ``gs://``, ``az://``,
+    ``http(s)://``): the video is read from a temporary local copy (:func:`stamcli.storage.read_input`).
 
     >>> spec = ClipSpec(num_frames=16, img_size=224, clips=2, crops=3)
     >>> views = spec.read("match.mp4")  # frames (6, 16, 3, 224, 224)
@@ -138,8 +140,12 @@ class ClipSpec:
         return self.clips * self.crops
 
     def read(self, path) -> Union[Clip, Views]:
-        """The video at ``path`` read as this spec says; :class:`~stamcli.errors.VideoError` (one line)
-        when it cannot be read."""
+        """The video at ``path`` (a file or a URL) read as this spec says; :class:`~stamcli.errors.VideoError`
+        (one line) when it cannot be read (a :class:`~stamcli.errors.StamError` when a URL cannot be fetched).
+        The clip's ``path`` is ``path``, also for a URL."""
+        return read_input(path, self._read_local)
+
+    def _read_local(self, path) -> Union[Clip, Views]:
         if self.views == 1:
             return read_clip(path, self.num_frames, self.img_size, threads=self.threads, decoder=self.decoder)
         return read_views(path, self.num_frames, self.img_size, clips=self.clips, crops=self.crops,
