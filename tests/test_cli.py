@@ -118,7 +118,8 @@ PUBLIC_API = {
     "Predictor": "engine", "predict": "engine",
     "PredictOptions": "jobs", "TaggingJob": "jobs", "EmbedJob": "jobs", "EvaluationJob": "jobs", "ExportJob": "jobs",
     "run_tagging": "tagging", "embed": "embedding", "load_embeddings": "embedding", "run_embedding": "embedding",
-    "TimelinePredictor": "timeline", "FinetuneConfig": "train.config", "finetune": "train.finetune",
+    "TimelinePredictor": "timeline", "LabelMap": "labelmap", "Thresholds": "thresholds",
+    "calibrate_thresholds": "thresholds", "FinetuneConfig": "train.config", "finetune": "train.finetune",
     "evaluate": "train.evaluate", "export_model": "export", "read_export_metadata": "export",
 }
 _API_REPORT = """
