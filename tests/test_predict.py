@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO, SHARED, TINY_LABELS, interrupt_when, make_tiny_model
 from synthetic import write_empty, write_text, write_truncated, write_video
-from stamcli import StamError, UsageError, load_checkpoint
+from stamcli import StamError, UsageError, load_checkpoint, save_checkpoint
 from stamcli.cli import app
 from stamcli.decode import read_clip
 from stamcli.device import resolve_device, resolve_precision
@@ -132,8 +132,6 @@ def test_bad_inputs_give_error_records_and_exit_1(videos, tiny_checkpoint, tmp_p
 
 
 def test_stdout_table_when_no_output(videos, tmp_path):
-    from stamcli import save_checkpoint
-
     labels = ["archery", "baking", "cycling", "diving", "juggling", "knitting", "rowing", "sailing", "skiing",
               "surfing", "swimming", "yodelling"]  # more labels than -k 3 shows
     # seed 5 ranks surfing, sailing, rowing: neither in the labels' order nor alphabetical
@@ -145,8 +143,8 @@ def test_stdout_table_when_no_output(videos, tmp_path):
     header, *rows = result.output.splitlines()
     assert header.split() == ["path", "status", "top-1", "score", "other", "labels"] and len(rows) == 2
     for path, row, probabilities in zip(paths, rows, _expected_scores(checkpoint, paths)):
-        (s1, s2, s3), (l1, l2, l3) = sorted(probabilities, reverse=True)[:3], sorted(
-            labels, key=lambda label: -probabilities[labels.index(label)])[:3]
+        top = sorted(range(len(labels)), key=lambda i: -probabilities[i])[:3]
+        (l1, l2, l3), (s1, s2, s3) = [labels[i] for i in top], [probabilities[i] for i in top]
         shown, *cells = row.split()
         assert shown.endswith(path.name) and str(path).endswith(shown.lstrip("…")), row
         assert cells == ["ok", l1, f"{s1:.3f}", l2, f"{s2:.2f},", l3, f"{s3:.2f}"], row  # best first
