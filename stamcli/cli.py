@@ -25,7 +25,8 @@ from rich.table import Table
 from . import __version__
 from .errors import StamError, UsageError
 from .inputs import parse_extensions
-from .jobs import DEFAULT_MODEL, EmbedJob, EvaluationJob, ExportJob, PredictOptions, TaggingJob
+from .jobs import (DEFAULT_EVENT_GAP_S, DEFAULT_MAX_SHOT_S, DEFAULT_MIN_EVENT_S, DEFAULT_MODEL, EmbedJob, EvaluationJob,
+                   ExportJob, PredictOptions, TaggingJob, parse_window)
 from .jobs import DEFAULT_MIN_EXAMPLES, DEFAULT_TARGET_PRECISION  # stam evaluate --calibrate
 from .train.config import FinetuneConfig
 
@@ -274,7 +275,8 @@ def predict_command(
                                                            "and parquet (default: a table on stdout).")
     ] = TAGGING.output,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json, jsonl, parquet, srt or vtt (default: from --output's "
+        Optional[str], typer.Option("--format", help="csv, json, jsonl, parquet; per video: srt, vtt, otio, edl, "
+                                                     "fcp7xml, chapters, ffmetadata (default: from --output's "
                                                      "extension).")
     ] = TAGGING.format,
     recursive: RecursiveOption = TAGGING.recursive,
@@ -295,11 +297,27 @@ def predict_command(
         Optional[Path], typer.Option("--preview", help="Folder for a PNG contact sheet per video, with its labels.")
     ] = TAGGING.preview,
     window: Annotated[
-        Optional[float], typer.Option("--window", help="Timeline: tag sliding windows of this many seconds.")
+        Optional[str], typer.Option("--window", help="Timeline: tag sliding windows of this many seconds, or "
+                                                     "'shots' to tag each camera shot.")
     ] = TAGGING.window,
     stride: Annotated[
         Optional[float], typer.Option("--stride", help="Timeline: seconds between window starts (--window).")
     ] = TAGGING.stride,
+    max_shot: Annotated[
+        Optional[float], typer.Option("--max-shot", help="--window shots: cut longer shots into equal parts of at "
+                                                         f"most this many seconds (default: {DEFAULT_MAX_SHOT_S:g}).")
+    ] = TAGGING.max_shot,
+    events: Annotated[
+        bool, typer.Option("--events", help="Timeline: merge each video's windows into labelled events.")
+    ] = TAGGING.events,
+    event_gap: Annotated[
+        Optional[float], typer.Option("--event-gap", help="--events: bridge gaps of up to this many seconds between "
+                                                          f"windows of one label (default: {DEFAULT_EVENT_GAP_S:g}).")
+    ] = TAGGING.event_gap,
+    min_event: Annotated[
+        Optional[float], typer.Option("--min-event", help="--events: drop events shorter than this many seconds "
+                                                          f"(default: {DEFAULT_MIN_EVENT_S:g}).")
+    ] = TAGGING.min_event,
     clips: ClipsOption = PREDICT.clips,
     crops: CropsOption = PREDICT.crops,
     label_map: LabelMapOption = PREDICT.label_map,
@@ -322,7 +340,8 @@ def predict_command(
         **_model_fields(model=model, labels=labels, arch=arch, weights_dir=weights_dir, mirror=mirror, offline=offline,
                         trust_checkpoint=trust_checkpoint),
         paths=paths, recursive=recursive, extensions=_extensions(ext), resume=resume, shard=shard,
-        output=_text(output), format=fmt, preview=_text(preview), window=window, stride=stride,
+        output=_text(output), format=fmt, preview=_text(preview), window=parse_window(window), stride=stride,
+        max_shot=max_shot, events=events, event_gap=event_gap, min_event=min_event,
         options=PredictOptions(num_frames=num_frames, top_k=top_k, batch_size=batch_size, device=device,
                                precision=precision, workers=workers, streams=streams, clips=clips, crops=crops,
                                decoder=decoder, label_map=label_map, min_score=min_score,

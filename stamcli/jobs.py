@@ -23,14 +23,36 @@ if TYPE_CHECKING:
     from .labelmap import LabelMap
     from .thresholds import Thresholds
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "ENGINES", "PredictOptions", "parse_actors", "ModelJob", "VideoJob",
-           "TaggingJob", "EmbedJob", "EvaluationJob", "ExportJob"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_OPSET", "DEFAULT_MAX_SHOT_S", "DEFAULT_EVENT_GAP_S", "DEFAULT_MIN_EVENT_S",
+           "ENGINES", "parse_window", "PredictOptions", "parse_actors", "ModelJob", "VideoJob", "TaggingJob",
+           "EmbedJob", "EvaluationJob", "ExportJob"]
 
 DEFAULT_MODEL = "stam_16"  #: the model of predict and embed when neither --model nor --frames is given
 DEFAULT_OPSET = 17  #: first ONNX opset with a LayerNormalization operator
 DEFAULT_TARGET_PRECISION = 0.9  #: stam evaluate --calibrate: the precision each class's threshold must reach
 DEFAULT_MIN_EXAMPLES = 10  #: stam evaluate --calibrate: true examples a class needs for a threshold
 ENGINES = ("local", "ray")  #: where predict and embed run: this process, or a Ray cluster (stamcli.ray_engine)
+#: ``--max-shot``: shots longer than this many seconds are tagged in equal parts no longer than it.
+#: 10 s is the length of the Kinetics clips the zoo's models were trained on, so the frames a
+#: window samples are spaced as in training (16 frames: one every 0.63 s).
+DEFAULT_MAX_SHOT_S = 10.0
+#: ``--event-gap``: bridge up to this many seconds between two stretches of the same label (a
+#: window of 2 s windows, or a short shot, that flickers to another label).
+DEFAULT_EVENT_GAP_S = 2.0
+DEFAULT_MIN_EVENT_S = 1.0  #: ``--min-event``: drop events shorter than this many seconds
+
+
+def parse_window(text) -> Union[float, str, None]:
+    """``--window``: seconds (a float), or ``"shots"``; None stays None.  UsageError otherwise."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    value = str(text).strip().lower()
+    if value == "shots":
+        return "shots"
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--window takes a number of seconds or 'shots', got '{text}'") from None
 
 
 @dataclass
@@ -229,8 +251,43 @@ class TaggingJob(VideoJob):
     output: Optional[str] = None  #: None: a table on stdout
     format: Optional[str] = None  #: None: from the output's extension
     preview: Optional[str] = None  #: folder for a contact sheet per ok video (stamcli.preview)
-    window: Optional[float] = None  #: timeline: seconds per window (None: one record per video)
+    window: Union[float, str, None] = None  #: timeline: seconds per window, or "shots" (None: a record per video)
     stride: Optional[float] = None  #: timeline: seconds between window starts (None: the window)
+    max_shot: Optional[float] = None  #: --window shots: longest window in seconds (None: DEFAULT_MAX_SHOT_S)
+    events: bool = False  #: timeline: merge each video's windows into events
+    event_gap: Optional[float] = None  #: --events: bridge gaps up to this many seconds (None: DEFAULT_EVENT_GAP_S)
+    min_event: Optional[float] = None  #: --events: drop shorter events (None: DEFAULT_MIN_EVENT_S)
+
+    def timeline_options(self):
+        """``(window_s, shots)`` for :class:`~stamcli.timeline.TimelinePredictor` (``shots``: a
+        :class:`~stamcli.timeline.ShotWindows` with ``--window shots``, else None), checked (UsageError)."""
+        from .timeline import ShotWindows, check_timeline
+
+        window = parse_window(self.window)
+        shots = window == "shots"
+        if self.max_shot is not None and not shots:
+            raise UsageError("--max-shot needs --window shots")
+        check_timeline(None if shots else window, self.stride, shots=shots)
+        if not shots:
+            return window, None
+        found = ShotWindows(max_shot_s=DEFAULT_MAX_SHOT_S if self.max_shot is None else self.max_shot)
+        found.check()
+        return None, found
+
+    def event_options(self):
+        """``--events`` as :class:`~stamcli.events.EventOptions` (None without it), checked (UsageError)."""
+        from .events import EventOptions
+
+        if not self.events:
+            if self.event_gap is not None or self.min_event is not None:
+                raise UsageError("--event-gap and --min-event need --events")
+            return None
+        if self.window is None:
+            raise UsageError("--events needs --window (events are made of a video's windows)")
+        options = EventOptions(gap_s=DEFAULT_EVENT_GAP_S if self.event_gap is None else self.event_gap,
+                               min_event_s=DEFAULT_MIN_EVENT_S if self.min_event is None else self.min_event)
+        options.check()
+        return options
 
 
 @dataclass(kw_only=True)

@@ -15,13 +15,20 @@ frames         int64                                       ok records
 model          string                                      every record
 duration_s     double                                      ok records
 fps            double                                      ok records
-type           string: ``window`` or ``video``             timeline runs (``--window``)
+type           string: ``window``, ``event`` or ``video``  timeline runs (``--window``)
 window         int64                                       timeline window records
 start_s        double                                      timeline records
 end_s          double                                      timeline records
 windows        int64                                       timeline video summaries
 coverage       list<struct<label: string, index: int64,    timeline video summaries: seconds as top-1
                seconds: double>>
+shot           int64                                       window records of ``--window shots``
+shots          int64                                       video summaries of ``--window shots``
+event          int64                                       event records (``--events``)
+label, score   string, double                              event records
+event_windows  list<int64>                                 event records: their ``windows`` (read back
+                                                           as ``windows``)
+events         int64                                       video summaries with ``--events``
 clips, crops   int64                                       test-time views (``--clips``/``--crops``)
 extra          string: a JSON object                       any other key a record has
 =============  ==========================================  ==========================================
@@ -58,7 +65,8 @@ __all__ = ["schema", "ROWS_PER_GROUP", "SECONDS_PER_GROUP", "ParquetWriter", "jo
 
 ROWS_PER_GROUP = 10_000  #: records per row group (at most)
 SECONDS_PER_GROUP = 300.0  #: a row group is written at least this often while records arrive
-_OPTIONAL = ("type", "window", "start_s", "end_s", "windows", "coverage", "clips", "crops")  # read back when set
+_OPTIONAL = ("type", "window", "start_s", "end_s", "windows", "coverage", "clips", "crops", "shot", "shots", "event",
+             "label", "score", "event_windows", "events")  # read back when set
 _TIMELINE = ("window", "start_s", "end_s")  # ... or when "type" is: a timeline video's error record has them null
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,11 @@ def schema():
          ("frames", pa.int64()), ("model", pa.string()), ("duration_s", pa.float64()), ("fps", pa.float64()),
          ("type", pa.string()), ("window", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
          ("windows", pa.int64()), ("coverage", list_of(("seconds", pa.float64()))),
-         ("clips", pa.int64()), ("crops", pa.int64()), ("extra", pa.string())],
+         ("clips", pa.int64()), ("crops", pa.int64()),
+         ("shot", pa.int64()), ("shots", pa.int64()), ("event", pa.int64()), ("label", pa.string()),
+         ("score", pa.float64()), ("event_windows", pa.list_(pa.field("element", pa.int64()))),
+         ("events", pa.int64()),
+         ("extra", pa.string())],
         metadata={"stamcli.results": "1"},
     )
 
@@ -93,6 +105,8 @@ def journal_path(path: Union[str, Path]) -> Path:
 
 
 def _row(record: dict, columns: list[str]) -> dict:
+    if record.get("type") == "event":  # an event's ``windows`` is a list: its own column
+        record = {("event_windows" if key == "windows" else key): value for key, value in record.items()}
     row = {name: record.get(name) for name in columns[:-1]}
     row["predictions"] = [{"label": p.get("label"), "index": p.get("index"), "score": p.get("score")}
                           for p in record.get("predictions") or []]
@@ -120,6 +134,8 @@ def table_to_records(table) -> list[dict]:
         for name in _OPTIONAL:
             if row.get(name) is None and not (timeline and name in _TIMELINE):
                 row.pop(name, None)
+        if "event_windows" in row:
+            row["windows"] = row.pop("event_windows")
         if extra:
             row.update(json.loads(extra))
         records.append(row)

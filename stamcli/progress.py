@@ -62,6 +62,8 @@ class RunProgress:
             where = f" {Path(record['path']).name} at {timedelta(seconds=round(record['end_s']))}"
             self._progress.update(self._task, where=escape(where))
             return
+        if record.get("type") == "event":  # made when its video is done: the video record follows
+            return
         if record.get("status") != "ok":
             self.failed += 1
         self._progress.update(self._task, advance=1, failed=self.failed, where="")

@@ -50,7 +50,7 @@ from .errors import StamError, require_extra
 from .jobs import PredictOptions
 from .parallel import MAX_STREAMS
 from .ray_tasks import OUTPUTS, ModelActor, decode, decode_task, frames_shape, path_table, read_video, read_windows
-from .timeline import TimelinePredictor, Window, _Item
+from .timeline import ShotWindows, TimelinePredictor, Window, _Item
 
 if TYPE_CHECKING:
     from .model import STAM
@@ -241,8 +241,8 @@ class RayPredictor(Predictor):
 class _ReaderFacts:
     """What :meth:`TimelinePredictor._summary` reads of a finished :class:`TimelineReader`."""
 
-    def __init__(self, frame_count: int, fps: float):
-        self.frame_count, self.fps = frame_count, fps
+    def __init__(self, frame_count: int, fps: float, shot_count: Optional[int] = None):
+        self.frame_count, self.fps, self.shot_count = frame_count, fps, shot_count
 
     @property
     def duration_s(self) -> float:
@@ -253,23 +253,26 @@ class RayTimelinePredictor(TimelinePredictor):
     """Timelines on Ray: a decode task per video yields its windows; the driver builds the same
     window and video records as :class:`TimelinePredictor` from the actors' probabilities."""
 
-    def __init__(self, predictor: RayPredictor, window_s: float, stride_s: Optional[float] = None):
-        super().__init__(predictor, window_s, stride_s)
+    def __init__(self, predictor: RayPredictor, window_s: Optional[float], stride_s: Optional[float] = None, *,
+                 shots: Optional[ShotWindows] = None):
+        super().__init__(predictor, window_s, stride_s, shots=shots)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         paths = list(paths)
         predictor: RayPredictor = self.predictor
-        read = partial(read_windows, window_s=self.window_s, stride_s=self.stride_s)
+        read = partial(read_windows, window_s=self.window_s, stride_s=self.stride_s, shots=self.shots)
         for batch, probabilities in predictor.run(paths, "probabilities", read, unit=1):
             items = []
-            for row, error, window, start, end, count, fps in zip(
+            for row, error, window, start, end, count, fps, shot, shots in zip(
                     batch["row"], map(decode, batch["error"]), batch["window"], batch["start"], batch["end"],
-                    batch["frame_count"], batch["fps"]):
+                    batch["frame_count"], batch["fps"], batch["shot"], batch["shots"]):
                 path = paths[row]
                 if window >= 0:
-                    items.append(_Item(path, window=Window(int(window), int(start), int(end), float(fps))))
+                    items.append(_Item(path, window=Window(int(window), int(start), int(end), float(fps),
+                                                           None if shot < 0 else int(shot))))
                 elif error is not None:
                     items.append(_Item(path, error=error))
                 else:
-                    items.append(_Item(path, reader=_ReaderFacts(int(count), float(fps))))
+                    items.append(_Item(path, reader=_ReaderFacts(int(count), float(fps),
+                                                                 None if shots < 0 else int(shots))))
             yield from self._records(items, probabilities)

@@ -27,7 +27,7 @@ from .decode import ClipSpec
 from .engine import Predictor, error_reason
 from .jobs import PredictOptions
 from .parallel import single_threaded_decode
-from .timeline import TimelineReader
+from .timeline import ShotWindows, TimelineReader
 
 #: What each Predictor computation returns per video, as the model actors' output columns.
 OUTPUTS = {"probabilities": ("probabilities",), "embeddings": ("embedding", "frame_embeddings")}
@@ -73,13 +73,13 @@ class _Rows:
     def __init__(self, shape: tuple[int, ...]):
         self.shape, self.columns = shape, {name: [] for name in
                                            ("row", "error", "has_frames", "frame_count", "fps", "duration_s",
-                                            "window", "start", "end", "frames")}
+                                            "window", "start", "end", "shot", "shots", "frames")}
 
     def add(self, row: int, *, error: Optional[str] = None, frames: Optional[torch.Tensor] = None,
             frame_count: int = 0, fps: float = 0.0, duration_s: float = 0.0, window: int = -1, start: int = 0,
-            end: int = 0) -> None:
+            end: int = 0, shot: int = -1, shots: int = -1) -> None:
         values = dict(row=row, error=encode(error), has_frames=frames is not None, frame_count=frame_count,
-                      fps=fps, duration_s=duration_s, window=window, start=start, end=end,
+                      fps=fps, duration_s=duration_s, window=window, start=start, end=end, shot=shot, shots=shots,
                       frames=np.zeros(self.shape, np.uint8) if frames is None else frames.numpy())
         for name, value in values.items():
             self.columns[name].append(value)
@@ -104,19 +104,21 @@ def read_video(spec: ClipSpec, path: str) -> Iterator[dict]:
     yield {"frames": clip.frames, "frame_count": clip.frame_count, "fps": clip.fps, "duration_s": clip.duration_s}
 
 
-def read_windows(spec: ClipSpec, path: str, window_s: float, stride_s: Optional[float]) -> Iterator[dict]:
-    """A timeline's decode rows: one per window as it fills, then the video's end row (its frame
-    count and rate, or its error)."""
+def read_windows(spec: ClipSpec, path: str, window_s: Optional[float], stride_s: Optional[float],
+                 shots: Optional[ShotWindows] = None) -> Iterator[dict]:
+    """A timeline's decode rows: one per window as it fills (``shot``: its shot with ``--window
+    shots``, else -1), then the video's end row (its frame count, rate and number of shots, or its error)."""
     reader = TimelineReader(path, spec.num_frames, spec.img_size, window_s, stride_s, threads=spec.threads,
-                            decoder=spec.decoder)
+                            decoder=spec.decoder, shots=shots)
     try:
         for window, clip in reader:
             yield {"frames": clip.frames, "window": window.index, "start": window.start, "end": window.end,
-                   "fps": window.fps}
+                   "fps": window.fps, "shot": -1 if window.shot is None else window.shot}
     except Exception as err:  # the windows already read stand, as in the local engine
         yield {"error": error_reason(err)}
         return
-    yield {"frame_count": reader.frame_count, "fps": reader.fps}
+    shot_count = reader.shot_count
+    yield {"frame_count": reader.frame_count, "fps": reader.fps, "shots": -1 if shot_count is None else shot_count}
 
 
 def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spec: ClipSpec,

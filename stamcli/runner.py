@@ -13,8 +13,8 @@ Two parts plug into :func:`run_loop`:
   ``embed`` (:class:`stamcli.embedding.EmbeddingSink`). It is a context manager: the loop closes it
   whatever happens, so Ctrl-C leaves valid files and ``--resume`` continues from them.
 
-The loop counts the videos (``ok``/``failed``; timeline window records are shown as progress but
-not counted), calls ``on_start(total)`` and ``on_record(record)`` for a progress display, turns
+The loop counts the videos (``ok``/``failed``; timeline window and event records are shown as
+progress but not counted), calls ``on_start(total)`` and ``on_record(record)`` for a progress display, turns
 Ctrl-C (:class:`KeyboardInterrupt`) into ``interrupted=True`` in the :class:`RunSummary` and stops
 the source (its decode threads) before it closes the sink.
 """
@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
+from .writers import PART_TYPES
+
 __all__ = ["VideoResult", "ResultSource", "ResultSink", "RunSummary", "run_loop"]
 
 
@@ -33,10 +35,10 @@ class VideoResult:
     """One output of a source for the video ``index`` of the list it was given.
 
     ``record`` has the schema of :mod:`stamcli.writers` (``path``, ``status``, ``error``, ...). A
-    timeline source gives several results per video: its ``"type": "window"`` records, then its
-    ``"type": "video"`` record. What else a result carries depends on the command: the decoded
-    ``clip`` (predict with ``--preview``), the ``embedding`` ``(D,)`` and ``frame_embeddings``
-    ``(F, D)`` of an ``ok`` video (embed).
+    timeline source gives several results per video: its ``"type": "window"`` records, its
+    ``"type": "event"`` records (``--events``), then its ``"type": "video"`` record. What else a
+    result carries depends on the command: the decoded ``clip`` (predict with ``--preview``), the
+    ``embedding`` ``(D,)`` and ``frame_embeddings`` ``(F, D)`` of an ``ok`` video (embed).
     """
 
     index: int
@@ -92,7 +94,7 @@ class _Counts:
         self.failed = 0
 
     def add(self, record: dict) -> None:
-        if record.get("type") == "window":  # counts are per video
+        if record.get("type") in PART_TYPES:  # counts are per video (windows and events are parts of one)
             return
         if record["status"] == "ok":
             self.ok += 1

@@ -1,10 +1,12 @@
-"""Where timeline and subtitle records go: subtitle tracks (``--format srt|vtt``) and the writer of a
-timeline run.
+"""Files written beside each video (or in an ``--output`` folder) from its timeline: subtitle tracks
+(``--format srt|vtt``), editor markers and chapters (``--format otio|edl|fcp7xml|chapters|ffmetadata``,
+made by :mod:`stamcli.markers`); and the writer of a timeline run.
 
 A subtitle track shows a video's top-1 label per window over the part of the video that window
 covers (:func:`stamcli.timeline.segments`: each instant belongs to the window whose centre is
 nearest), so cues never overlap; consecutive equal labels become one cue with their mean score.
-Without ``--window`` a video gets one cue over its whole duration.
+With ``--events`` the cues are the events instead (:mod:`stamcli.events`).  Without ``--window``
+a video gets one cue over its whole duration.
 """
 
 from __future__ import annotations
@@ -14,48 +16,65 @@ from typing import Optional, Sequence
 
 from .errors import UsageError
 from .fileutils import write_atomic
+from .markers import MARKER_FORMATS
 from .storage import is_url
 from .timeline import TIMELINE_COLUMNS, segments
 from .writers import FORMATS, ResultWriter, format_for, open_writer
 
-__all__ = ["SUBTITLE_FORMATS", "output_format", "subtitle_paths", "subtitle_cues", "format_subtitles",
-           "SubtitleWriter", "open_timeline_writer"]
+__all__ = ["SUBTITLE_FORMATS", "SIDECAR_FORMATS", "output_format", "subtitle_paths", "subtitle_cues", "event_cues",
+           "format_subtitles", "SubtitleWriter", "open_timeline_writer"]
 
 SUBTITLE_FORMATS = ("srt", "vtt")
 
+#: Every format written as one file per video, and its file suffix.
+SIDECAR_FORMATS: dict[str, str] = {"srt": ".srt", "vtt": ".vtt",
+                                   **{name: suffix for name, (suffix, _, _) in MARKER_FORMATS.items()}}
+
+
+def _sidecar_from_suffix(output: str) -> Optional[str]:
+    """The per-video format an ``--output`` file name ends in (the longest suffix wins: .chapters.vtt)."""
+    name = str(output).lower()
+    matches = [fmt for fmt, suffix in SIDECAR_FORMATS.items() if name.endswith(suffix)]
+    return max(matches, key=lambda fmt: len(SIDECAR_FORMATS[fmt]), default=None)
+
+
 def output_format(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
-    """Like :func:`~stamcli.writers.format_for`, plus ``srt``/``vtt`` (given, or from a .srt/.vtt output)."""
+    """Like :func:`~stamcli.writers.format_for`, plus the per-video formats of :data:`SIDECAR_FORMATS`
+    (given, or from an output file name ending in one of their suffixes)."""
     name = fmt.strip().lower().lstrip(".") if fmt else None
-    if name in SUBTITLE_FORMATS:
+    if name in SIDECAR_FORMATS:
         return name
     if name is not None and name not in (*FORMATS, "ndjson"):
-        raise UsageError(f"unknown format '{fmt}': choose one of {', '.join((*FORMATS, *SUBTITLE_FORMATS))}")
-    if not fmt and output is not None and Path(output).suffix.lower().lstrip(".") in SUBTITLE_FORMATS:
-        return Path(output).suffix.lower().lstrip(".")
+        raise UsageError(f"unknown format '{fmt}': choose one of {', '.join((*FORMATS, *SIDECAR_FORMATS))}")
+    if not fmt and output is not None and _sidecar_from_suffix(output):
+        return _sidecar_from_suffix(output)
     return format_for(output, fmt)
 
 
 def subtitle_paths(videos: Sequence[str], output: Optional[str], fmt: str) -> dict[str, Path]:
-    """Where each video's subtitles go: beside it as ``<video stem>.<fmt>`` (no ``--output``),
-    ``output`` itself (one video and a ``.srt``/``.vtt`` file name), else ``output/<stem>.<fmt>``."""
-    suffix = f".{fmt}"
+    """Where each video's file of format ``fmt`` goes: beside it as ``<video stem><suffix>`` (no
+    ``--output``), ``output`` itself (one video and a file name with the format's suffix), else
+    ``output/<stem><suffix>``; the suffix is :data:`SIDECAR_FORMATS`' (``.srt``, ``.otio``...)."""
+    suffix = SIDECAR_FORMATS[fmt]
+    noun = "subtitle" if fmt in SUBTITLE_FORMATS else fmt
     if output is not None and is_url(str(output)):
-        raise UsageError(f"--output {output}: subtitles are written to local files; give a folder")
+        raise UsageError(f"--output {output}: {noun} files are written to local files; give a folder")
     if (output is None or str(output) == "-") and any(is_url(video) for video in videos):
-        raise UsageError("subtitles of videos read from URLs need --output FOLDER (they cannot go beside the videos)")
+        raise UsageError(f"{noun} files of videos read from URLs need --output FOLDER (they cannot go beside the "
+                         "videos)")
     if output is None or str(output) == "-":
-        paths = {video: Path(video).with_suffix(suffix) for video in videos}
-    elif Path(output).suffix.lower() in (".srt", ".vtt") and not Path(output).is_dir():
+        paths = {video: Path(video).with_name(Path(video).stem + suffix) for video in videos}
+    elif _sidecar_from_suffix(output) is not None and not Path(output).is_dir():
         if len(videos) != 1:
-            raise UsageError(f"--output {output} is one subtitle file, but there are {len(videos)} videos: "
-                             "give a folder, or no --output to write each video's subtitles beside it")
+            raise UsageError(f"--output {output} is one {noun} file, but there are {len(videos)} videos: "
+                             "give a folder, or no --output to write each video's file beside it")
         paths = {videos[0]: Path(output)}
     else:
         paths = {video: Path(output) / (Path(video).stem + suffix) for video in videos}
     seen: dict[Path, str] = {}
     for video, path in paths.items():
         if path in seen:
-            raise UsageError(f"{seen[path]} and {video} would both write their subtitles to {path}")
+            raise UsageError(f"{seen[path]} and {video} would both write their {noun}s to {path}")
         seen[path] = video
     return paths
 
@@ -100,39 +119,57 @@ def format_subtitles(cues: Sequence[tuple[int, int, str]], fmt: str) -> str:
     return "WEBVTT\n\n" + "".join(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{text}\n\n" for a, b, text in cues)
 
 
-class SubtitleWriter(ResultWriter):
-    """Writes one subtitle file per video when its video record arrives (atomically: a file that
-    exists is complete). Without windows (no ``--window``) a video gets one cue, its top-1 label."""
+def event_cues(events: Sequence[dict]) -> list[tuple[int, int, str]]:
+    """``(start_ms, end_ms, text)`` cues from event records: one per event, ``label (score)``."""
+    cues = [(round(e["start_s"] * 1000), round(e["end_s"] * 1000), _cue_text(e["label"], e["score"])) for e in events]
+    return [(a, b, text) for a, b, text in cues if b > a]
 
-    def __init__(self, fmt: str, destinations: dict[str, Path], top_k: int, *, resume: bool = False):
+
+class SubtitleWriter(ResultWriter):
+    """Writes one file per video (a subtitle track, or :mod:`stamcli.markers`' markers or chapters)
+    when its video record arrives, atomically: a file that exists is complete.  With ``events``
+    (``--events``) the cues and marks are the video's event records.  Without windows (no
+    ``--window``) a video is one stretch with its top-1 label."""
+
+    def __init__(self, fmt: str, destinations: dict[str, Path], top_k: int, *, resume: bool = False,
+                 events: bool = False):
         super().__init__(top_k)
-        self.format, self.destinations = fmt, destinations
+        self.format, self.destinations, self.events = fmt, destinations, events
         self.written: list[Path] = []
         self.done_paths = {video for video, path in destinations.items() if resume and path.is_file()}
         self.counts["resumed"] = len(self.done_paths)
         self._windows: dict[str, list[dict]] = {}
+        self._events: dict[str, list[dict]] = {}
 
     def _write(self, record: dict) -> None:
-        if record.get("type") == "window":
-            self._windows.setdefault(record["path"], []).append(record)
+        kind = record.get("type")
+        if kind in ("window", "event"):
+            (self._windows if kind == "window" else self._events).setdefault(record["path"], []).append(record)
             return
         windows = self._windows.pop(record["path"], [])
+        events = self._events.pop(record["path"], []) if self.events else None
         if record.get("status") != "ok":
             return
         duration = record.get("duration_s") or 0.0
-        if not windows:  # a whole-video record: one cue
-            windows = [dict(record, start_s=0.0, end_s=duration)]
+        if not windows:  # a whole-video record: one stretch
+            windows = [dict(record, start_s=0.0, end_s=duration, window=None)]
+        if self.format in SUBTITLE_FORMATS:
+            cues = event_cues(events) if events is not None else subtitle_cues(windows, duration)
+            text, what = format_subtitles(cues, self.format), "subtitles to "
+        else:
+            _, what, render = MARKER_FORMATS[self.format]
+            text, what = render(record, windows, events), f"{what} to "
         path = self.destinations[record["path"]]
-        text = format_subtitles(subtitle_cues(windows, duration), self.format)
-        write_atomic(path, text.encode("utf-8", "surrogateescape"), what="subtitles to ")
+        write_atomic(path, text.encode("utf-8", "surrogateescape"), what=what)
         self.written.append(path)
 
 
 def open_timeline_writer(target: Optional[str], fmt: Optional[str], videos: Sequence[str], *, top_k: int,
-                         resume: bool = False, console=None, timeline: bool = True) -> ResultWriter:
-    """The writer of a timeline or subtitle run: a :class:`SubtitleWriter` for ``srt``/``vtt``,
-    else :func:`~stamcli.writers.open_writer` with the timeline CSV columns."""
-    if fmt in SUBTITLE_FORMATS:
-        return SubtitleWriter(fmt, subtitle_paths(videos, target, fmt), top_k, resume=resume)
-    return open_writer(target, fmt, top_k=top_k, resume=resume, console=console,
-                       columns=TIMELINE_COLUMNS if timeline else ())
+                         resume: bool = False, console=None, columns: Sequence[str] = TIMELINE_COLUMNS,
+                         events: bool = False) -> ResultWriter:
+    """The writer of a timeline run or a per-video file format: a :class:`SubtitleWriter` for the
+    formats of :data:`SIDECAR_FORMATS` (``events``: their cues and marks are the event records),
+    else :func:`~stamcli.writers.open_writer` with the extra CSV ``columns`` (``()`` without a timeline)."""
+    if fmt in SIDECAR_FORMATS:
+        return SubtitleWriter(fmt, subtitle_paths(videos, target, fmt), top_k, resume=resume, events=events)
+    return open_writer(target, fmt, top_k=top_k, resume=resume, console=console, columns=tuple(columns))

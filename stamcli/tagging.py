@@ -15,6 +15,7 @@ import logging
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 from .distributed import Distributed
@@ -24,10 +25,12 @@ from .inputs import shard
 from .jobs import PredictOptions, TaggingJob
 from .preview import PreviewWriter
 from .runner import RunSummary, VideoResult, run_loop
+from .events import EventOptions, with_events
+from .markers import require_editors
 from .storage import is_url
-from .subtitles import SUBTITLE_FORMATS, open_timeline_writer, output_format, subtitle_paths
-from .timeline import TIMELINE_COLUMNS, TimelinePredictor, check_timeline
-from .writers import ResultWriter, open_writer, read_records
+from .subtitles import SIDECAR_FORMATS, open_timeline_writer, output_format, subtitle_paths
+from .timeline import ShotWindows, TimelinePredictor, timeline_columns
+from .writers import PART_TYPES, ResultWriter, open_writer, read_records
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,13 @@ def _plan(job: TaggingJob, dist: Distributed) -> tuple[list[str], Optional[str]]
 def _done_paths(job: TaggingJob, fmt: Optional[str]) -> set[str]:
     if not (job.resume and job.output and Path(job.output).exists()):
         return set()
-    return {r["path"] for r in read_records(job.output, fmt) if r.get("status") == "ok" and r.get("type") != "window"}
+    return {r["path"] for r in read_records(job.output, fmt)
+            if r.get("status") == "ok" and r.get("type") not in PART_TYPES}
 
 
-def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed) -> None:
+def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed, columns: Sequence[str]) -> None:
     """Rank 0: the kept records of the output (--resume) followed by every rank's part, in rank order."""
     parts = [Path(_part_path(job.output, rank, dist.world)) for rank in range(dist.world)]
-    columns = TIMELINE_COLUMNS if job.window is not None else ()
     with open_writer(job.output, fmt, top_k=top_k, resume=job.resume, columns=columns) as writer:
         for part in parts:
             for record in read_records(part, fmt):
@@ -70,22 +73,41 @@ def _merge_parts(job: TaggingJob, fmt: str, top_k: int, dist: Distributed) -> No
         part.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class TimelinePlan:
+    """A checked timeline (``--window``): ``window_s`` seconds per window every ``stride_s``, or
+    ``shots`` (``--window shots``); ``events``: ``--events`` (None without it)."""
+
+    window_s: Optional[float]
+    stride_s: Optional[float]
+    shots: Optional[ShotWindows]
+    events: Optional[EventOptions]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The CSV columns it adds: ``shot`` with shots, ``event,windows`` with events."""
+        return timeline_columns(shots=self.shots is not None, events=self.events is not None)
+
+
 class PredictorSource:
     """The records of a local :class:`~stamcli.engine.Predictor`: one per video, or with a
-    :class:`~stamcli.timeline.TimelinePredictor` each video's window records and then its video
-    record. Each record is its own batch (written as soon as it is known), with the decoded clip
-    when the predictor keeps clips (for a preview)."""
+    :class:`~stamcli.timeline.TimelinePredictor` each video's window records, then its event
+    records (with ``events``, :func:`~stamcli.events.with_events`) and then its video record.
+    Each record is its own batch (written as soon as it is known), with the decoded clip when the
+    predictor keeps clips (for a preview)."""
 
-    def __init__(self, predictor: Predictor, timeline: Optional[TimelinePredictor] = None):
-        self.predictor, self.timeline = predictor, timeline
+    def __init__(self, predictor: Predictor, timeline: Optional[TimelinePredictor] = None,
+                 events: Optional[EventOptions] = None):
+        self.predictor, self.timeline, self.events = predictor, timeline, events
         self.top_k = predictor.top_k  #: labels per record (the writer's columns)
 
     def results(self, videos: Sequence[str]) -> Iterator[list[VideoResult]]:
         if self.timeline is not None:
             index = 0
-            for record in self.timeline.predict(videos):
+            records = self.timeline.predict(videos)
+            for record in records if self.events is None else with_events(records, self.events):
                 yield [VideoResult(index, record)]
-                if record.get("type") != "window":  # a video's own record ends its results
+                if record.get("type") not in PART_TYPES:  # a video's own record ends its results
                     index += 1
             return
         for index, item in enumerate(self.predictor.scores(videos)):
@@ -105,7 +127,8 @@ class RecordSink:
         for result in results:
             self.writer.write(result.record)
             record = result.record
-            self.unsure += record["status"] == "ok" and not record["predictions"] and record.get("type") != "window"
+            self.unsure += (record["status"] == "ok" and not record["predictions"]
+                            and record.get("type") not in PART_TYPES)
             if self.previews is not None and result.clip is not None:
                 self.previews.write(result.clip, result.record)
 
@@ -119,13 +142,16 @@ class RecordSink:
         return self._stack.__exit__(*exc)
 
 
-def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions, Optional[str]]:
-    """The job's options checked and resolved (a copy) and its output format, before any model is loaded."""
+def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions, Optional[str], Optional[TimelinePlan]]:
+    """The job's options checked and resolved (a copy), its output format and its timeline (None
+    without ``--window``), before any model is loaded."""
     if dist.active and str(job.options.engine).strip().lower() == "ray":
         raise UsageError("--engine ray cannot run under torchrun: Ray spreads the videos over its own workers")
     # under torchrun, auto/cuda means this rank's GPU
     options = replace(job.options, device=dist.device_for(job.options.device)).resolve()
-    check_timeline(job.window, job.stride)
+    window_s, shots = job.timeline_options()
+    events = job.event_options()
+    plan = None if job.window is None else TimelinePlan(window_s, job.stride, shots, events)
     if options.engine == "ray" and job.preview is not None:
         raise UsageError("--preview needs every video's frames on this machine; with --engine ray they stay on "
                          "the cluster (use --engine local)")
@@ -134,22 +160,25 @@ def _checked_options(job: TaggingJob, dist: Distributed) -> tuple[PredictOptions
     if job.window is not None and options.views > 1:
         raise UsageError("--clips/--crops cannot be combined with --window: each window is one clip")
     fmt = output_format(job.output, job.format)
-    if fmt in SUBTITLE_FORMATS and dist.active:
+    if fmt in SIDECAR_FORMATS and dist.active:
         raise UsageError(f"--format {fmt} cannot run under torchrun; run it in one process (or use --shard)")
-    return options, fmt
+    require_editors(fmt)  # a missing OpenTimelineIO fails before the model loads
+    return options, fmt, plan
 
 
-def _source(job: TaggingJob, options: PredictOptions, model) -> PredictorSource:
+def _source(job: TaggingJob, options: PredictOptions, plan: Optional[TimelinePlan], model) -> PredictorSource:
     """What produces the records of ``job``: the model of ``options.engine`` (this process, or Ray
-    actors: :func:`~stamcli.engine.make_predictor`), per video or per window."""
+    actors: :func:`~stamcli.engine.make_predictor`), per video or per window (then with events)."""
     predictor = make_predictor(model, options, keep_clips=job.preview is not None)
-    if job.window is None:
+    if plan is None:
         return PredictorSource(predictor)
     if options.engine == "ray":
         from .ray_engine import RayTimelinePredictor  # Ray is an optional extra
 
-        return PredictorSource(predictor, RayTimelinePredictor(predictor, job.window, job.stride))
-    return PredictorSource(predictor, TimelinePredictor(predictor, job.window, job.stride))
+        timeline = RayTimelinePredictor(predictor, plan.window_s, plan.stride_s, shots=plan.shots)
+    else:
+        timeline = TimelinePredictor(predictor, plan.window_s, plan.stride_s, shots=plan.shots)
+    return PredictorSource(predictor, timeline, plan.events)
 
 
 def run_tagging(
@@ -163,18 +192,20 @@ def run_tagging(
     (``total`` counts videos; with ``--window`` ``on_record`` also gets each window record).
     ``console``: where the table goes when there is no output file. ``job`` is left as it was."""
     dist = Distributed.from_env()
-    options, fmt = _checked_options(job, dist)
+    options, fmt, plan = _checked_options(job, dist)
     videos, target = _plan(job, dist)
-    if fmt in SUBTITLE_FORMATS:
+    if fmt in SIDECAR_FORMATS:
         subtitle_paths(videos, target, fmt)  # clashing destinations fail before the model loads
-    source = _source(job, options, job.load_model(progress=dist.rank == 0))
+    source = _source(job, options, plan, job.load_model(progress=dist.rank == 0))
     previews = PreviewWriter(job.preview) if job.preview is not None else None
     # Under torchrun a rank's part starts empty; the existing output's records are kept by the merge.
     resume_target = job.resume and not dist.active
     done_before = _done_paths(job, fmt) if dist.active else set()
-    if job.window is not None or fmt in SUBTITLE_FORMATS:
+    columns = plan.columns if plan is not None else ()
+    if plan is not None or fmt in SIDECAR_FORMATS:
         writer = open_timeline_writer(target, fmt, videos, top_k=source.top_k, resume=resume_target,
-                                      console=console, timeline=job.window is not None)
+                                      console=console, columns=columns, events=plan is not None and
+                                      plan.events is not None)
     else:
         writer = open_writer(target, fmt, top_k=source.top_k, resume=resume_target, console=console)
     sink = RecordSink(writer, previews)
@@ -185,6 +216,6 @@ def run_tagging(
     if dist.active and not summary.interrupted:
         dist.barrier()
         if dist.rank == 0:
-            _merge_parts(job, fmt, source.top_k, dist)
+            _merge_parts(job, fmt, source.top_k, dist, columns)
         dist.barrier()
     return replace(summary, unsure=sink.unsure)

@@ -31,6 +31,17 @@ decoder ``auto``, ``pyav`` or ``opencv``):
 
 Both give the same windows and the same frames, bit for bit, where the header is right.
 
+``--window shots`` (:class:`ShotWindows`) makes each camera shot a window.  Finding the shots
+needs every frame, so the reader decodes every frame once (same backends, same fallback) and
+hands each to a :class:`~stamcli.shots.ShotDetector`; :func:`plan_shot_windows` cuts shots
+longer than ``--max-shot`` into equal parts.  A shot's frames can only be sampled once its end
+is known, so the open shot's frames are kept as decoded until then, and its windows are handed
+on, only their sampled frames preprocessed, as soon as the detector can no longer move its end
+(each frame is decoded once).  An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb`
+(512 MiB by default: 31 s of 640x360, 3.4 s of 1080p at 25 fps) stops the keeping for the rest of
+that video: the windows from that shot on are read in a second pass (PyAV decodes only their
+sampled frames and what those are predicted from), so memory stays bounded whatever the shots.
+
 The video's own record ranks labels by the seconds they cover: each instant belongs to the
 window whose centre is nearest (:func:`segments`), and counts for that window's top-1 label, so
 the seconds add up to the video's duration.  Subtitles (``--format srt|vtt``) show the same
@@ -45,48 +56,83 @@ import queue
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .decode import Clip, FrameStream, SparseFrameStream, Unsupported, VideoInfo, decode_with_fallback, sample_indices
 from .decode.backend import Backend
+from .decode.files import one_line
 from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
+from .jobs import DEFAULT_MAX_SHOT_S
 from .parallel import ModelStreams, single_threaded_decode
+from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions, every_frame_stream
 from .storage import abort_downloads, local_input
 from .writers import error_record, make_record
 
-__all__ = ["Window", "window_lengths", "plan_windows", "window_indices", "TimelineReader", "TimelinePredictor",
+__all__ = ["Window", "window_lengths", "plan_windows", "plan_shot_windows", "DEFAULT_SHOT_BUFFER_MB", "ShotWindows",
+           "timeline_columns", "window_indices", "TimelineReader", "TimelinePredictor",
            "segments", "check_timeline", "TIMELINE_COLUMNS"]
 
 #: CSV columns a timeline run adds after the standard ones.
 TIMELINE_COLUMNS = ("type", "window", "start_s", "end_s")
 
 
+def timeline_columns(*, shots: bool = False, events: bool = False) -> tuple[str, ...]:
+    """:data:`TIMELINE_COLUMNS`, then ``shot`` (``--window shots``), then ``event`` and ``windows``
+    (``--events``: the event's number and its windows' numbers as a JSON list)."""
+    return (*TIMELINE_COLUMNS, *(("shot",) if shots else ()), *(("event", "windows") if events else ()))
+
+
+#: The most MiB of decoded frames (3 bytes a pixel) of one open shot kept while its end is not known:
+#: 31 s of 640x360 or 3.4 s of 1080p at 25 fps; a longer shot and the rest of its video are read in a
+#: second pass.
+DEFAULT_SHOT_BUFFER_MB = 512.0
+
+
 # ---------------------------------------------------------------------------- planning (pure)
 
 
 @dataclass(frozen=True)
-class Window:
-    """Frames ``[start, end)`` of a video, the ``index``-th window of its timeline."""
+class Window(FrameSpan):
+    """Frames ``[start, end)`` of a video, the ``index``-th window of its timeline (and a part of
+    shot number ``shot`` with ``--window shots``)."""
 
-    index: int
-    start: int
-    end: int
-    fps: float
-
-    @property
-    def start_s(self) -> float:
-        return self.start / self.fps
-
-    @property
-    def end_s(self) -> float:
-        return self.end / self.fps
+    shot: Optional[int] = None
 
 
-def check_timeline(window_s: Optional[float], stride_s: Optional[float]) -> None:
-    """UsageError unless ``--window`` (and ``--stride``, which needs it) are positive seconds."""
+@dataclass(frozen=True)
+class ShotWindows:
+    """``--window shots``: a window per shot (found with ``detection``), shots longer than
+    ``max_shot_s`` (None: no limit) cut into equal parts (:func:`plan_shot_windows`);
+    ``buffer_mb``: the most megabytes of decoded frames of an open shot kept to read the shots in
+    one pass (0: always two passes; see :class:`TimelineReader`)."""
+
+    max_shot_s: Optional[float] = DEFAULT_MAX_SHOT_S
+    detection: ShotOptions = ShotOptions()
+    buffer_mb: float = DEFAULT_SHOT_BUFFER_MB
+
+    def check(self) -> None:
+        _check_max_shot(self.max_shot_s)
+        self.detection.check()
+        if not (math.isfinite(self.buffer_mb) and self.buffer_mb >= 0):
+            raise UsageError(f"the shot buffer must be 0 MB or more, got {self.buffer_mb:g}")
+
+
+def _check_max_shot(max_shot_s: Optional[float]) -> None:
+    if max_shot_s is not None and not (math.isfinite(max_shot_s) and max_shot_s > 0):
+        raise UsageError(f"--max-shot must be a number of seconds greater than 0, got {max_shot_s:g}")
+
+
+def check_timeline(window_s: Optional[float], stride_s: Optional[float], *, shots: bool = False) -> None:
+    """UsageError unless ``--window`` (and ``--stride``, which needs it) are positive seconds;
+    with ``shots`` (``--window shots``) there is no ``window_s`` and no stride."""
+    if shots:
+        if stride_s is not None:
+            raise UsageError("--stride cannot be combined with --window shots: each shot is a window")
+        return
     if stride_s is not None and window_s is None:
         raise UsageError("--stride needs --window (the length of each window in seconds)")
     for name, value in (("--window", window_s), ("--stride", stride_s)):
@@ -117,22 +163,49 @@ def plan_windows(n: int, fps: float, window_s: float, stride_s: Optional[float] 
     return windows
 
 
+def plan_shot_windows(shots: Sequence[Shot], max_shot_s: Optional[float] = DEFAULT_MAX_SHOT_S, *,
+                      first_index: int = 0) -> list[Window]:
+    """A window per shot (:mod:`stamcli.shots`), numbered in order from ``first_index``; a shot longer than
+    ``max_shot_s`` (None: no limit) is cut into the fewest equal parts no longer than that
+    (``k = ceil(L / M)`` parts of ``L`` frames, ``M = round(max_shot_s * fps)``; part ``j`` starts
+    at frame ``floor(j * L / k)`` of the shot).  Every part carries its shot's number."""
+    _check_max_shot(max_shot_s)
+    windows: list[Window] = []
+    for shot in shots:
+        length = shot.end - shot.start
+        most = length if max_shot_s is None else max(1, round(max_shot_s * shot.fps))
+        parts = max(1, -(-length // most))
+        bounds = [shot.start + j * length // parts for j in range(parts + 1)]
+        windows += [Window(first_index + len(windows) + j, a, b, shot.fps, shot.index)
+                    for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    return windows
+
+
 def window_indices(window: Window, num_frames: int) -> list[int]:
     """The ``num_frames`` source frames sampled in ``window``: :func:`sample_indices` inside it."""
     return [window.start + i for i in sample_indices(window.end - window.start, num_frames)]
 
 
 def segments(spans: Sequence[tuple[float, float]], duration_s: float) -> list[tuple[float, float]]:
-    """The part of ``[0, duration_s]`` each window owns: the instants nearest its centre.
+    """The part of ``[0, duration_s]`` each window owns: the instants nearest its centre, kept
+    inside the windows where they meet.
 
     ``spans`` are the windows' ``(start_s, end_s)`` in order; the segments tile the video (the
-    first starts at 0, the last ends at ``duration_s``, each ends where the next begins).
+    first starts at 0, the last ends at ``duration_s``, each ends where the next begins).  Two
+    neighbouring windows part at the midpoint of their centres, moved into the stretch between
+    one's end and the other's start (the overlap of overlapping windows, the gap between windows
+    with a gap): so where windows do not overlap, such as shots or back-to-back windows with a
+    shorter tail, each window owns exactly its own span.  Windows of equal length always part
+    at the midpoint of their centres.
     """
     if not spans:
         return []
-    centres = [(a + b) / 2 for a, b in spans]
-    bounds = [0.0, *((x + y) / 2 for x, y in zip(centres, centres[1:])), max(duration_s, 0.0)]
-    bounds = [min(max(b, 0.0), bounds[-1]) for b in bounds]
+    end = max(duration_s, 0.0)
+    inner = []
+    for (a0, b0), (a1, b1) in zip(spans, spans[1:]):
+        lo, hi = min(b0, a1), max(b0, a1)
+        inner.append(min(max((a0 + b0 + a1 + b1) / 4, lo), hi))
+    bounds = [min(max(b, 0.0), end) for b in (0.0, *inner, end)]
     return list(zip(bounds, bounds[1:]))
 
 
@@ -160,15 +233,28 @@ class TimelineReader:
     of decodable frames, :attr:`duration_s` the video's duration and :attr:`decoder` the backend
     that read it (``"pyav"`` or ``"opencv"``, see the module docstring).  :attr:`peak_buffered` is
     the most preprocessed frames held at once (it depends on the window, stride and ``F``, not on
-    the video's length).
+    the video's length; with ``--window shots``: decoded frames of the open shot, at most
+    :attr:`ShotWindows.buffer_mb`).
+
+    With ``shots`` (``--window shots``) every frame is decoded once, handed to the shot detector
+    and kept (as decoded) until its shot ends; a shot's windows are handed on, their sampled
+    frames preprocessed, as soon as its end is certain (:attr:`shot_list` holds the shots
+    afterwards; :attr:`reread` counts the windows a second pass read).  ``on_frame(k)`` is called
+    for each frame of that pass (to show progress, or to stop it by raising).
     """
 
-    def __init__(self, path, num_frames: int, img_size: int, window_s: float, stride_s: Optional[float] = None, *,
-                 threads: int = 0, decoder: str = "auto"):
-        check_timeline(window_s, stride_s)
+    def __init__(self, path, num_frames: int, img_size: int, window_s: Optional[float],
+                 stride_s: Optional[float] = None, *, threads: int = 0, decoder: str = "auto",
+                 shots: Optional[ShotWindows] = None, on_frame: Optional[Callable[[int], None]] = None):
+        check_timeline(window_s, stride_s, shots=shots is not None)
+        if shots is not None:
+            shots.check()
         self.path, self.num_frames, self.img_size = path, num_frames, img_size
         self.window_s, self.stride_s, self.threads = window_s, stride_s, threads
         self.choice = decoder  # the backends allowed: "auto", "pyav" or "opencv"
+        self.shots, self.on_frame = shots, on_frame
+        self.shot_list: Optional[ShotList] = None  #: the shots found (``--window shots``)
+        self.reread = 0  #: windows read in a second pass (from a shot longer than ShotWindows.buffer_mb)
         self.frame_count: Optional[int] = None
         self.fps = 0.0
         self.peak_buffered = 0
@@ -180,54 +266,156 @@ class TimelineReader:
     def duration_s(self) -> float:
         return (self.frame_count or 0) / self.fps if self.fps > 0 else 0.0
 
+    @property
+    def shot_count(self) -> Optional[int]:
+        """The number of shots found (``--window shots``), else None."""
+        return None if self.shot_list is None else len(self.shot_list.shots)
+
     def __iter__(self) -> Iterator[tuple[Window, Clip]]:
         with local_input(self.path) as local:  # a URL is read from a temporary local copy
             yield from decode_with_fallback(self.choice, local, lambda backend: self._windows(backend, local))
 
     def _windows(self, backend: Backend, local) -> Iterator[tuple[Window, Clip]]:
-        """Every window of the file ``local``, read by ``backend``: PyAV knows the exact frame count before
-        decoding and plans every window up front; OpenCV walks the video and checks the header's count."""
+        """Every window of the file ``local``, read by ``backend``: PyAV knows the exact frame count
+        before decoding and plans every window up front; OpenCV walks the video and checks the
+        header's count.  Shots are found in the same pass that reads their frames (:meth:`_shot_windows`)."""
+        self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0  # PyAV may have begun
+        if self.shots is not None:
+            return self._shot_windows(backend, local)
         return self._planned(local) if backend.name == "pyav" else self._streamed(local)
+
+    def _clip(self, window: Window, indices: list[int], frames: list[torch.Tensor], info: VideoInfo) -> Clip:
+        return Clip(path=os.fsdecode(self.path), frames=torch.stack(frames), indices=indices,
+                    frame_count=window.end - window.start, fps=info.fps, duration_s=window.end_s - window.start_s,
+                    width=info.width, height=info.height, rotation=info.rotation, decoder=self.decoder)
 
     def _window_clip(self, window: Window, indices: list[int], buffer: dict, need: Counter, sampled,
                      info: VideoInfo) -> Clip:
         """The window's clip from the buffered frames; frames no open window samples any more are dropped."""
-        frames = torch.stack([buffer[j] for j in indices])
+        clip = self._clip(window, indices, [buffer[j] for j in indices], info)
         for j in sampled:
             need[j] -= 1
             if need[j] <= 0:
                 need.pop(j, None)
                 buffer.pop(j, None)
-        return Clip(path=os.fsdecode(self.path), frames=frames, indices=indices, frame_count=window.end - window.start,
-                    fps=info.fps, duration_s=window.end_s - window.start_s, width=info.width, height=info.height,
-                    rotation=info.rotation, decoder=self.decoder)
+        return clip
+
+    def _fill(self, windows: list[Window], frames: Callable[[list[int]], Iterator[tuple[int, torch.Tensor]]],
+              info: Callable[[], VideoInfo], count: Callable[[], None]) -> Iterator[tuple[Window, Clip]]:
+        """Planned ``windows`` from ``frames(wanted)``, which yields the wanted frames in increasing
+        order: a window is handed on as soon as its last sampled frame is out (windows stay in order)."""
+        plans = [window_indices(w, self.num_frames) for w in windows]
+        need = Counter(j for indices in plans for j in set(indices))
+        buffer: dict[int, torch.Tensor] = {}
+        ready = 0  # windows handed on
+        for k, frame in frames(sorted(need)):
+            count()
+            buffer[k] = frame
+            self.peak_buffered = max(self.peak_buffered, len(buffer))
+            while ready < len(windows) and max(plans[ready]) <= k:
+                window, indices = windows[ready], plans[ready]
+                ready += 1
+                yield window, self._window_clip(window, indices, buffer, need, set(indices), info())
 
     def _planned(self, local) -> Iterator[tuple[Window, Clip]]:
         """PyAV (:class:`SparseFrameStream`): the exact frame count first, so every window is planned
-        up front and only their sampled frames (and what those are predicted from) are decoded.
-        A window is handed on as soon as its last sampled frame is out (windows stay in order)."""
+        up front and only their sampled frames (and what those are predicted from) are decoded."""
         with SparseFrameStream(local, self.img_size, threads=self.threads) as stream:
             if stream.fps <= 0:
                 raise Unsupported("no frame rate")  # OpenCV's path explains it
             self.decoder, self.fps, self.frame_count = "pyav", stream.fps, stream.frame_count
             windows = plan_windows(stream.frame_count, stream.fps, self.window_s, self.stride_s)
-            plans = [window_indices(w, self.num_frames) for w in windows]
-            need = Counter(j for indices in plans for j in set(indices))
-            buffer: dict[int, torch.Tensor] = {}
-            ready = 0  # windows handed on
-            for k, frame in stream.frames(sorted(need)):
-                self.grabs, self.retrieved = stream.decoded, stream.retrieved
-                buffer[k] = frame
-                self.peak_buffered = max(self.peak_buffered, len(buffer))
-                while ready < len(windows) and max(plans[ready]) <= k:
-                    window, indices = windows[ready], plans[ready]
-                    ready += 1
-                    yield window, self._window_clip(window, indices, buffer, need, set(indices), stream.info)
+            yield from self._fill(windows, stream.frames, lambda: stream.info, self._counter(stream))
+
+    def _counter(self, stream) -> Callable[[], None]:
+        """Copies ``stream``'s counts of decoded and preprocessed frames into :attr:`grabs` and :attr:`retrieved`."""
+        def count():
+            self.grabs = stream.decoded if isinstance(stream, SparseFrameStream) else stream.grabs
+            self.retrieved = stream.retrieved
+        return count
+
+    def _shot_windows(self, backend: Backend, local) -> Iterator[tuple[Window, Clip]]:
+        """``--window shots`` in one pass: every frame decoded once, pushed to a
+        :class:`~stamcli.shots.ShotDetector` and kept as decoded until the shot it belongs to
+        ends; the windows of a shot are handed on once the detector can no longer move its end,
+        and only the frames they sample are preprocessed.
+
+        An open shot whose frames outgrow :attr:`ShotWindows.buffer_mb` stops the keeping for
+        the rest of the video: its windows and all later ones are planned as the shots come and
+        read in a second pass of the same backend (PyAV: only their sampled frames)."""
+        with every_frame_stream(backend, local, self.img_size, self.threads) as (stream, fps):
+            self.decoder, self.fps = backend.name, fps
+            detector = ShotDetector(fps, self.shots.detection)
+            planned: list[Window] = []  # every window so far; those from `deferred` on wait for a second pass
+            deferred: Optional[int] = None
+            buffer: dict[int, np.ndarray] = {}  # frame -> upright BGR as decoded, from the open shot's first frame
+            budget = self.shots.buffer_mb * 2**20
+            count = self._counter(stream)
+
+            def ended(shots: list[Shot]) -> Iterator[tuple[Window, Clip]]:
+                nonlocal deferred
+                for shot in shots:
+                    windows = plan_shot_windows([shot], self.shots.max_shot_s, first_index=len(planned))
+                    planned.extend(windows)
+                    if deferred is not None or any(j not in buffer for j in range(shot.start, shot.end)):
+                        deferred = windows[0].index if deferred is None else deferred
+                        continue
+                    for window in windows:
+                        indices = window_indices(window, self.num_frames)
+                        frames = {j: stream.preprocess(buffer[j]) for j in set(indices)}
+                        yield window, self._clip(window, indices, [frames[j] for j in indices], stream.info)
+                    for j in range(shot.start, shot.end):
+                        del buffer[j]
+
+            for k, bgr in stream.every_frame():
+                if self.on_frame is not None:
+                    self.on_frame(k)
+                detector.push(bgr)
+                if deferred is None:
+                    buffer[k] = bgr
+                    self.peak_buffered = max(self.peak_buffered, len(buffer))
+                yield from ended(detector.finished())
+                count()
+                if deferred is None and len(buffer) * bgr.nbytes > budget:
+                    buffer.clear()  # the open shot's windows are read again, and every later one
+                    deferred = len(planned)
+            if detector.frames == 0:
+                raise VideoError(f"cannot read video {one_line(self.path)}: no decodable video frames")
+            shots = detector.shots()
+            yield from ended(shots[detector.handed:])
+            count()
+            self.frame_count = detector.frames
+            self.shot_list = ShotList(shots, detector.frames, fps, backend.name)
+        if deferred is not None:
+            self.reread = len(planned) - deferred
+            yield from self._reread(planned[deferred:], backend.name == "pyav", local)
+
+    def _reread(self, windows: list[Window], pyav: bool, local) -> Iterator[tuple[Window, Clip]]:
+        """The second pass over planned shot windows of the file ``local``, with the backend of the first."""
+        if pyav:
+            with SparseFrameStream(local, self.img_size, threads=self.threads) as stream:
+                if stream.frame_count != self.frame_count:
+                    raise Unsupported("the second pass found other frames")
+                yield from self._fill(windows, stream.frames, lambda: stream.info, self._counter(stream))
+            return
+        with FrameStream(local, self.img_size, threads=self.threads) as stream:
+
+            def frames(wanted: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+                for i, frame in stream.frames(set(wanted).__contains__):
+                    if frame is not None:
+                        yield i, frame
+
+            filled = 0
+            for item in self._fill(windows, frames, lambda: stream.info, self._counter(stream)):
+                filled += 1
+                yield item
+            if filled < len(windows):
+                raise VideoError(f"cannot read video {stream.info.path}: it ended at another frame when read "
+                                 "again after finding its shots")
 
     def _streamed(self, local) -> Iterator[tuple[Window, Clip]]:
         """OpenCV (:class:`FrameStream`): every frame decoded in turn, windows opened as the stream
         reaches them and planned from the header's count, which the stream's end then checks."""
-        self.frame_count, self.peak_buffered, self.grabs, self.retrieved = None, 0, 0, 0  # PyAV may have begun
         with FrameStream(local, self.img_size, threads=self.threads) as stream:
             info = stream.info
             if info.fps <= 0:
@@ -285,6 +473,10 @@ class TimelineReader:
 _END = object()
 
 
+class _Stopped(Exception):
+    """The run is stopping (Ctrl-C): the decode thread leaves the video it is reading."""
+
+
 @dataclass
 class _Item:
     """What the decode thread hands over: a filled window, or the end of a video (its reader or error)."""
@@ -308,15 +500,17 @@ class TimelinePredictor:
     >>> for record in timeline.predict(["match.mp4"]): print(record["start_s"], record["predictions"][0])
     """
 
-    def __init__(self, predictor: Predictor, window_s: float, stride_s: Optional[float] = None):
-        check_timeline(window_s, stride_s)
-        self.predictor, self.window_s, self.stride_s = predictor, window_s, stride_s
+    def __init__(self, predictor: Predictor, window_s: Optional[float], stride_s: Optional[float] = None, *,
+                 shots: Optional[ShotWindows] = None):
+        check_timeline(window_s, stride_s, shots=shots is not None)
+        self.predictor, self.window_s, self.stride_s, self.shots = predictor, window_s, stride_s, shots
         self.peak_buffered = 0  #: the most frames any video's reader held at once
         self._tops: dict[str, list[tuple[Window, Optional[dict]]]] = {}  # scored windows of unfinished videos
 
-    def reader(self, path: str) -> TimelineReader:
+    def reader(self, path: str, on_frame: Optional[Callable[[int], None]] = None) -> TimelineReader:
         spec = self.predictor.clip_spec
-        return TimelineReader(path, spec.num_frames, spec.img_size, self.window_s, self.stride_s, decoder=spec.decoder)
+        return TimelineReader(path, spec.num_frames, spec.img_size, self.window_s, self.stride_s, decoder=spec.decoder,
+                              shots=self.shots, on_frame=on_frame)
 
     def predict(self, paths: Iterable[str]) -> Iterator[dict]:
         """Window records and a video record for each path (see the README for the schema)."""
@@ -361,15 +555,21 @@ class TimelinePredictor:
                     pass
             return False
 
+        def stopping(_frame: int) -> None:  # the shot detection pass reads a whole video: stop it on Ctrl-C
+            if stop.is_set():
+                raise _Stopped
+
         single_threaded_decode()
         try:
             for path in paths:
-                reader = self.reader(path)
+                reader = self.reader(path, on_frame=stopping)
                 try:
                     for window, clip in reader:
                         if not put(_Item(path, window, clip)):
                             return
                     end = _Item(path, reader=reader)
+                except _Stopped:
+                    return
                 except Exception as err:  # one bad video never stops the run
                     end = _Item(path, error=error_reason(err))
                 self.peak_buffered = max(self.peak_buffered, reader.peak_buffered)
@@ -393,9 +593,10 @@ class TimelinePredictor:
                 top = predictions[0] if predictions else None  # None: no label reached --min-score/thresholds
                 self._tops.setdefault(item.path, []).append((item.window, top))
                 w = item.window
+                shot = {} if self.shots is None else {"shot": w.shot}
                 yield make_record(item.path, predictions=predictions, frames=w.end - w.start, model=model,
                                   duration_s=w.end_s - w.start_s, fps=w.fps, type="window", window=w.index,
-                                  start_s=w.start_s, end_s=w.end_s)
+                                  start_s=w.start_s, end_s=w.end_s, **shot)
                 continue
             tops = self._tops.pop(item.path, [])
             if item.error is not None:
@@ -418,6 +619,7 @@ class TimelinePredictor:
         predictions = [{"label": label, "index": index, "score": s / duration if duration > 0 else 0.0}
                        for (label, index), s in ranked[: self.predictor.top_k]]
         coverage = [{"label": label, "index": index, "seconds": s} for (label, index), s in ranked]
+        shots = {} if reader.shot_count is None else {"shots": reader.shot_count}
         return make_record(path, predictions=predictions, frames=reader.frame_count, model=self.predictor.model.name,
                            duration_s=duration, fps=reader.fps, type="video", window=None, start_s=0.0,
-                           end_s=duration, windows=len(tops), coverage=coverage)
+                           end_s=duration, windows=len(tops), **shots, coverage=coverage)

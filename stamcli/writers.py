@@ -202,19 +202,23 @@ def _csv_record(row: list[str], col: dict, k: int) -> dict:
     return rec
 
 
-_TYPED_COLUMNS = {"window": int, "start_s": float, "end_s": float}  # extra CSV columns read back typed
+# extra CSV columns read back typed (``windows``, an event's window numbers, is written as a JSON list)
+_TYPED_COLUMNS = {"window": int, "start_s": float, "end_s": float, "shot": int, "event": int, "windows": json.loads}
+
+#: Record types that are part of a video's timeline and come before its ``"video"`` record.
+PART_TYPES = ("window", "event")
 
 
 def _kept_ok(records: list[dict]) -> list[dict]:
     """The records of videos done ``ok``, only the last time per path (in the order of those last times).
 
-    A ``"type": "window"`` record belongs to the next video record of its path; windows not
-    followed by an ``ok`` video record (an error, or a run cut short) are dropped.
+    A ``"type": "window"`` or ``"event"`` record belongs to the next video record of its path; those
+    not followed by an ``ok`` video record (an error, or a run cut short) are dropped.
     """
     windows: dict[str, list[dict]] = {}
     kept: dict[str, list[dict]] = {}
     for rec in records:
-        if rec.get("type") == "window":
+        if rec.get("type") in PART_TYPES:
             windows.setdefault(rec["path"], []).append(rec)
             continue
         group = windows.pop(rec["path"], [])
@@ -316,14 +320,21 @@ class _FileWriter(ResultWriter):
         except BaseException as err:
             if pos is not None:  # never leave half a record behind (e.g. Ctrl-C mid-write)
                 try:
-                    self._fh.truncate(pos)
-                    self._fh.seek(pos)
+                    if not isinstance(err, OSError) and self._whole_record_in_file(pos, text):
+                        self._n += 1  # only its fsync was cut short (Ctrl-C): the record is kept
+                    else:
+                        self._fh.truncate(pos)
+                        self._fh.seek(pos)
                 except OSError:
                     pass
             if isinstance(err, OSError):
                 raise StamError(f"cannot write results to {self.path}: {err.strerror or err}") from None
             raise
         self._n += 1
+
+    def _whole_record_in_file(self, pos: int, text: str) -> bool:
+        """Whether all of ``text``, written from ``pos`` on, already reached the file (not only its buffer)."""
+        return os.fstat(self._fh.fileno()).st_size == pos + len(text.encode(*_ENC))
 
     def close(self) -> None:
         if self.closed:
@@ -379,9 +390,12 @@ class JsonWriter(_FileWriter):
 
 
 def csv_cell(value) -> str:
-    """A CSV cell: empty for None, floats at full precision (``repr``), numpy scalars as Python ones."""
+    """A CSV cell: empty for None, floats at full precision (``repr``), numpy scalars as Python ones,
+    lists as JSON."""
     if value is None:
         return ""
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
     value = value.item() if hasattr(value, "item") else value
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -441,6 +455,8 @@ class TableWriter(ResultWriter):
         shown = str(record.get("path"))
         if record.get("type") == "window":  # a timeline window: where it is in the video
             shown += f" [{record['start_s']:.1f}-{record['end_s']:.1f}s]"
+        elif record.get("type") == "event":
+            shown += f" [event {record['start_s']:.1f}-{record['end_s']:.1f}s]"
         elif record.get("type") == "video" and record.get("status") == "ok":  # its summary: share of time
             shown += " [share of time]"
         line = Text(_fit(shown, wp, keep_end=True) + " ")

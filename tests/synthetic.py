@@ -381,3 +381,163 @@ def write_motion_dataset(root, per_class: int = 20, frames: int = 16, size: int 
         writer.writerow(("path", "label"))
         writer.writerows(rows)
     return root
+
+
+# ---------------------------------------------------------------------------- shot videos (cuts and fades)
+
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A procedural shot: a ``pattern`` of amplitude ``contrast`` around a mean BGR ``colour``,
+    moving ``velocity`` = (down, right) pixels per frame, with a little sensor noise per frame.
+
+    Patterns: ``stripes`` (at ``angle`` degrees, ``period`` pixels), ``checker`` (squares of
+    ``period``), ``blobs`` (smooth random texture, features about ``period`` pixels), ``flat``.
+    Every pattern has mean 0, so scenes with the same ``colour`` have the same mean colour.
+    """
+
+    colour: tuple[int, int, int]
+    pattern: str = "stripes"
+    contrast: float = 50.0
+    velocity: tuple[float, float] = (0.0, 1.0)
+    period: float = 24.0
+    angle: float = 0.0
+    seed: int = 0
+
+    def texture(self, height: int, width: int) -> np.ndarray:
+        """The still pattern, float32 in [-1, 1], periodic (it wraps as it moves)."""
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        if self.pattern == "stripes":
+            a = np.deg2rad(self.angle)
+            return np.sin(2 * np.pi * (xx * np.cos(a) + yy * np.sin(a)) / self.period)
+        if self.pattern == "checker":
+            cells = (np.floor(xx / self.period) + np.floor(yy / self.period)) % 2
+            return (2 * cells - 1).astype(np.float32)
+        if self.pattern == "blobs":
+            import cv2
+
+            rng = np.random.default_rng(self.seed)
+            small = rng.uniform(-1, 1, (max(2, round(height / self.period)), max(2, round(width / self.period))))
+            big = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+            big -= big.mean()
+            return np.clip(big / max(np.abs(big).max(), 1e-6), -1, 1)
+        if self.pattern == "flat":
+            return np.zeros((height, width), np.float32)
+        raise ValueError(f"unknown pattern {self.pattern!r}")
+
+    def frames(self, count: int, height: int, width: int, start: int = 0):
+        """``count`` BGR uint8 frames of the scene from its frame ``start`` (float32 before rounding)."""
+        base = self.texture(height, width)
+        colour = np.asarray(self.colour, np.float32)
+        rng = np.random.default_rng([self.seed, start, 7])
+        for t in range(start, start + count):
+            dy, dx = round(self.velocity[0] * t), round(self.velocity[1] * t)
+            tex = np.roll(base, (dy, dx), axis=(0, 1))
+            img = colour + self.contrast * tex[..., None] + rng.normal(0, 2.0, (height, width, 1))
+            yield np.clip(img, 0, 255)
+
+
+#: Named scenes of the shot-detection videos: different colours; textures of the same mean grey;
+#: fast pans; dark, low-contrast scenes. ``SCENE_PAIRS_SIMILAR`` lists cuts that are hard to see.
+SCENES: dict[str, Scene] = {
+    "red": Scene((40, 50, 200), "stripes", 40, (0, 1.5), 28, 20, seed=1),
+    "green": Scene((60, 190, 60), "checker", 40, (1.0, 0), 20, seed=2),
+    "blue": Scene((200, 80, 40), "blobs", 60, (0.5, 1.0), 30, seed=3),
+    "yellow": Scene((40, 200, 210), "stripes", 40, (0, -1.0), 18, 100, seed=4),
+    "grey_stripes": Scene((128, 128, 128), "stripes", 70, (0, 2.0), 24, 45, seed=5),
+    "grey_checker": Scene((128, 128, 128), "checker", 70, (0, 2.0), 24, seed=6),
+    "grey_blobs": Scene((128, 128, 128), "blobs", 70, (1.0, 1.0), 24, seed=7),
+    "pan_a": Scene((70, 120, 160), "blobs", 70, (0, 6.0), 20, seed=8),
+    "pan_b": Scene((70, 120, 160), "blobs", 70, (0, 6.0), 20, seed=9),
+    "whip_pan": Scene((90, 140, 120), "blobs", 80, (2.0, 14.0), 16, seed=13),
+    "dark_a": Scene((22, 22, 26), "stripes", 10, (0, 1.0), 24, 0, seed=10),
+    "dark_b": Scene((22, 22, 26), "checker", 10, (0, 1.0), 24, seed=11),
+    "dark_c": Scene((30, 20, 18), "blobs", 12, (0.5, 0.5), 24, seed=12),
+}
+
+
+@dataclass(frozen=True)
+class ShotSpec:
+    """One shot of a generated video: ``frames`` of ``scene`` (a key of :data:`SCENES`).
+
+    ``dissolve`` frames before the shot's start cross-fade from the previous shot into this one
+    (0: a hard cut); ``through_black`` makes it a fade out to black and back in instead.
+    ``flashes`` are frames of the shot (from its start) lit up as by a photographer's flash.
+    """
+
+    scene: str
+    frames: int
+    dissolve: int = 0
+    through_black: bool = False
+    flashes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShotTruth:
+    """Where a generated video's shots change: ``cuts`` (first frames of shots after hard cuts),
+    ``fades`` (``(start, end)`` frame ranges of gradual transitions), its ``frames`` and ``fps``."""
+
+    cuts: tuple[int, ...]
+    fades: tuple[tuple[int, int], ...]
+    frames: int
+    fps: float
+    starts: tuple[int, ...]  #: first frame of every shot (a fade's shot starts where the fade ends)
+
+
+def shot_frames(shots: Sequence[ShotSpec], height: int = 180, width: int = 320):
+    """The BGR uint8 frames of ``shots`` in order, and their :class:`ShotTruth` (fps unset: 0)."""
+    out: list[np.ndarray] = []
+    cuts, fades, starts = [], [], []
+    for k, shot in enumerate(shots):
+        scene = SCENES[shot.scene]
+        d = min(shot.dissolve, len(out)) if k else 0
+        frames = list(scene.frames(shot.frames, height, width, start=d))  # the scene moves on through the fade
+        for j in shot.flashes:
+            frames[j] = frames[j] * 0.3 + 200
+        if d:  # the last d frames of the previous shot fade into the scene's first d frames
+            for j, head in enumerate(scene.frames(d, height, width)):
+                a, tail = (j + 1) / (d + 1), out[len(out) - d + j]
+                if shot.through_black:  # out to black over the first half, in over the second
+                    mixed = tail * max(0.0, 1 - 2 * a) if a < 0.5 else head * min(1.0, 2 * a - 1)
+                else:
+                    mixed = (1 - a) * tail + a * head
+                out[len(out) - d + j] = mixed
+            fades.append((len(out) - d, len(out)))
+        elif k:
+            cuts.append(len(out))
+        starts.append(len(out))
+        out.extend(frames)
+    frames_u8 = [np.clip(np.rint(f), 0, 255).astype(np.uint8) for f in out]
+    return frames_u8, ShotTruth(tuple(cuts), tuple(fades), len(out), 0.0, tuple(starts))
+
+
+def write_shot_video(path, shots: Sequence[ShotSpec], fps: float = 25, height: int = 180, width: int = 320,
+                     codec: str = "libx264", **av_kwargs) -> ShotTruth:
+    """Write ``shots`` as a video (H.264 by default, with PyAV) and return where its shots change."""
+    frames, truth = shot_frames(shots, height, width)
+    # one x264 thread and one lookahead thread: the same file every time
+    av_kwargs.setdefault("options", {"preset": "veryfast", "x264-params": "threads=1:lookahead-threads=1"})
+    write_video_av(path, frames, fps, codec, **av_kwargs)
+    return ShotTruth(truth.cuts, truth.fades, truth.frames, float(fps), truth.starts)
+
+
+#: Videos for measuring shot detection (25 fps): name -> shots.  Hard cuts of every kind, shots of
+#: 2 s between cuts, and gradual transitions, each of which should give at most one cut.
+SHOT_SUITE: dict[str, tuple[ShotSpec, ...]] = {
+    "colour cuts, 2 s shots": (ShotSpec("red", 75), ShotSpec("green", 50), ShotSpec("blue", 50),
+                               ShotSpec("yellow", 50), ShotSpec("red", 60)),
+    "same mean grey, other texture": (ShotSpec("grey_stripes", 75), ShotSpec("grey_checker", 75),
+                                      ShotSpec("grey_blobs", 60), ShotSpec("grey_stripes", 60)),
+    "cut inside a fast pan": (ShotSpec("pan_a", 90), ShotSpec("pan_b", 75), ShotSpec("pan_a", 75)),
+    "dark, low contrast": (ShotSpec("dark_a", 75), ShotSpec("dark_b", 75), ShotSpec("dark_c", 75),
+                           ShotSpec("dark_a", 60)),
+    "2 s cross-dissolve": (ShotSpec("red", 100), ShotSpec("blue", 100, dissolve=50), ShotSpec("green", 75)),
+    "4 s cross-dissolve, same grey": (ShotSpec("grey_blobs", 175), ShotSpec("grey_stripes", 150, dissolve=100)),
+    "2 s fade through black": (ShotSpec("green", 100), ShotSpec("yellow", 100, dissolve=50, through_black=True),
+                               ShotSpec("blue", 60)),
+    "4 s fade through black": (ShotSpec("blue", 125), ShotSpec("grey_blobs", 150, dissolve=100, through_black=True)),
+    "whip pan, flashes, no cut": (ShotSpec("whip_pan", 150), ShotSpec("grey_blobs", 125, flashes=(40, 41, 80))),
+}

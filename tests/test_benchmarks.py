@@ -188,6 +188,18 @@ def test_the_cuda_section_measures_on_any_device(tmp_path):
     assert "| 2 | " in table and "decode alone, videos/s" in table
 
 
+def test_the_shot_cost_benchmark_times_every_step(tmp_path):
+    from benchmarks.shots import cost
+
+    text = cost(tmp_path, seconds=4, shot_s=2, width=160, height=90, quick=True, log=lambda *_: None)
+    assert (tmp_path / "shots_cost.md").read_text() == text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3 + 2 * 4 and "(2 shots)" in text
+    assert [r[0].lstrip("| ").split(",")[0].split(":")[0] for r in rows[3:7]] == [
+        "fixed 2 s windows", "--window shots", "--window shots", "model on the shot windows"]
+    assert all(float(r[1].rstrip(" |")) > 0 for r in rows)
+
+
 def test_the_ray_benchmark_starts_and_renders_its_table(capsys):
     """``python -m benchmarks.ray_engine`` needs root and minutes (it is not run here): its command line
     and its table from a result of the shape ``inner`` returns."""

@@ -555,7 +555,8 @@ def test_usage_errors_exit_2(clips, tiny_checkpoint, tmp_path):
         (["--window", 0], "--window must be a number of seconds greater than 0, got 0"),
         (["--window", 2, "--stride", -1], "--stride must be a number of seconds greater than 0, got -1"),
         (["--stride", 1], "--stride needs --window"),
-        (["--format", "xml"], "unknown format 'xml': choose one of csv, json, jsonl, parquet, srt, vtt"),
+        (["--format", "xml"], "unknown format 'xml': choose one of csv, json, jsonl, parquet, srt, vtt, otio, edl, "
+                              "fcp7xml, chapters, ffmetadata"),
         ([clips / "b.mp4", "--window", 1, "-o", tmp_path / "x.srt"], "is one subtitle file, but there are 2 videos"),
         ([both, "--format", "srt", "--window", 1], "would both write their subtitles to"),
         (["--window", 1, "--preview", tmp_path / "sheets"], "--preview cannot be combined with --window"),
@@ -588,7 +589,7 @@ def test_torchrun_merge_keeps_the_timeline_columns_and_only_finished_videos(tmp_
         with open_writer(_part_path(str(out), rank, 2), "csv", top_k=1, columns=TIMELINE_COLUMNS) as writer:
             for rec in (record(path, "window", 0), record(path, "window", 1), record(path, "video")):
                 writer.write(rec)
-    _merge_parts(job, "csv", 1, Distributed(0, 2))
+    _merge_parts(job, "csv", 1, Distributed(0, 2), TIMELINE_COLUMNS)
     merged = read_records(out)
     assert [(r["path"], r["type"], r["window"]) for r in merged] == [
         ("x", "window", 0), ("x", "video", None), ("y", "window", 0), ("y", "window", 1), ("y", "video", None),
@@ -621,5 +622,7 @@ def test_progress_shows_where_in_a_long_video_and_counts_videos():
                           "end_s": 3725.4})
         assert task.completed == 0 and task.fields["where"] == r" \[match].mp4 at 1:02:05"
         assert progress._progress.columns[0].render(task).plain == "tagging [match].mp4 at 1:02:05"
+        progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "event", "start_s": 0.0, "end_s": 9.0})
+        assert task.completed == 0  # events are not videos
         progress.advance({"path": "/x/[match].mp4", "status": "ok", "type": "video"})
         assert task.completed == 1 and task.fields["where"] == ""

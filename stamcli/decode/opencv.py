@@ -316,3 +316,23 @@ class FrameStream:
                 index += 1
         except cv2.error as exc:
             raise _opencv_error(self.path, exc) from None
+
+    def every_frame(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, upright BGR uint8 frame)`` for every decodable frame in order (shot detection
+        reads them all); :meth:`preprocess` turns one into what :meth:`frames` yields."""
+        name, index = one_line(self.path), 0
+        try:
+            while self.cap.grab():
+                self.grabs += 1
+                bgr = _retrieve_upright(self.cap, self.info.rotation)
+                if bgr is None:
+                    raise VideoError(f"cannot read video {name}: frame {index} cannot be converted")
+                yield index, bgr
+                index += 1
+        except cv2.error as exc:
+            raise _opencv_error(self.path, exc) from None
+
+    def preprocess(self, bgr: np.ndarray) -> torch.Tensor:
+        """An :meth:`every_frame` frame as :meth:`frames` yields it (counted in :attr:`retrieved`)."""
+        self.retrieved += 1
+        return preprocess_frame(bgr, self.img_size, self.resize_size)

@@ -307,3 +307,14 @@ class SparseFrameStream:
         for k, bgr in self._decoder.frames(wanted):
             self.retrieved += 1
             yield k, preprocess_frame(rotate(bgr, self._decoder.rotation), self.img_size, self.resize_size)
+
+    def every_frame(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, upright BGR uint8 frame)`` for every frame in order (shot detection reads them
+        all); :meth:`preprocess` turns one into what :meth:`frames` yields."""
+        for k, bgr in self._decoder.frames(range(self.frame_count)):
+            yield k, rotate(bgr, self._decoder.rotation)
+
+    def preprocess(self, bgr: np.ndarray) -> torch.Tensor:
+        """An :meth:`every_frame` frame as :meth:`frames` yields it (counted in :attr:`retrieved`)."""
+        self.retrieved += 1
+        return preprocess_frame(bgr, self.img_size, self.resize_size)
