@@ -7,6 +7,8 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -36,11 +38,76 @@ def pytest_configure(config):
     os.environ[REQUIRE_DEVICE_ENV] = "1"
 
 
-def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: float = 0.05,
-                   timeout_s: float = 120, env: Optional[dict] = None) -> str:
+#: Run by :func:`interrupt_when` with ``hold``: ``stam`` whose function ``argv[1]`` ("module:Qual.name")
+#: waits, when called for the ``argv[2]``-th time, until Ctrl-C arrives (having touched the file ``argv[3]``),
+#: then goes on (or the KeyboardInterrupt raised by the program's own handler propagates from there).
+_HELD_STAM = """
+import importlib, os, pathlib, signal, sys, time
+target, calls, flag, test = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), os.getppid()
+module, _, qualname = target.partition(":")
+owner = importlib.import_module(module)
+*parents, name = qualname.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+real, count = getattr(owner, name), 0
+
+def held(*args, **kwargs):
+    global count
+    count += 1
+    if count == calls:
+        pressed, program_handler = [], signal.getsignal(signal.SIGINT)
+
+        def noted(signum, frame):
+            pressed.append(signum)
+            signal.signal(signal.SIGINT, program_handler)
+            program_handler(signum, frame)  # stam's own Ctrl-C handling, from this point of the run
+
+        signal.signal(signal.SIGINT, noted)
+        flag.touch()
+        while not pressed and os.getppid() == test:  # the test presses Ctrl-C once it sees the flag
+            time.sleep(0.005)
+    return real(*args, **kwargs)
+
+setattr(owner, name, held)
+sys.argv = ["stam", *sys.argv[4:]]
+from stamcli.cli import main
+main()
+"""
+
+
+def interrupt_when(command: list[str], ready: Optional[Callable[[], bool]] = None, *,
+                   hold: Optional[tuple[str, int]] = None, poll_s: float = 0.02, timeout_s: float = 600,
+                   env: Optional[dict] = None) -> str:
     """Run ``command`` in a child process with this checkout's stamcli (``env``: default
-    :data:`CHILD_ENV`), press Ctrl-C (SIGINT) as soon as ``ready()`` (or after ``timeout_s``), and
-    return its stderr. It must exit with code 130 and print no traceback."""
+    :data:`CHILD_ENV`), press Ctrl-C (SIGINT) as soon as ``ready()``, and return its stderr. It must
+    exit with code 130 and print no traceback.
+
+    With ``hold=("module:Qual.name", n)``, ``command`` is the arguments of ``stam`` (``["predict",
+    ...]``) and the run waits just before its ``n``-th call of that function (in the main thread)
+    until Ctrl-C arrives: the signal lands at that point of the run whatever the machine's load,
+    and never after the run has ended. ``ready`` is then "the run is waiting there".
+
+    ``timeout_s`` only guards against a hung run: Ctrl-C is pressed then anyway."""
+    with tempfile.TemporaryDirectory(prefix="stam-hold-") as folder:
+        if hold is not None:
+            flag = Path(folder) / "waiting"
+            command = [sys.executable, "-c", _HELD_STAM, hold[0], str(hold[1]), str(flag), *command]
+            ready = flag.exists
+        proc = _start_with_ctrl_c(command, CHILD_ENV if env is None else env)
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        ended_first = proc.poll() is not None
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=timeout_s)
+    assert not ended_first, f"the run ended (exit {proc.returncode}) before Ctrl-C was due: {stderr[-2000:]}"
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    return stderr
+
+
+def _start_with_ctrl_c(command: list[str], env: dict) -> subprocess.Popen:
+    """Start ``command`` (stdout and stderr piped) so that Ctrl-C reaches it as from a terminal."""
     # A shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that:
     # Python then never raises KeyboardInterrupt and the run ends as if nothing was pressed. The
     # child gets Ctrl-C as from a terminal if this process handles SIGINT while it starts.
@@ -48,19 +115,11 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], *, poll_s: flo
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=CHILD_ENV if env is None else env)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not ready():
-        time.sleep(poll_s)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=timeout_s)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr
-    return stderr
+
 
 def run_ranks(target: Callable, world: int, *args, timeout_s: float = 180) -> list:
     """``target(*args)`` in ``world`` fresh processes joined as the ranks of one torchrun job on

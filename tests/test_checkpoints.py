@@ -28,7 +28,8 @@ def test_official_fixture_logits_match_the_authors_implementation():
     with torch.inference_mode():
         logits = model(io["frames_uint8"].float() / 255)
     assert logits.shape == (3, 10)
-    assert (logits - io["logits"]).abs().max().item() < 1e-4
+    # README: "within 1e-5 of the authors' code" (2-3e-6 measured with AVX2 and AVX-512 kernels, 1-2 threads)
+    assert (logits - io["logits"]).abs().max().item() < 1e-5
     c = model.config
     assert (c.embed_dim, c.depth, c.num_heads, c.temporal_layers, c.temporal_heads, c.temporal_ff, c.frames) == (
         96, 2, 3, 2, 8, 2048, 8)
@@ -48,7 +49,7 @@ def test_official_fixture_with_explicit_arch_and_without_sidecar(tmp_path):
         model = load_checkpoint(copy, arch=given)
         with torch.inference_mode():
             logits = model(_official_io()["frames_uint8"].float() / 255)
-        assert (logits - _official_io()["logits"]).abs().max().item() < 1e-4
+        assert (logits - _official_io()["logits"]).abs().max().item() < 1e-5
 
 
 def _save_authors(model, path: Path, wrap: str | None = "model") -> Path:
@@ -111,25 +112,25 @@ def test_pickles_with_python_objects_are_refused_unless_trusted(tmp_path):
 
 
 def test_file_errors_are_one_clear_line(tmp_path):
-    with pytest.raises(CheckpointError, match=r"^checkpoint not found: .*missing.pth$"):
-        load_checkpoint(tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file$"):
-        load_checkpoint(tmp_path)
-    (tmp_path / "empty.pth").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"empty.pth is empty, not a checkpoint$"):
-        load_checkpoint(tmp_path / "empty.pth")
-    (tmp_path / "notes.pth").write_text("these are my notes, not weights\n")
-    with pytest.raises(CheckpointError, match=r"notes.pth is not a checkpoint \(expected a PyTorch .pth file or a stamcli .safetensors file\)$"):
-        load_checkpoint(tmp_path / "notes.pth")
     whole = _save_authors(make_tiny_model(), tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "notes.pth").write_text("these are my notes, not weights\n")
     (tmp_path / "cut.pth").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(CheckpointError, match=r"cut.pth is truncated or corrupt \(.*\); download or copy it again$"):
-        load_checkpoint(tmp_path / "cut.pth")
     torch.save({"model": {"epoch": 3}}, tmp_path / "nostate.pth")
-    with pytest.raises(CheckpointError, match=r"does not hold a STAM state dict"):
-        load_checkpoint(tmp_path / "nostate.pth")
-    for err in (CheckpointError("x"),):
-        assert "\n" not in str(err)
+    cases = {
+        "missing.pth": r"^checkpoint not found: .*missing.pth$",
+        "": r"is a directory, not a checkpoint file$",
+        "empty.pth": r"empty.pth is empty, not a checkpoint$",
+        "notes.pth": r"notes.pth is not a checkpoint \(expected a PyTorch .pth file or a stamcli .safetensors file\)$",
+        "cut.pth": r"cut.pth is truncated or corrupt \(.*\); download or copy it again$",
+        "nostate.pth": r"does not hold a STAM state dict",
+    }
+    for name, message in cases.items():
+        path = tmp_path / name
+        with pytest.raises(CheckpointError, match=message) as raised:
+            load_checkpoint(path)
+        text = str(raised.value)
+        assert "\n" not in text and str(path) in text, text  # one line that names the file
 
 
 def test_missing_unexpected_and_misshapen_keys_are_named_as_the_file_names_them(tmp_path):

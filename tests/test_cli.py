@@ -109,14 +109,52 @@ def test_load_model_unknown_name_lists_known_models():
         load_model("nothing.pth")
 
 
+#: Every public name of ``stamcli`` and the module that defines it.
+PUBLIC_API = {
+    "CheckpointError": "errors", "DownloadError": "errors", "StamError": "errors", "UsageError": "errors",
+    "VideoError": "errors", "available_models": "zoo", "get_model_info": "zoo", "load_model": "",
+    "STAM": "model", "STAMConfig": "model", "create_model": "model",
+    "load_checkpoint": "checkpoints", "read_checkpoint_metadata": "checkpoints", "save_checkpoint": "checkpoints",
+    "Predictor": "engine", "predict": "engine",
+    "PredictOptions": "jobs", "TaggingJob": "jobs", "EmbedJob": "jobs", "EvaluationJob": "jobs", "ExportJob": "jobs",
+    "run_tagging": "tagging", "embed": "embedding", "load_embeddings": "embedding", "run_embedding": "embedding",
+    "TimelinePredictor": "timeline", "LabelMap": "labelmap", "Thresholds": "thresholds",
+    "calibrate_thresholds": "thresholds", "FinetuneConfig": "train.config", "finetune": "train.finetune",
+    "evaluate": "train.evaluate", "export_model": "export", "read_export_metadata": "export",
+}
+_API_REPORT = """
+import json, sys
+import stamcli
+report = {"all": stamcli.__all__, "version": stamcli.__version__, "torch after import": "torch" in sys.modules,
+          "bound before use": sorted(n for n in stamcli.__all__ if n in vars(stamcli))}
+stamcli.available_models(), stamcli.StamError, stamcli.load_model
+report["torch after light names"] = "torch" in sys.modules
+report["defined in"], report["is that object"] = {}, []
+for name in stamcli.__all__[::-1]:  # heavy names first: each must import its own module
+    if name != "__version__":
+        obj = getattr(stamcli, name)
+        report["defined in"][name] = obj.__module__
+        report["is that object"] += [name] if getattr(sys.modules[obj.__module__], obj.__name__) is obj else []
+report["torch after heavy names"] = "torch" in sys.modules
+print(json.dumps(report))
+"""
+
+
 def test_public_api_names_resolve_lazily():
-    import stamcli
-
-    for name in stamcli.__all__:
-        assert getattr(stamcli, name) is not None, name
-    from stamcli.train.finetune import finetune
-
-    assert stamcli.finetune is finetune
+    """In a fresh interpreter: ``import stamcli`` binds only the torch-free names; each other name is
+    imported from its own module on first use and is that module's object."""
+    result = subprocess.run([sys.executable, "-c", _API_REPORT], capture_output=True, text=True, timeout=120,
+                            env=CHILD_ENV)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected = {name: f"stamcli.{module}".rstrip(".") for name, module in PUBLIC_API.items()}
+    assert sorted(report["all"]) == sorted([*PUBLIC_API, "__version__"]) and report["version"] == __version__
+    assert report["defined in"] == expected
+    assert sorted(report["is that object"]) == sorted(PUBLIC_API)
+    light = [name for name, module in PUBLIC_API.items() if module in ("errors", "zoo", "")]
+    assert report["bound before use"] == sorted([*light, "__version__"])
+    assert (report["torch after import"], report["torch after light names"], report["torch after heavy names"]) == (
+        False, False, True)
 
 
 # --------------------------------------------------------------------------- one CLI pattern

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import tracemalloc
 from fractions import Fraction
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -177,22 +178,45 @@ def test_variable_frame_rate(vfr_video, decoder):
         assert clip_ids(clip) == clip.indices == sample_indices(180, 8)
 
 
+class _SeenReader(opencv._Reader):
+    """The OpenCV reader, keeping the last one made (how many seeks it did, whether it gave up seeking)."""
+
+    last = None
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        _SeenReader.last = self
+
+
 def _planned(path, n, f=8, gap=0.0):
-    """One planned pass of read_clip (no end-of-video check): indices, frames."""
-    with opencv._capture(path) as cap:
+    """One planned pass of read_clip (no end-of-video check): indices, frames (the reader made is
+    ``_SeenReader.last``)."""
+    with opencv._capture(path) as cap, mock.patch.object(opencv, "_Reader", _SeenReader):
         info = opencv._header(cap, path)
         indices, views = opencv._read_planned(cap, info, n or info.frame_count, Request(f, 224, 256), gap,
                                               check_end=False)
         return indices, views[0]  # the one view of a plain read
 
 
+#: How a planned read with the true count (180) and seeks allowed at any gap goes, per video: the
+#: first frames tick at a rate other than the header's, so the reader never seeks; or it seeks and
+#: the timestamp check finds a seek that landed elsewhere.
+VFR_PLAN = {
+    "vfr_slow_then_fast.mp4": "never seeks", "vfr_slow_then_fast.mkv": "never seeks",
+    "vfr_fast_then_slow.mp4": "never seeks", "vfr_fast_then_slow.mkv": "seek to 33 landed elsewhere",
+}
+
+
 def test_seeks_by_time_never_mislabel_frames(vfr_video):
     """Without the end check, the rate and timestamp checks alone must catch VFR seeks."""
-    try:
-        indices, frames = _planned(vfr_video, None)
-    except opencv._PlanFailed:
-        return
-    assert [decode_clip_index(f) for f in frames] == indices
+    expected = VFR_PLAN[vfr_video.name]
+    if expected == "never seeks":
+        indices, frames = _planned(vfr_video, 180)
+        assert _SeenReader.last.seeks == 0 and _SeenReader.last.seek_min_gap == math.inf
+        assert [decode_clip_index(f) for f in frames] == indices == sample_indices(180, 8)
+    else:
+        with pytest.raises(opencv._PlanFailed, match=f"^{expected}$"):
+            _planned(vfr_video, 180)
 
 
 def test_seek_refused_is_detected(long_mp4v, monkeypatch):

@@ -17,15 +17,24 @@ if not FIXTURES.is_dir():
 FIXTURE_EXPECTED = FIXTURES / "clip_400x300_75f_expected.pt"
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 75, 100, 251, 1000, 12345])
-@pytest.mark.parametrize("f", [1, 2, 3, 8, 16, 32, 64])
-def test_sample_indices_formula(n, f):
-    got = sample_indices(n, f)
-    want = [min(math.floor((i + Fraction(1, 2)) * n / f), n - 1) for i in range(f)]
-    assert got == want
-    assert len(got) == f and all(0 <= k < n for k in got) and got == sorted(got)
-    if n >= f:
-        assert len(set(got)) == f  # no repeats unless the video is shorter than F
+def _formula(n: int, f: int, clip: int = 0, clips: int = 1) -> list[int]:
+    """Frame ``i`` of ``f`` is ``floor((i + (clip + 1/2) / clips) * n / f)``, at most ``n - 1``: exact fractions."""
+    return [min(math.floor((i + Fraction(2 * clip + 1, 2 * clips)) * n / f), n - 1) for i in range(f)]
+
+
+LENGTHS = [*range(1, 130), 251, 1000, 12345, 10**9 + 7]  # every short video, and long ones (exact arithmetic)
+
+
+def test_sample_indices_formula():
+    for n in LENGTHS:
+        for f in [*range(1, 34), 64, 65]:
+            got = sample_indices(n, f)
+            assert got == _formula(n, f), (n, f)
+            assert got == sorted(got) and all(0 <= k < n for k in got), (n, f)
+            if n >= f:
+                assert len(set(got)) == f, (n, f)  # no repeats unless the video is shorter than F
+            else:
+                assert set(got) == set(range(n)), (n, f)  # a short video repeats frames, and skips none
 
 
 def test_sample_indices_examples():
@@ -45,16 +54,17 @@ def test_sample_indices_fixture():
     assert sample_indices(75, 8) == expected["indices"].tolist()
 
 
-@pytest.mark.parametrize("n", [1, 3, 7, 16, 50, 251])
-@pytest.mark.parametrize("f", [1, 4, 8])
-@pytest.mark.parametrize("clips", [1, 2, 3, 5])
-def test_clip_offsets_formula_and_interleaving(n, f, clips):
-    for c in range(clips):
-        got = sample_indices(n, f, c, clips)
-        assert got == [min(math.floor((i + Fraction(2 * c + 1, 2 * clips)) * n / f), n - 1) for i in range(f)]
-        assert got == sample_indices(n, clips * f)[c::clips]  # the clips interleave into one uniform sample
-        assert clip_sampler(c, clips)(n, f) == got
-    assert sample_indices(n, f, 0, 1) == sample_indices(n, f)
+def test_clip_offsets_formula_and_interleaving():
+    for n in LENGTHS:
+        for f in (1, 2, 3, 4, 8, 16):
+            for clips in (1, 2, 3, 5):
+                for c in range(clips):
+                    got = sample_indices(n, f, c, clips)
+                    assert got == _formula(n, f, c, clips), (n, f, c, clips)
+                    # the clips interleave into one uniform sample of clips x F frames
+                    assert got == sample_indices(n, clips * f)[c::clips], (n, f, c, clips)
+                    assert clip_sampler(c, clips)(n, f) == got
+            assert sample_indices(n, f, 0, 1) == sample_indices(n, f)
 
 
 def test_clip_offsets_worked_example():

@@ -12,7 +12,6 @@ import re
 import socket
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,13 +70,14 @@ class FakeServer:
     drop_at: list = field(default_factory=list)  # per GET, consumed: close after this offset
     always_drop_at: Optional[int] = None  # close every GET at this offset
     reset: bool = False  # drop with a TCP reset instead of a clean close
-    stall_at: list = field(default_factory=list)  # per GET, consumed: go silent at this offset
+    stall_at: list = field(default_factory=list)  # per GET, consumed: go silent at this offset until the next request
     ignore_range: bool = False  # always answer 200 with the whole file
     status: Optional[int] = None  # answer every request with this error status
     extra_length: int = 0  # announce a file this much larger than the bytes there are
     corrupt_at: Optional[int] = None  # flip the bits of the byte at this offset
     no_length: bool = False  # send no Content-Length: the body ends when the connection closes
     gate: Optional[threading.Event] = None  # the first GET sends its body once set; a second GET sets it
+    arrived: threading.Condition = field(default_factory=threading.Condition)  # notified at each request
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -102,7 +102,9 @@ class Handler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         fake: FakeServer = self.server.fake
         seen = SeenRequest(self.command, self.path, dict(self.headers))
-        fake.requests.append(seen)
+        with fake.arrived:
+            fake.requests.append(seen)
+            fake.arrived.notify_all()
         if fake.status:
             self.send_error(fake.status)
             return
@@ -140,8 +142,11 @@ class Handler(BaseHTTPRequestHandler):
         stall = fake.stall_at.pop(0) if fake.stall_at else None
         try:
             if stall is not None:
+                requests = len(fake.requests)
                 self.wfile.write(data[start:stall])
-                time.sleep(1.0)
+                self.wfile.flush()
+                with fake.arrived:  # silent until the client gives up on this response and asks again
+                    fake.arrived.wait_for(lambda: len(fake.requests) > requests, timeout=120)
                 start = max(start, stall)
             self.wfile.write(data[start:drop])
             if drop is not None and fake.reset:
@@ -210,7 +215,7 @@ def test_retry_resumes_after_connection_reset(server, tmp_path):
 
 def test_retry_resumes_after_read_timeout(server, tmp_path):
     server.stall_at = [HALF]
-    dest = fetch(server, tmp_path / "stam_16.pth", timeout=0.3)
+    dest = fetch(server, tmp_path / "stam_16.pth", timeout=1.0)  # the server stays silent until the retry
     assert_installed(dest)
     assert [r.range_start for r in server.gets] == [None, HALF]
 

@@ -261,34 +261,29 @@ def test_resume_retries_a_failed_video_once_it_is_fixed(videos, tiny_checkpoint,
 
 
 def test_real_ctrl_c_leaves_a_consistent_pair_and_resume_completes_it(videos, tiny_checkpoint, tmp_path):
-    import sys
-
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(20):
-        shutil.copy(videos / ("a.mp4" if i % 2 else "b.avi"), folder / f"v{i:02d}{'.mp4' if i % 2 else '.avi'}")
+    names = [f"v{i:02d}{'.mp4' if i % 2 else '.avi'}" for i in range(8)]
+    for i, name in enumerate(names):
+        shutil.copy(videos / ("a.mp4" if i % 2 else "b.avi"), folder / name)
     out = tmp_path / "emb.safetensors"
-    # the real CLI in a child process, its model slowed down so that the signal lands mid-run
-    script = ("import time, sys; from stamcli.model import STAM; f = STAM.embed_with_frames\n"
-              "def slow(self, v):\n    time.sleep(0.1); return f(self, v)\n"
-              "STAM.embed_with_frames = slow; from stamcli.cli import main; sys.argv[0] = 'stam'; main()")
-    command = [sys.executable, "-c", script, "embed", str(folder), "-m", str(tiny_checkpoint), "-o", str(out),
-               "--per-frame", "-b", "1", "-w", "1", "-q", "--device", "cpu"]
-    index = tmp_path / "emb.csv"
-    interrupt_when(command, lambda: index.exists() and index.read_text(encoding="utf-8").count("\n") >= 4, poll_s=0.02)
-    saved = load_embeddings(out)
-    done = [r["row"] for r in saved.records]
-    assert 3 <= len(done) < 20 and done == list(range(len(done)))
-    assert all(r["status"] == "ok" for r in saved.records)
-    assert not np.isnan(saved.embeddings[: len(done)]).any() and np.isnan(saved.embeddings[len(done):]).all()
-    assert np.isnan(saved.frame_embeddings[len(done):]).all()
+    # Ctrl-C inside the store's put: the 4th video's rows are in the arrays, its index line is not on disk yet
+    interrupt_when(["embed", str(folder), "-m", str(tiny_checkpoint), "-o", str(out), "--per-frame", "-b", "1",
+                    "-w", "1", "-q", "--device", "cpu"], hold=("stamcli.embedding:_index_line", 4))
+    saved = load_embeddings(out)  # closing the store wrote the index of every row that has its data
+    assert [r["row"] for r in saved.records] == [0, 1, 2, 3] and all(r["status"] == "ok" for r in saved.records)
+    assert [row[0] for row in _index(tmp_path / "emb.csv")[1:]] == ["0", "1", "2", "3"]
+    assert not np.isnan(saved.embeddings[:4]).any() and np.isnan(saved.embeddings[4:]).all()
+    assert not np.isnan(saved.frame_embeddings[:4]).any() and np.isnan(saved.frame_embeddings[4:]).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.csv", "emb.safetensors", "many"]
-    result = _embed_cli(folder, "-m", tiny_checkpoint, "-o", out, "--per-frame", "--resume", "-b", "8", "-q")
+    result = _embed_cli(folder, "-m", tiny_checkpoint, "-o", out, "--per-frame", "--resume", "-b", "8",
+                        "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert "embedded 4, failed 0, 4 already done" in " ".join(result.output.split())
     final = load_embeddings(out)
-    assert final.paths == [str(folder / f"v{i:02d}{'.mp4' if i % 2 else '.avi'}") for i in range(20)]
+    assert final.paths == [str(folder / name) for name in names]
     expected = {name: _expected(tiny_checkpoint, str(videos / name))[0] for name in ("a.mp4", "b.avi")}
-    for i in range(20):
+    for i in range(8):
         assert np.abs(final.embeddings[i] - expected["a.mp4" if i % 2 else "b.avi"]).max() < 1e-5
 
 

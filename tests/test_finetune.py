@@ -294,19 +294,24 @@ def test_new_model_on_a_timm_backbone_with_local_backbone_weights(tmp_path):
     for key, value in full.state_dict().items():
         if not key.startswith("head."):
             assert torch.equal(model.spatial.state_dict()[key], value), key
-    with pytest.raises(Exception, match=r"backbone weights not found"):
-        build_model(FinetuneConfig(data="x", model="vit_tiny_patch16_224", backbone_weights="nope.pth"), ["a"])
+    with pytest.raises(CheckpointError) as raised:
+        build_model(FinetuneConfig(data="x", model="vit_tiny_patch16_224", backbone_weights=str(tmp_path / "nope.pth")),
+                    ["a"])
+    assert type(raised.value) is CheckpointError
+    assert str(raised.value) == f"backbone weights not found: {tmp_path / 'nope.pth'}"
 
 
 def test_real_ctrl_c_saves_last_and_resume_finishes_the_run(motion, tmp_path):
     train, val, base = motion
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "stamcli", "finetune", str(train), "--val", str(val), "--model", str(base),
-               "--epochs", "3", "--workers", "0", "-o", str(out), "--device", "cpu"]
-    stderr = interrupt_when(command, (out / "metrics.csv").exists)  # during epoch 2: finish the step, save `last`, exit
+    # 18 steps an epoch (144 clips, batch 8): Ctrl-C right after step 3 of epoch 2 (the 21st step's stop check)
+    stderr = interrupt_when(["finetune", str(train), "--val", str(val), "--model", str(base), "--epochs", "3",
+                             "--workers", "0", "--device", "cpu", "-o", str(out)],
+                            hold=("stamcli.train.finetune:_Run._stop_agreed", 21))
+    assert "stopping after this step and saving 'last'" in stderr  # the step finishes, `last` is saved
     assert f"stam finetune --resume {out}" in " ".join(stderr.split())
     state = torch.load(out / "last_state.pt", weights_only=True)
-    assert state["epoch"] == 1 and 0 < state["batches_done"] < 18  # stopped inside the second epoch
+    assert (state["epoch"], state["batches_done"]) == (1, 3)
     assert load_checkpoint(out / "last.safetensors").labels == CLASSES
     result = runner.invoke(app, ["finetune", "--resume", str(out)])
     assert result.exit_code == 0, result.output

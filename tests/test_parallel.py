@@ -44,7 +44,11 @@ def test_one_stream_runs_in_the_calling_thread():
     assert streams._threads == []
 
 
-def test_each_stream_gets_its_share_of_the_threads_and_the_caller_keeps_its_own():
+@pytest.mark.parametrize("per_thread", [True, False], ids=["per-thread-count", "process-wide-count"])
+def test_each_stream_gets_its_share_of_the_threads_and_the_caller_keeps_its_own(monkeypatch, per_thread):
+    if per_thread and not parallel.PER_THREAD_OMP:
+        pytest.skip("this torch keeps one process-wide thread count (its parallel backend is not OpenMP)")
+    monkeypatch.setattr(parallel, "PER_THREAD_OMP", per_thread)  # False: the streams leave the count alone
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -52,8 +56,7 @@ def test_each_stream_gets_its_share_of_the_threads_and_the_caller_keeps_its_own(
             assert streams.threads_each == 1
             counts = [count for _, count in streams.map(lambda _: torch.get_num_threads(), range(4))]
         assert ModelStreams(2, threads_each=3).threads_each == 3
-        if parallel.PER_THREAD_OMP:
-            assert counts == [1, 1, 1, 1]
+        assert counts == ([1] * 4 if per_thread else [2] * 4)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -206,8 +206,20 @@ def test_charts_import_matplotlib_only_when_drawing():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def _cell_colours(figure, image: np.ndarray, cells, at=(0.5, 0.5)) -> np.ndarray:
+    """The RGB colour of each (row, column) cell of the figure's heatmap in ``image`` (BGR, as read
+    back), ``at`` (x, y) of the way into the cell from its top-left corner."""
+    heatmap = figure.axes[0].get_images()[0]
+    box, n, height = heatmap.get_window_extent(), heatmap.get_array().shape[0], image.shape[0]
+    picked = [image[int(height - (box.y1 - (r + at[1]) * box.height / n)), int(box.x0 + (c + at[0]) * box.width / n)]
+              for r, c in cells]
+    return np.array(picked, dtype=int)[:, ::-1]
+
+
 @pytest.mark.parametrize("n", [1, 2, 31, 400])
 def test_any_number_of_classes_fits_in_a_capped_image(tmp_path, n):
+    from matplotlib import colormaps
+
     rng = np.random.default_rng(n)
     matrix = np.diag(rng.integers(5, 50, n)) + rng.integers(0, 2, (n, n))
     matrix[n // 2] = 0  # a class without videos
@@ -215,7 +227,25 @@ def test_any_number_of_classes_fits_in_a_capped_image(tmp_path, n):
     image = _read(confusion_matrix_image(tmp_path / f"cm{n}.png", matrix, labels))
     height, width = image.shape[:2]
     assert 150 <= height <= 4000 and 150 <= width <= 4000
-    assert (image < 128).any(), "no dark pixel at all"
+    figure = confusion_matrix_figure(matrix, labels)
+    assert np.array_equal(image, figure_pixels(figure)[:, :, ::-1])  # the file is this figure
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)  # the empty row stays white
+    assert np.allclose(figure.axes[0].get_images()[0].get_array(), shares)
+    # every cell (a sample of 400 x 400) shows its share in the colour map, away from its count's text
+    if n <= 31:
+        cells = [(r, c) for r in range(n) for c in range(n)]
+    else:
+        cells = [(i, i) for i in range(0, n, 7)] + [(n // 2, c) for c in range(0, n, 9)] + [
+            (int(r), int(c)) for r, c in rng.integers(0, n, (60, 2))]
+    expected = np.array([colormaps["Blues"](shares[r, c])[:3] for r, c in cells]) * 255
+    drawn = _cell_colours(figure, image, cells, at=(0.5, 0.5) if n > 30 else (0.2, 0.2))
+    assert np.abs(drawn - expected).max() <= 2
+    names = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    if n <= 31:  # cells tall enough for names, cut to 32 characters
+        assert names == [f"class {i} with a rather long name, é"[:29].rstrip() + "..." for i in range(n)]
+    else:
+        assert names == [str(i) for i in range(0, n, 5)]  # class indices, 5 apart (cells of 8 px)
 
 
 def test_no_classes_and_mismatched_labels(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stamcli.errors import StamError
+from stamcli.plots import confusion_matrix_figure, figure_pixels
 from stamcli.train.metrics import MetricsLog, evaluate_predictions, report_paths, write_report
 
 LABELS = ["archery", "eating, with a fork", 'say "cheese"']
@@ -120,8 +121,10 @@ def test_write_report_files(tmp_path):
     with open(written[1], newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][1:] == LABELS and [r[0] for r in rows[1:]] == LABELS
-    image = cv2.imread(str(written[2]))
-    assert image is not None and image.shape[0] > 200 and (image < 128).any()
+    image = cv2.imread(str(written[2]))  # the matrix of the CSV above, titled with the videos and top-1
+    expected = confusion_matrix_figure([[1, 1, 1], [1, 1, 0], [0, 0, 1]], LABELS,
+                                       title="confusion matrix - 6 videos, top-1 50.0%")
+    assert np.array_equal(image, figure_pixels(expected)[:, :, ::-1])
 
 
 def test_write_report_to_an_unwritable_place_raises_stam_error(tmp_path):
@@ -172,17 +175,36 @@ def test_metrics_log_drops_a_row_cut_short(tmp_path):
     assert path.read_text().splitlines() == ["epoch,train_loss", "1,0.5", "2,0.25"]
 
 
+def _plotted(figure) -> dict:
+    """Each panel's title -> its series: legend name -> (x values, y values) of its line."""
+    def series(axes):
+        names = [t.get_text() for t in axes.get_legend().get_texts()] if axes.get_legend() else []
+        assert len(names) == len(axes.lines)
+        return {name: (list(line.get_xdata()), list(line.get_ydata())) for name, line in zip(names, axes.lines)}
+    return {axes.get_title(): series(axes) for axes in figure.axes}
+
+
 def test_metrics_log_plot(tmp_path):
     log = MetricsLog(tmp_path / "metrics.csv")
     log.plot(tmp_path / "empty.png")  # before the first epoch: an empty loss chart
-    assert cv2.imread(str(tmp_path / "empty.png")) is not None
+    assert cv2.imread(str(tmp_path / "empty.png")).shape == (440, 640, 3)
+    assert _plotted(log.figure()) == {"loss": {}}
     log.append(_row(1))
     one = cv2.imread(str(log.plot(tmp_path / "one.png")))
     assert one.shape == (440, 1280, 3)  # loss and accuracy side by side
     for epoch in range(2, 8):
         log.append(_row(epoch))
     image = cv2.imread(str(log.plot(tmp_path / "training_curves.png")))
-    assert image.shape == (440, 1280, 3)
+    figure = log.figure()
+    assert np.array_equal(image, figure_pixels(figure)[:, :, ::-1])  # the file is this figure
+    epochs = list(range(1, 8))
+    assert _plotted(figure) == {
+        "loss": {"train loss": (epochs, [1.0 / e for e in epochs]), "val loss": (epochs, [1.5 / e for e in epochs])},
+        "validation accuracy": {"val top-1": (epochs, [(0.5 + e / 20) * 100 for e in epochs]),
+                                "val top-5": (epochs, [100.0] * 7)},
+    }
+    assert [(a.get_ylabel(), a.get_xlabel()) for a in figure.axes] == [("cross-entropy", "epoch"),
+                                                                      ("accuracy (%)", "epoch")]
     blue = np.array((180, 119, 31), np.uint8)  # the first series of each panel
     for panel in (image[:, :640], image[:, 640:]):
         assert np.all(panel[70:] == blue, axis=2).sum() > 100
@@ -192,6 +214,7 @@ def test_metrics_log_plot(tmp_path):
         bare.append(_row(epoch, val=False))
     assert math.isnan(bare.rows[0]["val_loss"])
     assert cv2.imread(str(bare.plot(tmp_path / "bare.png"))).shape == (440, 640, 3)
+    assert _plotted(bare.figure()) == {"loss": {"train loss": ([1, 2], [1.0, 0.5])}}
 
 
 def test_metrics_log_unwritable(tmp_path):

@@ -19,13 +19,16 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from ..errors import StamError
 from ..fileutils import write_atomic
-from ..plots import Panel, confusion_matrix_image, line_chart
+from ..plots import Panel, confusion_matrix_image, line_chart_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -316,10 +319,10 @@ class MetricsLog:
             out.append(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None)
         return out
 
-    def plot(self, png_path: str | os.PathLike) -> Path:
-        """Draw the losses (``train_loss``, ``val_loss``) and the validation accuracy (``val_top1``,
-        ``val_top5``, in %) over the epochs, side by side in one PNG. A panel with nothing to show
-        (no validation set) is left out. Returns the path."""
+    def figure(self) -> "Figure":
+        """The losses (``train_loss``, ``val_loss``) and the validation accuracy (``val_top1``,
+        ``val_top5``, in %) over the epochs, side by side, as a matplotlib Figure. A panel with
+        nothing to show (no validation set) is left out."""
         x = self.column("epoch") if "epoch" in self.fields else None
         if x is not None and all(v is None for v in x):
             x = None
@@ -340,7 +343,11 @@ class MetricsLog:
             panels.append(Panel(losses, title="loss", ylabel="cross-entropy"))
         if accuracy:
             panels.append(Panel(accuracy, title="validation accuracy", ylabel="accuracy (%)"))
-        return line_chart(png_path, panels, x=x, size=(640, 440))
+        return line_chart_figure(panels, x=x, size=(640, 440))
+
+    def plot(self, png_path: str | os.PathLike) -> Path:
+        """Draw :meth:`figure` into the PNG ``png_path``; returns the path."""
+        return save_figure(self.figure(), png_path)
 
     def plot_if_due(self, png_path: str | os.PathLike, *, final: bool = False, budget: float = 0.1) -> Optional[Path]:
         """:meth:`plot`, unless the last chart was drawn so recently that drawing again would take
