@@ -36,7 +36,8 @@ def _predict(*args):
 @pytest.fixture(scope="module")
 def scene_model(tmp_path_factory) -> Path:
     """A tiny STAM fine-tuned on 6 clips of each scene (8 frames, 64x36 px, from different moments of the
-    scene), checked on 2 others."""
+    scene), checked on 2 others. Label smoothing keeps every score below 1 (at most
+    0.925 for 4 classes), so a --min-score of 1.0 is out of reach whatever the CPU."""
     root = tmp_path_factory.mktemp("scenes")
     for part, clips, offset in (("train", 6, 0), ("val", 2, 9)):
         rows = []
@@ -55,7 +56,7 @@ def scene_model(tmp_path_factory) -> Path:
     result = finetune(FinetuneConfig(
         data=str(root / "train" / "labels.csv"), val=str(root / "val" / "labels.csv"),
         model=str(save_checkpoint(base, root / "base.safetensors")),
-        epochs=6, batch_size=8, lr=1e-2, warmup=1, label_smoothing=0.0, weight_decay=0.0, workers=0, seed=0,
+        epochs=6, batch_size=8, lr=1e-2, warmup=1, label_smoothing=0.1, weight_decay=0.0, workers=0, seed=0,
         device="cpu", freeze_backbone=True, output=str(root / "run")))
     assert result.best_top1 == 1.0, result.best_top1  # it tells the scenes apart
     return result.run_dir / "best.safetensors"
