@@ -109,8 +109,9 @@ DETECTORS: dict[str, tuple[Callable, float]] = {
     "threshold": (_threshold, 12.0),
 }
 
-#: Frames are shrunk to this width for detection: as accurate as PySceneDetect's 256 on the measured
-#: videos at half the detector's cost (64 missed a cut); TransNetV2 works at 48x27.
+#: Frames are shrunk to this width for detection: as accurate as PySceneDetect's 256 on the generated
+#: test videos at half the detector's cost, where 64 missed a cut (``python -m benchmarks.shots accuracy``;
+#: benchmarks/README.md); TransNetV2 works at 48x27.
 DETECTION_WIDTH = 128
 
 #: The AdaptiveDetector's ``min_content_val`` (PySceneDetect's default: 15): the least change

@@ -96,6 +96,23 @@ def test_readme_is_a_short_guide():
     assert "stam download-weights stam_16" in readme and "stam predict ./videos --frames 16 --output tags.csv" in readme
 
 
+def test_readme_states_the_test_count_pytest_collects():
+    """The README's count is what `pytest` collects from the whole suite (counted in a child process,
+    so the test holds also when only some files are run)."""
+    import subprocess
+    import sys
+
+    from conftest import CHILD_ENV
+
+    stated = re.search(r"`pytest` collects (\d+) tests", (REPO / "README.md").read_text(encoding="utf-8"))
+    assert stated, "README.md does not say how many tests pytest collects"
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=300)
+    collected = re.search(r"^(\d+) tests? collected", done.stdout, re.M)
+    assert collected, done.stdout[-2000:] + done.stderr[-2000:]
+    assert int(stated.group(1)) == int(collected.group(1))
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor for a Markdown heading."""
     text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading.strip().lower())
