@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVa
 import torch
 
 from .allocator import keep_freed_memory
-from .decode import Clip, ClipSpec, resolve_decoder
+from .decode import Clip, ClipSpec
 from .device import autocast_for
 from .errors import StamError
 from .jobs import PredictOptions
@@ -74,7 +74,7 @@ class Predictor:
         self.streams = self.options.streams or default_streams(self.device)
         #: how each video is read (picklable: decode workers in other processes can use it)
         self.clip_spec = ClipSpec(self.num_frames, model.config.img_size, self.options.clips, self.options.crops,
-                                  resolve_decoder(self.options.decoder), threads=1 if self.workers > 1 else 0)
+                                  self.options.decoder, threads=1 if self.workers > 1 else 0)
 
     def _floors(self) -> Optional[torch.Tensor]:
         """Each of :attr:`classes`' lowest score to be predicted (--min-score, --thresholds), or None."""
