@@ -169,8 +169,9 @@ class _Run:
     which rate (:mod:`stamcli.train.parts`)."""
 
     def __init__(self, config: FinetuneConfig, run_dir: Path, model: STAM, train, val, dist: Distributed,
-                 parts: list[TrainedPart]):
+                 parts: list[TrainedPart], decoder: str):
         self.config, self.run_dir, self.dist, self.parts = config, run_dir, dist, parts
+        self.decoder = decoder  #: the resolved decoder choice (auto, pyav or opencv)
         self.device = resolve_device(dist.device_for(config.device))
         self.precision = resolve_precision(config.precision, self.device)
         if self.device.type == "cpu":
@@ -181,19 +182,18 @@ class _Run:
         index = {label: i for i, label in enumerate(self.labels)}
         self.val_examples = val
         frames, size = model.config.frames, model.config.img_size
-        decoder = resolve_decoder(config.decoder)
         if config.freeze_backbone:
             self.model.spatial.requires_grad_(False)
             self.train_set, self.val_set = cached_embeddings(
                 self.model, train, val, index, run_dir / "cache", device=self.device,
                 precision=self.precision, batch_size=config.batch_size, workers=config.workers, dist=dist,
-                decoder=decoder,
+                decoder=self.decoder,
             )
             self.trainable = TemporalHead(self.model)
         else:
             self.train_set = ClipDataset(train, index, frames, size, train=True, seed=config.seed, hflip=config.hflip,
-                                         decoder=decoder)
-            self.val_set = ClipDataset(val, index, frames, size, train=False, decoder=decoder)
+                                         decoder=self.decoder)
+            self.val_set = ClipDataset(val, index, frames, size, train=False, decoder=self.decoder)
             self.trainable = self.model
         self.train_sampler = EpochSampler(len(self.train_set), config.seed, shuffle=True,
                                           rank=dist.rank, world=dist.world)
@@ -340,11 +340,10 @@ class _Run:
         return loss / count, top1 / count, top5 / count
 
 
-def _prepare_data(config: FinetuneConfig, labels: Optional[list[str]] = None):
+def _prepare_data(config: FinetuneConfig, decoder: str, labels: Optional[list[str]] = None):
     """Training and validation examples, checked all at once before any training starts."""
     train = read_examples(config.data)
     frames = config.frames or 8
-    decoder = resolve_decoder(config.decoder)
     if config.val:
         train, val = validate(train, read_examples(config.val), skip_bad=config.skip_bad, frames=frames,
                               decoder=decoder)
@@ -375,7 +374,7 @@ def _final_report(run: _Run) -> None:
     if not run.val_examples or not run.dist.is_main:
         return
     options = PredictOptions(device=str(run.device), precision=run.precision, batch_size=run.config.batch_size,
-                             workers=max(1, run.config.workers), decoder=run.config.decoder)
+                             workers=max(1, run.config.workers), decoder=run.decoder)
     evaluate_examples(run.val_examples, load_checkpoint(run.run_dir / "best.safetensors"), options,
                       output=run.run_dir / "val_report.json", source=run.config.val or run.config.data)
 
@@ -402,13 +401,14 @@ def finetune(
         raise UsageError("finetune() needs a FinetuneConfig, or resume=RUN_DIR")
     else:
         config.check()
+    decoder = resolve_decoder(config.decoder)  # once: data checks, training and the final report read alike
     if dist.active:  # NCCL between GPUs (each rank on its own), gloo between CPU processes
         device = resolve_device(dist.device_for(config.device))
         dist.init(device, backend="nccl" if device.type == "cuda" else "gloo")
     if resume:
         run_dir = Path(resume)
         model = load_checkpoint(run_dir / "last.safetensors")
-        train, val, labels = _prepare_data(config, model.labels)
+        train, val, labels = _prepare_data(config, decoder, model.labels)
         parts = load_parts(run_dir)
         if parts is None:
             log.warning("%s was started by an earlier stamcli, without per-part learning rates: it "
@@ -416,7 +416,7 @@ def finetune(
             parts = plan_parts(model, None, lr=config.lr, scratch_lr_scale=1.0,
                                freeze_backbone=config.freeze_backbone)
     else:
-        train, val, labels = _prepare_data(config)
+        train, val, labels = _prepare_data(config, decoder)
         torch.manual_seed(config.seed)  # a new head's initial weights come from the seed too
         start = build_model(config, labels)
         model = start.model
@@ -432,7 +432,7 @@ def finetune(
     if on_start and dist.is_main:
         on_start(parts)
     torch.manual_seed(config.seed)  # dropout; a resumed run restores the saved RNG state below
-    run = _Run(config, run_dir, model, train, val, dist, parts)
+    run = _Run(config, run_dir, model, train, val, dist, parts, decoder)
     if resume:
         run.restore()
     stopped_early = False
