@@ -263,16 +263,13 @@ class RayTimelinePredictor(TimelinePredictor):
         read = partial(read_windows, window_s=self.window_s, stride_s=self.stride_s, shots=self.shots)
         for batch, probabilities in predictor.run(paths, "probabilities", read, unit=1):
             items = []
-            for row, error, window, start, end, count, fps, shot, shots in zip(
-                    batch["row"], map(decode, batch["error"]), batch["window"], batch["start"], batch["end"],
-                    batch["frame_count"], batch["fps"], batch["shot"], batch["shots"]):
-                path = paths[row]
-                if window >= 0:
-                    items.append(_Item(path, window=Window(int(window), int(start), int(end), float(fps),
-                                                           None if shot < 0 else int(shot))))
-                elif error is not None:
-                    items.append(_Item(path, error=error))
-                else:
-                    items.append(_Item(path, reader=_ReaderFacts(int(count), float(fps),
-                                                                 None if shots < 0 else int(shots))))
+            for row, error, ends, window, start, end, count, fps, shot, shots in zip(
+                    batch["row"], map(decode, batch["error"]), batch["ends"], batch["window"], batch["start"],
+                    batch["end"], batch["frame_count"], batch["fps"], batch["shot"], batch["shots"]):
+                # a window, the video's end (its error, or its facts), or its last window and its end
+                items.append(_Item(paths[row], error=error,
+                                   window=Window(int(window), int(start), int(end), float(fps),
+                                                 None if shot < 0 else int(shot)) if window >= 0 else None,
+                                   reader=_ReaderFacts(int(count), float(fps), None if shots < 0 else int(shots))
+                                   if ends and error is None else None))
             yield from self._records(items, probabilities)

@@ -73,13 +73,14 @@ class _Rows:
     def __init__(self, shape: tuple[int, ...]):
         self.shape, self.columns = shape, {name: [] for name in
                                            ("row", "error", "has_frames", "frame_count", "fps", "duration_s",
-                                            "window", "start", "end", "shot", "shots", "frames")}
+                                            "window", "start", "end", "shot", "shots", "ends", "frames")}
 
     def add(self, row: int, *, error: Optional[str] = None, frames: Optional[torch.Tensor] = None,
             frame_count: int = 0, fps: float = 0.0, duration_s: float = 0.0, window: int = -1, start: int = 0,
-            end: int = 0, shot: int = -1, shots: int = -1) -> None:
+            end: int = 0, shot: int = -1, shots: int = -1, ends: bool = False) -> None:
         values = dict(row=row, error=encode(error), has_frames=frames is not None, frame_count=frame_count,
                       fps=fps, duration_s=duration_s, window=window, start=start, end=end, shot=shot, shots=shots,
+                      ends=ends,
                       frames=np.zeros(self.shape, np.uint8) if frames is None else frames.numpy())
         for name, value in values.items():
             self.columns[name].append(value)
@@ -107,18 +108,24 @@ def read_video(spec: ClipSpec, path: str) -> Iterator[dict]:
 def read_windows(spec: ClipSpec, path: str, window_s: Optional[float], stride_s: Optional[float],
                  shots: Optional[ShotWindows] = None) -> Iterator[dict]:
     """A timeline's decode rows: one per window as it fills (``shot``: its shot with ``--window
-    shots``, else -1), then the video's end row (its frame count, rate and number of shots, or its error)."""
+    shots``, else -1), the last one also ending the video (``ends``: its frame count, rate and number
+    of shots, or its error; a row of its own if no window was read). The end travels with the last
+    window so that no chunk boundary holds the video's record back until the next video's rows."""
     reader = TimelineReader(path, spec.num_frames, spec.img_size, window_s, stride_s, threads=spec.threads,
                             decoder=spec.decoder, shots=shots)
+    last: dict = {}  # the row of the window read last, handed on once the next one is read
     try:
         for window, clip in reader:
-            yield {"frames": clip.frames, "window": window.index, "start": window.start, "end": window.end,
-                   "fps": window.fps, "shot": -1 if window.shot is None else window.shot}
+            if last:
+                yield last
+            last = {"frames": clip.frames, "window": window.index, "start": window.start, "end": window.end,
+                    "fps": window.fps, "shot": -1 if window.shot is None else window.shot}
     except Exception as err:  # the windows already read stand, as in the local engine
-        yield {"error": error_reason(err)}
+        yield {**last, "error": error_reason(err), "ends": True}
         return
     shot_count = reader.shot_count
-    yield {"frame_count": reader.frame_count, "fps": reader.fps, "shots": -1 if shot_count is None else shot_count}
+    yield {**last, "frame_count": reader.frame_count, "fps": reader.fps,
+           "shots": -1 if shot_count is None else shot_count, "ends": True}
 
 
 def decode_task(batch: dict[str, np.ndarray], *, paths: list, per_task: int, spec: ClipSpec,

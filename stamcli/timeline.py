@@ -501,13 +501,20 @@ class _Stopped(Exception):
 
 @dataclass
 class _Item:
-    """What the decode thread hands over: a filled window, or the end of a video (its reader or error)."""
+    """What the decode thread hands over: a filled window, or the end of a video (its reader or
+    error); with the Ray engine, a video's last window and its end in one (see
+    :func:`stamcli.ray_tasks.read_windows`)."""
 
     path: str
     window: Optional[Window] = None
     clip: Optional[Clip] = None
     reader: Optional[TimelineReader] = None
     error: Optional[str] = None
+
+    @property
+    def ends(self) -> bool:
+        """Whether the video's record follows this item (its summary, or its error)."""
+        return self.reader is not None or self.error is not None
 
 
 class TimelinePredictor:
@@ -556,11 +563,17 @@ class TimelinePredictor:
             torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
     def _batches(self, items: queue.Queue) -> Iterator[list[_Item]]:
-        """The decoded items in order, cut after every ``--batch-size`` windows (and at the end)."""
+        """The decoded items in order, cut after every ``--batch-size`` windows (and at the end).
+
+        A video's end that comes when no window is waiting for a batch (its last window was in the
+        batch just cut) goes on at once, in a batch of its own with nothing to score: the video's
+        record comes as soon as its last window is scored, not once the next video's windows fill
+        a batch (a Ctrl-C in between would lose it, and ``--resume`` redo the whole video)."""
         pending: list[_Item] = []
         while (item := items.get()) is not _END:
             pending.append(item)
-            if sum(p.window is not None for p in pending) >= self.predictor.options.batch_size:
+            windows = sum(p.window is not None for p in pending)
+            if windows >= self.predictor.options.batch_size or (windows == 0 and item.ends):
                 yield pending
                 pending = []
         if pending:
@@ -587,7 +600,7 @@ class TimelinePredictor:
                     while (item := _get(video, stop)) is not None:
                         if not _put(items, item, stop):
                             return
-                        if item.window is None:  # the video's end
+                        if item.ends:
                             break
                     else:
                         return
@@ -637,6 +650,7 @@ class TimelinePredictor:
                 yield make_record(item.path, predictions=predictions, frames=w.end - w.start, model=model,
                                   duration_s=w.end_s - w.start_s, fps=w.fps, type="window", window=w.index,
                                   start_s=w.start_s, end_s=w.end_s, **shot)
+            if not item.ends:
                 continue
             tops = self._tops.pop(item.path, [])
             if item.error is not None:

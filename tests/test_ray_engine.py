@@ -451,6 +451,51 @@ def test_decode_tasks_and_model_actors_compute_what_the_local_engine_computes(co
             assert error.decode() == item.error and np.isnan(probabilities).all()
 
 
+def test_a_timeline_video_s_record_comes_with_its_last_window_before_the_next_video_is_read(tmp_path, tiny_model,
+                                                                                           monkeypatch):
+    """RayTimelinePredictor over this process's decode task and model actor (no Ray cluster): a.mp4's 3
+    windows fill a decode chunk of 3 rows, and its record must come with them, before b.mp4 is read."""
+    pytest.importorskip("ray.data")
+    import torch
+
+    from stamcli.engine import Predictor
+    from stamcli.jobs import PredictOptions
+    from stamcli.ray_engine import RayPredictor, RayTimelinePredictor
+    from stamcli.ray_tasks import ModelActor, decode_task, path_table
+    from stamcli.timeline import TimelinePredictor
+
+    write_index_video(tmp_path / "a.mp4", 60, fps=10)
+    write_index_video(tmp_path / "b.mp4", 40, fps=10)
+    paths = [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    predictor = RayPredictor(tiny_model, PredictOptions(device="cpu", engine="ray", batch_size=3))
+    got, seen = [], {}  # the records the run yields; those it had yielded when each video's reading began
+
+    def run(paths, compute, read, *, unit):  # RayPredictor.run with one decode task and one actor, here
+        def noting(spec, path):
+            seen[path] = [(r["path"], r["type"]) for r in got]
+            return read(spec, path)
+
+        actor = ModelActor([tiny_model], predictor.remote_options, compute, None)
+        for batch in decode_task({"id": np.array([0])}, paths=[path_table(paths)], per_task=len(paths),
+                                 spec=predictor.spec, read=noting, chunk=predictor.options.batch_size,
+                                 folder=os.getcwd()):
+            out = actor(batch)
+            ok = out["has_frames"]
+            yield out, torch.from_numpy(out["probabilities"][ok]) if ok.any() else None
+
+    monkeypatch.setattr(predictor, "run", run)
+    threads = torch.get_num_threads()  # the decode task sets this thread's count to 1
+    try:
+        got.extend(RayTimelinePredictor(predictor, window_s=2).predict(paths))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen[paths[1]] == [(paths[0], "window")] * 3 + [(paths[0], "video")]
+    local = Predictor(tiny_model, PredictOptions(device="cpu", batch_size=3, streams=1))
+    assert got == list(TimelinePredictor(local, window_s=2).predict(paths))
+    assert [(r["path"], r["type"]) for r in got] == [(path, kind) for path, n in zip(paths, (3, 2))
+                                                     for kind in ["window"] * n + ["video"]]
+
+
 def test_engine_options_are_checked_once_by_resolve_and_pick_the_predictor(tiny_model):
     pytest.importorskip("ray.data")
     from stamcli.engine import Predictor, make_predictor

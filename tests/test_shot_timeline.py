@@ -445,7 +445,8 @@ def test_torchrun_merge_keeps_shots_and_events(tmp_path):
 
 def test_ray_decode_tasks_carry_the_shots(footage):
     """The cluster-side code of ``--engine ray --window shots`` in this process (no Ray cluster): each
-    window row carries its shot, the end row the number of shots; the driver turns them into records."""
+    window row carries its shot, the last one also the video's end and the number of shots; the
+    driver turns them into records."""
     import numpy as np
 
     from stamcli.decode import ClipSpec
@@ -456,8 +457,8 @@ def test_ray_decode_tasks_carry_the_shots(footage):
     batches = list(decode_task({"id": np.array([0])}, paths=[path_table([str(footage)])], per_task=1,
                                spec=ClipSpec(4, 32, threads=1), read=read, chunk=20, folder=str(footage.parent)))
     (batch,) = batches
-    assert batch["window"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, -1]
-    assert batch["shot"].tolist() == [0, 1, 2, 2, 2, 3, 4, 5, -1] and batch["shots"].tolist() == [-1] * 8 + [6]
-    assert [(s, e) for s, e in zip(batch["start"].tolist(), batch["end"].tolist())][:8] == [
+    assert batch["window"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7] and batch["ends"].tolist() == [False] * 7 + [True]
+    assert batch["shot"].tolist() == [0, 1, 2, 2, 2, 3, 4, 5] and batch["shots"].tolist() == [-1] * 7 + [6]
+    assert [(s, e) for s, e in zip(batch["start"].tolist(), batch["end"].tolist())] == [
         (w[1], w[2]) for w in SHOT_WINDOWS]
     assert batch["frame_count"].tolist()[-1] == 600

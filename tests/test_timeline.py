@@ -659,3 +659,32 @@ def test_decode_workers_read_several_videos_at_once_and_the_records_keep_the_inp
     assert videos == [(path, "ok") for path in paths]
     groups = [r["path"] for r in records]  # each video's windows and then its record, video after video
     assert groups == [p for p, n in zip(paths, (3, 2, 8, 3)) for _ in range(n + 1)]
+
+
+def test_a_video_s_record_comes_with_its_last_window_before_the_next_video_is_read(clips, monkeypatch):
+    # a.mp4's 3 windows fill one batch: scoring it gives a.mp4's record too. It must not wait for
+    # b.mp4's first window (Ctrl-C there would lose a finished video's record, and --resume redo it).
+    import threading
+
+    first, second = str(clips / "a.mp4"), str(clips / "b.mp4")
+    got, seen = [], []  # the records the run yields; those it had yielded when b.mp4's first window was read
+    released = threading.Event()  # set once a.mp4's record is out
+    real_iter = TimelineReader.__iter__
+
+    def iterate(reader):
+        if reader.path == second:
+            released.wait(timeout=60)  # only waits out the timeout where a.mp4's record waits for this window
+            seen.extend((r["path"], r["type"]) for r in list(got))
+        yield from real_iter(reader)
+
+    monkeypatch.setattr(TimelineReader, "__iter__", iterate)
+    predictor = Predictor(make_tiny_model(), PredictOptions(device="cpu", workers=1, streams=1, batch_size=3))
+    for record in TimelinePredictor(predictor, window_s=2).predict([first, second]):
+        got.append(record)
+        if record["type"] == "video" and record["path"] == first:
+            released.set()
+    assert seen == [(first, "window")] * 3 + [(first, "video")]
+    assert [(r["path"], r["type"], r["window"], r["status"]) for r in got] == [
+        *((first, "window", k, "ok") for k in range(3)), (first, "video", None, "ok"),
+        *((second, "window", k, "ok") for k in range(2)), (second, "video", None, "ok")]
+    assert [r["windows"] for r in got if r["type"] == "video"] == [3, 2]
