@@ -77,10 +77,11 @@ main()
 
 def interrupt_when(command: list[str], ready: Optional[Callable[[], bool]] = None, *,
                    hold: Optional[tuple[str, int]] = None, poll_s: float = 0.02, timeout_s: float = 600,
-                   env: Optional[dict] = None) -> str:
+                   env: Optional[dict] = None, wrap: Optional[Callable[[list[str]], list[str]]] = None) -> str:
     """Run ``command`` in a child process with this checkout's stamcli (``env``: default
     :data:`CHILD_ENV`), press Ctrl-C (SIGINT) as soon as ``ready()``, and return its stderr. It must
-    exit with code 130 and print no traceback.
+    exit with code 130 and print no traceback. ``wrap``: what runs the command line, such as
+    ``LoopbackNamespace.command`` (it must exec the command, so that the signal reaches it).
 
     With ``hold=("module:Qual.name", n)``, ``command`` is the arguments of ``stam`` (``["predict",
     ...]``) and the run waits just before its ``n``-th call of that function (in the main thread)
@@ -93,6 +94,8 @@ def interrupt_when(command: list[str], ready: Optional[Callable[[], bool]] = Non
             flag = Path(folder) / "waiting"
             command = [sys.executable, "-c", _HELD_STAM, hold[0], str(hold[1]), str(flag), *command]
             ready = flag.exists
+        if wrap is not None:
+            command = wrap(command)
         proc = _start_with_ctrl_c(command, CHILD_ENV if env is None else env)
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and not ready() and time.monotonic() < deadline:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import sys
-import time
 from pathlib import Path
 
 import opentimelineio as otio
@@ -315,24 +313,22 @@ def test_ctrl_c_in_the_middle_of_shots_leaves_a_valid_file_and_resume_finishes(t
     long = write_shot_video(folder / "v0.mp4", [ShotSpec("red", 750), ShotSpec("blue", 750), ShotSpec("green", 750)],
                             fps=FPS, height=90, width=160)
     assert long.frames == 2250
-    for k in range(1, 6):  # six videos: Ctrl-C comes long before the run could end, however fast the machine
-        (folder / f"v{k}.mp4").write_bytes((folder / "v0.mp4").read_bytes())
+    (folder / "v1.mp4").write_bytes((folder / "v0.mp4").read_bytes())
     out = tmp_path / "t.jsonl"
-    command = [sys.executable, "-m", "stamcli", "predict", str(folder), "-m", str(tiny_checkpoint), "--window", "shots",
-               "--device", "cpu", "-o", str(out)]
+    command = ["predict", str(folder), "-m", str(tiny_checkpoint), "--window", "shots", "--device", "cpu", "-o", str(out)]
     # the first shot's windows are written as soon as its end is certain, while the pass that finds the
-    # shots still has two thirds of the first video to read: Ctrl-C then, once two lines are out (the
-    # first is whole whatever the signal interrupts)
-    stderr = interrupt_when(command, lambda: out.exists() and out.read_text().count("\n") >= 2)
+    # shots still has two thirds of the first video to read: Ctrl-C while the run waits to write its
+    # third record (one record a call), the first shot's last part
+    stderr = interrupt_when(command, hold=("stamcli.tagging:RecordSink.write", 3))
     assert "interrupted" in stderr and "--resume" in stderr
-    kept = read_records(out)  # a valid file: whole records, the last video not done
-    assert kept and kept[0]["type"] == "window" and kept[0]["path"].endswith("v0.mp4")
-    assert not any(r["type"] == "video" and r["path"].endswith("v5.mp4") for r in kept)
+    kept = read_records(out)  # a valid file: whole records, the first video not done
+    assert [(Path(r["path"]).name, r["type"], r["shot"], r["start_s"], r["end_s"]) for r in kept] == [
+        ("v0.mp4", "window", 0, 0.0, 10.0), ("v0.mp4", "window", 0, 10.0, 20.0)]
     result = _predict(folder, "-m", tiny_checkpoint, "--window", "shots", "--device", "cpu", "-o", out, "--resume",
                       "-q")
     assert result.exit_code == 0, result.output
     records = read_records(out)
-    for k in range(6):  # every video once, whole: 3 shots of 30 s in 10 s parts
+    for k in range(2):  # every video once, whole: 3 shots of 30 s in 10 s parts
         mine = [r for r in records if r["path"].endswith(f"v{k}.mp4")]
         assert [(r["type"], r["shot"] if r["type"] == "window" else r["shots"], r["start_s"], r["end_s"])
                 for r in mine] == [*(("window", j // 3, 10.0 * j, 10.0 * j + 10) for j in range(9)),
