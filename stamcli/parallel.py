@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import torch
 
 __all__ = ["PER_THREAD_OMP", "MAX_STREAMS", "cpu_cores", "process_cores", "default_workers", "default_streams",
-           "one_torch_thread", "single_threaded_decode", "ModelStreams", "StreamCancelled"]
+           "one_torch_thread", "single_threaded_decode", "ModelStreams", "StreamCancelled", "WAITING"]
 
 #: ATen's OpenMP backend keeps the intra-op thread count per calling thread, so one thread can
 #: run on one core while others (the model) keep theirs.
@@ -42,6 +42,10 @@ MAX_STREAMS = 4
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: What the items given to :meth:`ModelStreams.map` may yield while their next item is not ready:
+#: the results computed meanwhile are handed on then, not once more items have come.
+WAITING = object()
 
 
 def cpu_cores() -> int:
@@ -162,10 +166,17 @@ class ModelStreams:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]:
         """``(item, fn(item))`` for each item, in order, with up to :attr:`count` calls running while
-        the caller handles earlier results (``items`` is read at most ``count`` ahead)."""
+        the caller handles earlier results (``items`` is read at most ``count`` ahead). ``items``
+        may yield :data:`WAITING` while the next item is not ready: the results already computed
+        are handed on then."""
         running: deque[tuple[T, Future]] = deque()
         try:
             for item in items:
+                if item is WAITING:
+                    while running and running[0][1].done():
+                        done, future = running.popleft()
+                        yield done, future.result()
+                    continue
                 running.append((item, self.submit(fn, item)))
                 if len(running) >= self.count:
                     done, future = running.popleft()

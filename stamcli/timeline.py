@@ -57,7 +57,7 @@ import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ from .decode.files import one_line
 from .engine import Predictor, error_reason
 from .errors import UsageError, VideoError
 from .jobs import DEFAULT_MAX_SHOT_S
-from .parallel import ModelStreams, single_threaded_decode
+from .parallel import WAITING, ModelStreams, single_threaded_decode
 from .shots import FrameSpan, Shot, ShotDetector, ShotList, ShotOptions, every_frame_stream
 from .storage import abort_downloads, local_input
 from .writers import error_record, make_record
@@ -562,15 +562,24 @@ class TimelinePredictor:
             thread.join()
             torch.set_num_threads(model_threads)  # the default that threads started later inherit
 
-    def _batches(self, items: queue.Queue) -> Iterator[list[_Item]]:
+    def _batches(self, items: queue.Queue) -> Iterator[Union[list[_Item], object]]:
         """The decoded items in order, cut after every ``--batch-size`` windows (and at the end).
 
         A video's end that comes when no window is waiting for a batch (its last window was in the
-        batch just cut) goes on at once, in a batch of its own with nothing to score: the video's
-        record comes as soon as its last window is scored, not once the next video's windows fill
-        a batch (a Ctrl-C in between would lose it, and ``--resume`` redo the whole video)."""
+        batch just cut) goes on at once, in a batch of its own with nothing to score, and
+        :data:`~stamcli.parallel.WAITING` while no item comes lets the model streams hand on the
+        batches they have scored: a video's record comes as soon as its last window is scored, not
+        once the next video's windows fill more batches (a Ctrl-C in between would lose it, and
+        ``--resume`` read the whole video again)."""
         pending: list[_Item] = []
-        while (item := items.get()) is not _END:
+        while True:
+            try:
+                item = items.get(timeout=0.1)
+            except queue.Empty:
+                yield WAITING
+                continue
+            if item is _END:
+                break
             pending.append(item)
             windows = sum(p.window is not None for p in pending)
             if windows >= self.predictor.options.batch_size or (windows == 0 and item.ends):

@@ -37,6 +37,27 @@ def test_map_keeps_the_order_and_runs_count_calls_at_once():
     assert all(not thread.is_alive() for thread in streams._threads)
 
 
+def test_map_hands_on_computed_results_while_its_items_are_waiting():
+    # two streams: 0 and 1 are submitted, 0 comes out; while the source waits for item 2 (WAITING) the
+    # result of 1 comes out as soon as it is computed, not once item 2 has come
+    got, seen = [], []
+
+    def items():
+        yield from (0, 1)
+        for _ in range(3000):  # at most 30 s; only the broken map waits that long
+            if len(got) == 2:
+                break
+            yield parallel.WAITING
+            time.sleep(0.01)
+        seen.extend(got)
+        yield 2
+
+    with ModelStreams(2) as streams:
+        for item, value in streams.map(lambda item: item * 10, items()):
+            got.append((item, value))
+    assert seen == [(0, 0), (1, 10)] and got == [(0, 0), (1, 10), (2, 20)]
+
+
 def test_one_stream_runs_in_the_calling_thread():
     with ModelStreams(1) as streams:
         results = list(streams.map(lambda item: threading.current_thread(), range(3)))

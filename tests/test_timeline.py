@@ -661,9 +661,11 @@ def test_decode_workers_read_several_videos_at_once_and_the_records_keep_the_inp
     assert groups == [p for p, n in zip(paths, (3, 2, 8, 3)) for _ in range(n + 1)]
 
 
-def test_a_video_s_record_comes_with_its_last_window_before_the_next_video_is_read(clips, monkeypatch):
-    # a.mp4's 3 windows fill one batch: scoring it gives a.mp4's record too. It must not wait for
-    # b.mp4's first window (Ctrl-C there would lose a finished video's record, and --resume redo it).
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_video_s_record_comes_with_its_last_window_before_the_next_video_is_read(clips, monkeypatch, streams):
+    # a.mp4's 3 windows fill one batch: once it is scored, a.mp4's record comes too. It must not wait
+    # for b.mp4's first window (Ctrl-C there would lose a finished video's record, and --resume redo
+    # it), nor, with 2 model streams, for a batch after it to be read.
     import threading
 
     first, second = str(clips / "a.mp4"), str(clips / "b.mp4")
@@ -678,7 +680,7 @@ def test_a_video_s_record_comes_with_its_last_window_before_the_next_video_is_re
         yield from real_iter(reader)
 
     monkeypatch.setattr(TimelineReader, "__iter__", iterate)
-    predictor = Predictor(make_tiny_model(), PredictOptions(device="cpu", workers=1, streams=1, batch_size=3))
+    predictor = Predictor(make_tiny_model(), PredictOptions(device="cpu", workers=1, streams=streams, batch_size=3))
     for record in TimelinePredictor(predictor, window_s=2).predict([first, second]):
         got.append(record)
         if record["type"] == "video" and record["path"] == first:
