@@ -1,21 +1,27 @@
 """``--engine ray`` against the local engine on this machine, on the same clips, in one run.
 
-    sudo python -m benchmarks.ray_engine            # ViT-Ti/16 x 16 and stam_16 (random weights), 10 s clips
+    sudo python -m benchmarks.ray_engine            # ViT-Ti/16 x 16 (512 inputs) and stam_16 (32), 10 s clips
     sudo python -m benchmarks.ray_engine --quick    # tiny stand-ins, 1 s clips (a minute or two)
 
 Ray binds to the machine's interface address, so this runs as root in a loopback-only network
 namespace (``tests/ray_cluster.py``): a ``ray start --head`` with every core of the machine, and
 this script again inside the namespace, which measures:
 
-* videos/s of both engines over the same clips, interleaved (local, Ray, local, Ray), both from
-  the call of :func:`stamcli.tagging.run_tagging` to its return (model loading excluded, Ray's
-  connection and actor start-up included), and the Ray engine's steady rate (first record to last);
+* videos/s of both engines over the same inputs, interleaved (local, Ray, local, Ray): over the
+  whole run, from the call of :func:`stamcli.tagging.run_tagging` to its return (model loading
+  excluded, Ray's connection and actor start-up included), and steady, from the first model
+  batch's records to the last record (:func:`steady_rate`);
+* each engine's start-up (the whole-run time the steady rate does not explain, :func:`startup_s`)
+  and from both, the number of inputs above which the Ray engine's whole-run rate is at least 0.9
+  of the local engine's (:func:`break_even`);
 * the time to the first record: in the same runs, and for a whole command (a new process: imports,
   model loading and, for Ray, starting a local Ray for the run);
 * the driver's peak memory listing and planning 1,000 and 100,000 input paths (an ``@list`` of
   paths that do not exist, so the run's first records come at once), to the first 100 records.
 
-Prints a Markdown table and writes ``OUT/ray_engine.json``.
+The inputs are the profile's distinct clips, hard-linked as often as needed (:func:`inputs`): the
+same bytes decoded again cost what they cost the first time, and archive-sized runs need no
+hours of video generation. Prints a Markdown table and writes ``OUT/ray_engine.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,11 +46,62 @@ from stamcli.jobs import PredictOptions, TaggingJob  # noqa: E402
 from stamcli.tagging import run_tagging  # noqa: E402
 
 LOCAL: dict = {}  #: PredictOptions fields of the local engine (its defaults)
+#: inputs per model in a full run: enough for the steady rate to show; the small model's run is an archive's
+#: in miniature (minutes per engine), stam_16's as long again per input
+INPUTS = {"small": 512, "big": 32}
+QUICK_INPUTS = {"small": 8, "big": 4}
+
+
+def inputs(ctx: Context, count: int) -> list[Path]:
+    """``count`` input files: the profile's distinct clips, hard-linked (copied where links cannot be made)
+    under ``OUT/cache/inputs`` as ``input_0000.mp4`` ... (distinct paths, so each is a video of its own)."""
+    clips = ctx.clip_videos()
+    folder = ctx.cache / "inputs"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"input_{i:04d}{clips[i % len(clips)].suffix}"
+        if not path.exists():
+            try:
+                os.link(clips[i % len(clips)], path)
+            except OSError:
+                shutil.copyfile(clips[i % len(clips)], path)
+        paths.append(path)
+    return paths
+
+
+def steady_rate(arrivals: list[float], batch: int) -> float | None:
+    """Videos/s from the first model batch's records to the last record (records arrive a batch at a
+    time, so the first ``batch`` arrivals only mark where the steady part starts); None for a run of
+    fewer than two batches after the first."""
+    if len(arrivals) < 3 * batch or arrivals[-1] <= arrivals[batch - 1]:
+        return None
+    return (len(arrivals) - batch) / (arrivals[-1] - arrivals[batch - 1])
+
+
+def startup_s(run: dict, videos: int) -> float | None:
+    """Seconds of the whole run its steady rate does not explain: ``elapsed - videos / steady``."""
+    steady = run["steady_videos_per_s"]
+    return None if not steady else videos / run["videos_per_s"] - videos / steady
+
+
+def break_even(local: dict, ray: dict, videos: int, share: float = 0.9) -> float | None:
+    """The number of inputs above which Ray's whole-run rate is at least ``share`` of the local engine's, with
+    each run as start-up + inputs / steady rate (:func:`startup_s`). 0 when Ray is ahead from the start; None
+    when Ray's steady rate is below ``share`` of the local one (no size reaches it) or a run has no steady part."""
+    a_local, a_ray = startup_s(local, videos), startup_s(ray, videos)
+    if a_local is None or a_ray is None:
+        return None
+    per_local, per_ray = 1 / local["steady_videos_per_s"], 1 / ray["steady_videos_per_s"]
+    gap = per_local - share * per_ray  # seconds per input the local engine spends beyond share x Ray's
+    if gap <= 0:
+        return None
+    return max(0.0, (share * a_ray - a_local) / gap)
 
 
 def timed_run(ctx: Context, spec, videos: list, engine: dict) -> dict:
     """One ``run_tagging`` over ``videos`` with the engine ``engine`` (PredictOptions fields: :data:`LOCAL`, or
-    ``engine="ray"`` and its address): videos/s, seconds to the first record, the steady rate."""
+    ``engine="ray"`` and its address): videos/s over the whole run and steady, seconds to the first record."""
     out = ctx.out / "ray_bench.jsonl"
     out.unlink(missing_ok=True)
     times: list[float] = []
@@ -54,8 +112,24 @@ def timed_run(ctx: Context, spec, videos: list, engine: dict) -> dict:
     elapsed = time.perf_counter() - started
     out.unlink(missing_ok=True)
     assert summary.ok == len(videos), f"{summary.failed} videos failed"
-    steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-    return {"videos_per_s": len(videos) / elapsed, "first_record_s": times[0] - started, "steady_videos_per_s": steady}
+    arrivals = [t - started for t in times]
+    return {"videos_per_s": len(videos) / elapsed, "elapsed_s": elapsed, "first_record_s": arrivals[0],
+            "steady_videos_per_s": steady_rate(arrivals, ctx.profile.batch_size),
+            "arrivals_s": [round(t, 3) for t in arrivals]}
+
+
+def summarise(model: str, videos: int, runs: dict) -> dict:
+    """A table row from both engines' runs: each engine's better run (by whole-run rate) and the ratios."""
+    best = {engine: max(rs, key=lambda r: r["videos_per_s"]) for engine, rs in runs.items()}
+    local, ray = best["local"], best["ray"]
+    steady = (ray["steady_videos_per_s"] / local["steady_videos_per_s"]
+              if local["steady_videos_per_s"] and ray["steady_videos_per_s"] else None)
+    return {"model": model, "videos": videos, "runs": runs, "local_videos_per_s": local["videos_per_s"],
+            "ray_videos_per_s": ray["videos_per_s"], "ratio": ray["videos_per_s"] / local["videos_per_s"],
+            "local_steady_videos_per_s": local["steady_videos_per_s"],
+            "ray_steady_videos_per_s": ray["steady_videos_per_s"], "steady_ratio": steady,
+            "local_startup_s": startup_s(local, videos), "ray_startup_s": startup_s(ray, videos),
+            "break_even_videos": break_even(local, ray, videos)}
 
 
 def command_first_record_s(args: list[str], out: Path, env: dict) -> float:
@@ -103,17 +177,14 @@ def inner(args) -> dict:
     env = dict(os.environ)
     ray = {"engine": "ray", "ray_address": env["RAY_ADDRESS"]}
     rows = []
-    for spec in (profile.small, profile.big):
-        videos = ctx.clip_videos()
+    for size, spec in (("small", profile.small), ("big", profile.big)):
+        videos = inputs(ctx, (QUICK_INPUTS if args.quick else INPUTS)[size] if args.inputs is None else args.inputs)
         checkpoint(ctx, spec)
         runs = {"local": [], "ray": []}
         for _ in range(2):
             runs["local"].append(timed_run(ctx, spec, videos, LOCAL))
             runs["ray"].append(timed_run(ctx, spec, videos, ray))
-        best = {engine: max(r["videos_per_s"] for r in rs) for engine, rs in runs.items()}
-        rows.append({"model": spec.title, "videos": len(videos), "runs": runs, "local_videos_per_s": best["local"],
-                     "ray_videos_per_s": best["ray"], "ratio": best["ray"] / best["local"],
-                     "ray_steady_videos_per_s": max(r["steady_videos_per_s"] or 0 for r in runs["ray"])})
+        rows.append(summarise(spec.title, len(videos), runs))
     model = str(checkpoint(ctx, profile.small))
     video = str(ctx.clip_videos()[0])
     local_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
@@ -132,21 +203,31 @@ def inner(args) -> dict:
             "driver_peak_rss_mb": {str(k): v for k, v in plan.items()}}
 
 
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def markdown(r: dict) -> str:
     lines = [f"`--engine ray` vs the local engine, {r['video']} clips of {r['clip_s']:g} s, batch {r['batch_size']}, "
              f"fp32 on the CPU ({machine_text(r['machine'])}). Ray: `ray start --head` on this machine, all cores; "
-             "best of 2 interleaved runs each, model loading excluded, Ray's connection and actor start-up included.",
-             "", "| model | videos | local videos/s | Ray videos/s | Ray / local | Ray steady videos/s |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "each engine's better of 2 interleaved runs, model loading excluded, Ray's connection and actor start-up "
+             "included. Steady: from the first batch's records to the last record. Start-up: the whole run's time "
+             "beyond inputs / steady rate.",
+             "", "| model | inputs | local videos/s | Ray videos/s | Ray / local | steady: local | steady: Ray | "
+             "steady: Ray / local | start-up local / Ray (s) | first record local / Ray (s) | inputs for Ray >= 0.9 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in r["rows"]:
+        first = {engine: min(x["first_record_s"] for x in runs) for engine, runs in row["runs"].items()}
+        even = row["break_even_videos"]
         lines.append(f"| {row['model']} | {row['videos']} | {row['local_videos_per_s']:.2f} | "
-                     f"{row['ray_videos_per_s']:.2f} | {row['ratio']:.2f} | {row['ray_steady_videos_per_s']:.2f} |")
+                     f"{row['ray_videos_per_s']:.2f} | {row['ratio']:.2f} | {_number(row['local_steady_videos_per_s'])} | "
+                     f"{_number(row['ray_steady_videos_per_s'])} | {_number(row['steady_ratio'])} | "
+                     f"{_number(row['local_startup_s'], 1)} / {_number(row['ray_startup_s'], 1)} | "
+                     f"{first['local']:.1f} / {first['ray']:.1f} | {'-' if even is None else f'{even:,.0f}'} |")
     f = r["first_record"]
-    first_runs = "; ".join(f"{row['model']}: local {min(x['first_record_s'] for x in row['runs']['local']):.1f} s, "
-                           f"Ray {min(x['first_record_s'] for x in row['runs']['ray']):.1f} s" for row in r["rows"])
-    lines += ["", f"Time to the first record, in the runs above: {first_runs}. A whole command (new process, "
-              f"imports, model loading), small model: local engine {f['local_command_s']:.1f} s, Ray engine with "
-              f"a running cluster {f['ray_command_with_cluster_s']:.1f} s, Ray engine starting a local Ray for the run "
+    lines += ["", f"A whole command to its first record (new process, imports, model loading), small model: local "
+              f"engine {f['local_command_s']:.1f} s, Ray engine with a running cluster "
+              f"{f['ray_command_with_cluster_s']:.1f} s, Ray engine starting a local Ray for the run "
               f"{f['ray_command_starting_ray_s']:.1f} s.",
               "", "Driver peak RSS, listing and planning N input paths up to the first 100 records: " +
               ", ".join(f"{int(k):,} paths {v:.0f} MiB" for k, v in r["driver_peak_rss_mb"].items()) + "."]
@@ -157,6 +238,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny stand-in models and 1 s clips")
     parser.add_argument("--out", default="benchmark-results", help="folder for the clips, models and results")
+    parser.add_argument("--inputs", type=int, help="inputs per model (default: 512 for the small model and 32 for "
+                                                   "stam_16; --quick: 8 and 4)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plan", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -178,7 +261,8 @@ def main(argv=None) -> None:
         head = RayHead(namespace, num_cpus=os.cpu_count() or 1)
         try:
             command = namespace.command([sys.executable, "-m", "benchmarks.ray_engine", "--inner", "--out", out,
-                                         *(["--quick"] if args.quick else [])])
+                                         *(["--quick"] if args.quick else []),
+                                         *([] if args.inputs is None else ["--inputs", str(args.inputs)])])
             result = subprocess.run(command, env=head.env(RAY_ADDRESS=head.address), stdout=subprocess.PIPE,
                                     text=True, cwd=Path(__file__).resolve().parents[1])
             if result.returncode != 0:

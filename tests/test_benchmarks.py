@@ -202,21 +202,54 @@ def test_the_shot_cost_benchmark_times_every_step(tmp_path):
 
 def test_the_ray_benchmark_starts_and_renders_its_table(capsys):
     """``python -m benchmarks.ray_engine`` needs root and minutes (it is not run here): its command line
-    and its table from a result of the shape ``inner`` returns."""
-    from benchmarks.ray_engine import main, markdown
+    and its table from runs of the shape ``timed_run`` returns."""
+    from benchmarks.ray_engine import main, markdown, summarise
 
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
-    assert exited.value.code == 0 and "--quick" in capsys.readouterr().out
-    run = {"videos_per_s": 1.0, "first_record_s": 2.5, "steady_videos_per_s": 1.2}
+    usage = capsys.readouterr().out
+    assert exited.value.code == 0 and "--quick" in usage and "--inputs" in usage
+    local = {"videos_per_s": 100 / 30, "first_record_s": 5.0, "steady_videos_per_s": 4.0}  # start-up 30 - 25 = 5 s
+    ray = {"videos_per_s": 100 / 40, "first_record_s": 15.0, "steady_videos_per_s": 4.0}  # start-up 15 s
+    row = summarise("tiny", 100, {"local": [local], "ray": [ray]})
+    assert row["ratio"] == pytest.approx(0.75) and row["steady_ratio"] == pytest.approx(1.0)
+    assert row["local_startup_s"] == pytest.approx(5.0) and row["ray_startup_s"] == pytest.approx(15.0)
+    # 0.9 (15 + n/4) <= 5 + n/4  <=>  n >= (13.5 - 5) / (0.25 - 0.225) = 340
+    assert row["break_even_videos"] == pytest.approx(340.0)
     result = {"machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "torch": "2.14.1", "gpu": None,
                           "date": "2026-12-03"},
-              "quick": True, "batch_size": 2, "video": "160x90 H.264", "clip_s": 1.0,
-              "rows": [{"model": "tiny", "videos": 3, "runs": {"local": [run], "ray": [run]}, "local_videos_per_s": 2.0,
-                        "ray_videos_per_s": 1.8, "ratio": 0.9, "ray_steady_videos_per_s": 2.1}],
+              "quick": True, "batch_size": 2, "video": "160x90 H.264", "clip_s": 1.0, "rows": [row],
               "first_record": {"local_command_s": 3.0, "ray_command_with_cluster_s": 5.0,
                                "ray_command_starting_ray_s": 9.0},
               "driver_peak_rss_mb": {"1000": 700.0, "100000": 704.0}}
     table = markdown(result)
-    assert "| tiny | 3 | 2.00 | 1.80 | 0.90 | 2.10 |" in table
+    assert "| tiny | 100 | 3.33 | 2.50 | 0.75 | 4.00 | 4.00 | 1.00 | 5.0 / 15.0 | 5.0 / 15.0 | 340 |" in table
     assert "1,000 paths 700 MiB, 100,000 paths 704 MiB" in table
+
+
+def test_the_ray_benchmark_measures_the_steady_rate_after_the_first_batch_and_its_break_even():
+    from benchmarks.ray_engine import break_even, steady_rate
+
+    # records arrive a batch (2) at a time: the first batch at 10 s, then one batch every 0.5 s
+    arrivals = [10.0, 10.0, 10.5, 10.5, 11.0, 11.0, 11.5, 11.5]
+    assert steady_rate(arrivals, 2) == pytest.approx(6 / 1.5)
+    assert steady_rate(arrivals[:5], 2) is None  # fewer than two batches after the first
+    assert steady_rate([3.0] * 8, 2) is None  # one burst: no steady part
+    slow = {"videos_per_s": 1.0, "steady_videos_per_s": 1.0}
+    fast = {"videos_per_s": 2.0, "steady_videos_per_s": 2.0}
+    assert break_even(slow, fast, 10) == 0.0  # Ray ahead from the first input
+    assert break_even(fast, slow, 10) is None  # Ray's steady rate below 0.9 of the local one: never
+    assert break_even({"videos_per_s": 1.0, "steady_videos_per_s": None}, fast, 10) is None
+
+
+def test_the_ray_benchmark_inputs_are_distinct_paths_to_the_same_clips(tmp_path):
+    from benchmarks.common import QUICK, Context
+    from benchmarks.ray_engine import inputs
+
+    ctx = Context(QUICK, tmp_path, True, log=lambda text: None)
+    paths = inputs(ctx, 7)
+    clips = ctx.clip_videos()
+    assert [p.name for p in paths] == [f"input_{i:04d}.mp4" for i in range(7)] and len(clips) == QUICK.videos == 3
+    assert [p.read_bytes() for p in paths] == [clips[i % 3].read_bytes() for i in range(7)]
+    assert [p.stat().st_ino for p in paths[:3]] == [c.stat().st_ino for c in clips]  # hard links, not copies
+    assert inputs(ctx, 7) == paths  # made once
