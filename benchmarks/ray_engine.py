@@ -1,6 +1,6 @@
 """``--engine ray`` against the local engine on this machine, on the same clips, in one run.
 
-    sudo python -m benchmarks.ray_engine            # ViT-Ti/16 x 16 (512 inputs) and stam_16 (32), 10 s clips
+    sudo python -m benchmarks.ray_engine            # ViT-Ti/16 x 16 (1,024 inputs) and stam_16 (32), 10 s clips (~30 min)
     sudo python -m benchmarks.ray_engine --quick    # tiny stand-ins, 1 s clips (a minute or two)
 
 Ray binds to the machine's interface address, so this runs as root in a loopback-only network
@@ -48,7 +48,7 @@ from stamcli.tagging import run_tagging  # noqa: E402
 LOCAL: dict = {}  #: PredictOptions fields of the local engine (its defaults)
 #: inputs per model in a full run: enough for the steady rate to show; the small model's run is an archive's
 #: in miniature (minutes per engine), stam_16's as long again per input
-INPUTS = {"small": 512, "big": 32}
+INPUTS = {"small": 1024, "big": 32}
 QUICK_INPUTS = {"small": 8, "big": 4}
 
 
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny stand-in models and 1 s clips")
     parser.add_argument("--out", default="benchmark-results", help="folder for the clips, models and results")
-    parser.add_argument("--inputs", type=int, help="inputs per model (default: 512 for the small model and 32 for "
+    parser.add_argument("--inputs", type=int, help="inputs per model (default: 1024 for the small model and 32 for "
                                                    "stam_16; --quick: 8 and 4)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plan", type=int, help=argparse.SUPPRESS)
