@@ -50,6 +50,9 @@ LOCAL: dict = {}  #: PredictOptions fields of the local engine (its defaults)
 #: in miniature (minutes per engine), stam_16's as long again per input
 INPUTS = {"small": 1024, "big": 32}
 QUICK_INPUTS = {"small": 8, "big": 4}
+#: the head's object store: a real node's size (Ray's default is 30% of the memory), not the tests' 400 MB, which
+#: stam_16's model (350 MB, put there once for the actors) would nearly fill, so that decoded clips were spilled to disk
+OBJECT_STORE_BYTES = 4 << 30
 
 
 def inputs(ctx: Context, count: int) -> list[Path]:
@@ -258,7 +261,7 @@ def main(argv=None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with LoopbackNamespace() as namespace:
-        head = RayHead(namespace, num_cpus=os.cpu_count() or 1)
+        head = RayHead(namespace, num_cpus=os.cpu_count() or 1, object_store_bytes=OBJECT_STORE_BYTES)
         try:
             command = namespace.command([sys.executable, "-m", "benchmarks.ray_engine", "--inner", "--out", out,
                                          *(["--quick"] if args.quick else []),

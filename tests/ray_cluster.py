@@ -119,8 +119,10 @@ class LoopbackNamespace:
 class RayHead:
     """``ray start --head`` inside ``namespace``: a one-node Ray cluster at :attr:`address`."""
 
-    def __init__(self, namespace: LoopbackNamespace, *, num_cpus: int = 2, env: Optional[dict] = None):
-        """``env``: extra environment of the head's processes, which its workers inherit."""
+    def __init__(self, namespace: LoopbackNamespace, *, num_cpus: int = 2, env: Optional[dict] = None,
+                 object_store_bytes: int = OBJECT_STORE_BYTES):
+        """``env``: extra environment of the head's processes, which its workers inherit;
+        ``object_store_bytes``: the node's object store (tests: :data:`OBJECT_STORE_BYTES`)."""
         self.namespace = namespace
         # Ray's socket paths must stay short (107 bytes), so not under pytest's tmp_path.
         self.temp_dir = tempfile.mkdtemp(prefix="stamray-", dir="/tmp")
@@ -128,7 +130,7 @@ class RayHead:
         ray = Path(sys.executable).with_name("ray")
         command = namespace.command([
             ray, "start", "--head", "--port", HEAD_PORT, "--node-ip-address", "127.0.0.1",
-            "--num-cpus", num_cpus, "--num-gpus", 0, "--object-store-memory", OBJECT_STORE_BYTES,
+            "--num-cpus", num_cpus, "--num-gpus", 0, "--object-store-memory", object_store_bytes,
             "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", self.temp_dir,
         ])
         result = subprocess.run(command, env=self.env(**(env or {})), capture_output=True, text=True, timeout=180)
