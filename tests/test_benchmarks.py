@@ -230,11 +230,13 @@ def test_the_ray_benchmark_starts_and_renders_its_table(capsys):
 def test_the_ray_benchmark_measures_the_steady_rate_after_the_first_batch_and_its_break_even():
     from benchmarks.ray_engine import break_even, steady_rate
 
-    # records arrive a batch (2) at a time: the first batch at 10 s, then one batch every 0.5 s
-    arrivals = [10.0, 10.0, 10.5, 10.5, 11.0, 11.0, 11.5, 11.5]
-    assert steady_rate(arrivals, 2) == pytest.approx(6 / 1.5)
+    # records arrive a batch (2) at a time: the first batch at 4 s, then one batch every 2 s
+    arrivals = [4.0, 4.0, 6.0, 6.0, 8.0, 8.0, 10.0, 10.0]
+    assert steady_rate(arrivals, 2) == pytest.approx(6 / 6.0)
     assert steady_rate(arrivals[:5], 2) is None  # fewer than two batches after the first
     assert steady_rate([3.0] * 8, 2) is None  # one burst: no steady part
+    # every batch came within the last quarter of the run (first at 10 s, the last at 10.4 s): a burst too
+    assert steady_rate([10.0, 10.0, 10.1, 10.1, 10.2, 10.2, 10.4, 10.4], 2) is None
     slow = {"videos_per_s": 1.0, "steady_videos_per_s": 1.0}
     fast = {"videos_per_s": 2.0, "steady_videos_per_s": 2.0}
     assert break_even(slow, fast, 10) == 0.0  # Ray ahead from the first input
