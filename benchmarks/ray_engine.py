@@ -46,8 +46,8 @@ from stamcli.jobs import PredictOptions, TaggingJob  # noqa: E402
 from stamcli.tagging import run_tagging  # noqa: E402
 
 LOCAL: dict = {}  #: PredictOptions fields of the local engine (its defaults)
-#: inputs per model in a full run: enough for the steady rate to show; the small model's run is an archive's
-#: in miniature (minutes per engine), stam_16's as long again per input
+#: inputs per model in a full run: enough that the Ray engine's start-up (tens of seconds on 2 cores) is not
+#: most of the run; about 5 minutes per engine and run for either model on 2 cores
 INPUTS = {"small": 1024, "big": 128}
 #: a steady part shorter than this share of the run is a burst, not a rate (:func:`steady_rate`)
 BURST = 0.25
