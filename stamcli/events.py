@@ -38,7 +38,9 @@ _EPS = 1e-9  # seconds: times computed from frame counts compare equal within th
 
 @dataclass(frozen=True)
 class EventOptions:
-    """``--event-gap``, ``--min-event`` and ``--min-score`` (None: every top-1 label counts)."""
+    """``--event-gap``, ``--min-event``, and ``min_score``: a floor on a window's top-1 score (None:
+    every top-1 label counts). ``stam predict --min-score`` needs none here: it already leaves
+    windows below it without predictions, and those have no label."""
 
     gap_s: float = DEFAULT_EVENT_GAP_S
     min_event_s: float = DEFAULT_MIN_EVENT_S

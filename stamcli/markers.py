@@ -42,7 +42,7 @@ from .errors import StamError
 from .timeline import segments
 
 __all__ = ["Mark", "marks_from_records", "MARKER_FORMATS", "render_otio", "render_edl", "render_fcp7xml",
-           "render_chapters", "render_ffmetadata", "editor_timeline", "require_editors"]
+           "render_chapters", "render_ffmetadata", "editor_timeline", "require_editors", "clock_time"]
 
 #: OpenTimelineIO's marker colours, given out by label.
 _COLOURS = ("RED", "PINK", "ORANGE", "YELLOW", "GREEN", "CYAN", "BLUE", "PURPLE", "MAGENTA")
@@ -188,10 +188,12 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _vtt_time(ms: int) -> str:
+def clock_time(ms: int, separator: str = ".") -> str:
+    """``HH:MM:SS.mmm`` (WebVTT; SubRip writes ``,`` as the ``separator``) of ``ms`` milliseconds."""
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"
 
 
 def _title(label: str) -> str:
@@ -201,7 +203,7 @@ def _title(label: str) -> str:
 def render_chapters(video: dict, windows: Sequence[dict], events: Optional[Sequence[dict]]) -> str:
     """A WebVTT chapters track: a numbered cue per chapter, its title the label."""
     cues = [(_ms(m.start_s), _ms(m.end_s), _title(m.label)) for m in _chapter_marks(video, windows, events)]
-    return "WEBVTT\n\n" + "".join(f"{k}\n{_vtt_time(a)} --> {_vtt_time(b)}\n{text}\n\n"
+    return "WEBVTT\n\n" + "".join(f"{k}\n{clock_time(a)} --> {clock_time(b)}\n{text}\n\n"
                                   for k, (a, b, text) in enumerate([c for c in cues if c[1] > c[0]], 1))
 
 

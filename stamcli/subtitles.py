@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from .errors import UsageError
 from .fileutils import write_atomic
-from .markers import MARKER_FORMATS
+from .markers import MARKER_FORMATS, clock_time
 from .storage import is_url
 from .timeline import TIMELINE_COLUMNS, segments
 from .writers import FORMATS, ResultWriter, format_for, open_writer
@@ -46,8 +46,8 @@ def output_format(output: Optional[str], fmt: Optional[str]) -> Optional[str]:
         return name
     if name is not None and name not in (*FORMATS, "ndjson"):
         raise UsageError(f"unknown format '{fmt}': choose one of {', '.join((*FORMATS, *SIDECAR_FORMATS))}")
-    if not fmt and output is not None and _sidecar_from_suffix(output):
-        return _sidecar_from_suffix(output)
+    if not fmt and output is not None and (sidecar := _sidecar_from_suffix(output)):
+        return sidecar
     return format_for(output, fmt)
 
 
@@ -104,19 +104,12 @@ def subtitle_cues(windows: Sequence[dict], duration_s: float) -> list[tuple[int,
             if b > a and label is not None]
 
 
-def _timestamp(ms: int, separator: str) -> str:
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds, millis = divmod(rest, 1000)
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"
-
-
 def format_subtitles(cues: Sequence[tuple[int, int, str]], fmt: str) -> str:
     """SubRip (numbered cues, ``HH:MM:SS,mmm``) or WebVTT (``WEBVTT`` header, ``HH:MM:SS.mmm``) text."""
     if fmt == "srt":
-        return "".join(f"{i}\n{_timestamp(a, ',')} --> {_timestamp(b, ',')}\n{text}\n\n"
+        return "".join(f"{i}\n{clock_time(a, ',')} --> {clock_time(b, ',')}\n{text}\n\n"
                        for i, (a, b, text) in enumerate(cues, 1))
-    return "WEBVTT\n\n" + "".join(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{text}\n\n" for a, b, text in cues)
+    return "WEBVTT\n\n" + "".join(f"{clock_time(a)} --> {clock_time(b)}\n{text}\n\n" for a, b, text in cues)
 
 
 def event_cues(events: Sequence[dict]) -> list[tuple[int, int, str]]:

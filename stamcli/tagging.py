@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -23,12 +22,12 @@ import torch
 from .distributed import Distributed
 from .engine import Predictor, make_predictor
 from .errors import UsageError
+from .events import EventOptions, with_events
 from .inputs import shard
 from .jobs import PredictOptions, TaggingJob
+from .markers import require_editors
 from .preview import PreviewWriter
 from .runner import RunSummary, VideoResult, run_loop
-from .events import EventOptions, with_events
-from .markers import require_editors
 from .storage import is_url
 from .subtitles import SIDECAR_FORMATS, open_timeline_writer, output_format, subtitle_paths
 from .timeline import ShotWindows, TimelinePredictor, timeline_columns

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,16 +72,9 @@ def ctrl_c_at(where: str, go_file: Path, args, *, env: dict, ready: Optional[Cal
               timeout_s: float = 240) -> str:
     """Run ``stam ARGS`` paused at ``where``; once paused (and ``ready()``), press Ctrl-C, let it go
     on, and return its stderr. It must exit with 130 and no traceback."""
-    # A background shell job starts with SIGINT ignored and a child inherits that (see conftest.interrupt_when).
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    if ignored:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        proc = subprocess.Popen(command(where, go_file, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
-    finally:
-        if ignored:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from conftest import _start_with_ctrl_c  # not at the top: the paused child runs this file too
+
+    proc = _start_with_ctrl_c(command(where, go_file, *args), env)
     waiting = Path(f"{go_file}.waiting")
     deadline = time.monotonic() + timeout_s
     try:

@@ -36,6 +36,7 @@ from ..decode import resolve_decoder
 from ..device import autocast_for, resolve_device, resolve_precision
 from ..distributed import Distributed
 from ..errors import StamError, UsageError
+from ..fileutils import atomic_path
 from ..jobs import PredictOptions
 from ..model import STAM
 from .config import FinetuneConfig, load_run_config, new_run_dir, save_config
@@ -253,9 +254,8 @@ class _Run:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             **rng_state(self.device), "best": self.best, "bad_epochs": self.bad_epochs, "epoch_loss": self.epoch_loss,
         }
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.run_dir / STATE_FILE)
+        with atomic_path(self.run_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
 
     def restore(self) -> None:
         state = torch.load(self.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
